@@ -1,0 +1,55 @@
+"""Shared fixtures: small synthetic volumes with known content."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vertedge.volume import Volume
+
+SHARED_DATA = Path(os.environ.get("VERTEDGE_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
+
+
+def rotation(axis: str, deg: float) -> np.ndarray:
+    """3x3 right-handed rotation about world axis 'x', 'y' or 'z' by `deg` degrees."""
+    c, s = np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def air_volume(
+    shape_ijk: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    direction: np.ndarray | None = None,
+    center_lps: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> Volume:
+    """An all-air (-1000 HU) int16 volume whose grid centre sits at `center_lps`."""
+    direction = np.eye(3) if direction is None else np.asarray(direction, float)
+    spacing_arr = np.asarray(spacing, float)
+    half = (np.asarray(shape_ijk) - 1) / 2.0 * spacing_arr
+    origin = np.asarray(center_lps, float) - direction @ half
+    hu = np.full(shape_ijk[::-1], -1000, np.int16)
+    return Volume(hu=hu, spacing=spacing_arr, origin=origin, direction=direction)
+
+
+def paint_ball(volume: Volume, center_lps: np.ndarray, radius_mm: float, hu: int) -> None:
+    """Set voxels whose centre lies within `radius_mm` of `center_lps` to `hu` (in place)."""
+    k, j, i = np.indices(volume.hu.shape)
+    world = volume.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3))
+    inside = np.linalg.norm(world - center_lps, axis=1) <= radius_mm
+    volume.hu.reshape(-1)[inside] = hu
+
+
+@pytest.fixture
+def structured_volume() -> Volume:
+    """A 60x50x40 anisotropic, rotated volume with balls and a box of different HU."""
+    vol = air_volume((60, 50, 40), (1.5, 1.2, 2.5), rotation("z", 20) @ rotation("x", 8), (5, -10, 30))
+    vol.hu[10:30, 15:35, 20:45] = 40
+    paint_ball(vol, np.array([5.0, -10.0, 30.0]), 12.0, 900)
+    paint_ball(vol, np.array([20.0, 0.0, 10.0]), 6.0, 1500)
+    return vol

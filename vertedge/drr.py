@@ -1,0 +1,127 @@
+"""Digitally reconstructed radiographs on the CPU: a Numba ray marcher over the original voxel grid.
+
+Intensity transform (recorded in `Protocol`): HU -> linear attenuation
+`mu = mu_water * max(0, 1 + HU / 1000)` per mm, sampled trilinearly in HU at the midpoints of
+equal steps (<= `step_mm`) between the ray's entry into and exit from the volume's box (outer
+voxel faces; edge voxels extend to the faces). A pixel's value is the line integral
+`L = sum(mu * step)`, dimensionless: the log of I0/I, i.e. already a radiograph's log image
+(bone bright). `normalize` scales the K views of a scan together into the network's input.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .geometry import Protocol, Views
+from .volume import Volume
+
+
+@numba.njit(inline="always", fastmath=True)
+def _sample(hu, x: float, y: float, z: float) -> float:
+    """Trilinear HU at continuous index (x=i, y=j, z=k), clamped to the grid (edge voxels extend)."""
+    nk, nj, ni = hu.shape
+    x = min(max(x, 0.0), ni - 1.0)
+    y = min(max(y, 0.0), nj - 1.0)
+    z = min(max(z, 0.0), nk - 1.0)
+    i0 = min(int(x), ni - 2) if ni > 1 else 0
+    j0 = min(int(y), nj - 2) if nj > 1 else 0
+    k0 = min(int(z), nk - 2) if nk > 1 else 0
+    i1 = min(i0 + 1, ni - 1)
+    j1 = min(j0 + 1, nj - 1)
+    k1 = min(k0 + 1, nk - 1)
+    fx, fy, fz = x - i0, y - j0, z - k0
+    c00 = hu[k0, j0, i0] * (1 - fx) + hu[k0, j0, i1] * fx
+    c01 = hu[k0, j1, i0] * (1 - fx) + hu[k0, j1, i1] * fx
+    c10 = hu[k1, j0, i0] * (1 - fx) + hu[k1, j0, i1] * fx
+    c11 = hu[k1, j1, i0] * (1 - fx) + hu[k1, j1, i1] * fx
+    c0 = c00 * (1 - fy) + c01 * fy
+    c1 = c10 * (1 - fy) + c11 * fy
+    return c0 * (1 - fz) + c1 * fz
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _render(hu, world_to_index, origin, sources, det_origin, row_step, col_step, step_mm, mu_water, out):
+    """Fill out[K, rows, cols] with line integrals of mu along source->pixel rays."""
+    n_views, rows, cols = out.shape
+    nk, nj, ni = hu.shape
+    lo = -0.5
+    hi_i, hi_j, hi_k = ni - 0.5, nj - 0.5, nk - 0.5
+    for kr in numba.prange(n_views * rows):
+        v = kr // rows
+        r = kr % rows
+        sx, sy, sz = sources[v, 0], sources[v, 1], sources[v, 2]
+        # ray origin in continuous index space
+        ox = sx - origin[0]
+        oy = sy - origin[1]
+        oz = sz - origin[2]
+        oi = world_to_index[0, 0] * ox + world_to_index[0, 1] * oy + world_to_index[0, 2] * oz
+        oj = world_to_index[1, 0] * ox + world_to_index[1, 1] * oy + world_to_index[1, 2] * oz
+        ok = world_to_index[2, 0] * ox + world_to_index[2, 1] * oy + world_to_index[2, 2] * oz
+        for c in range(cols):
+            px = det_origin[v, 0] + r * row_step[v, 0] + c * col_step[v, 0] - sx
+            py = det_origin[v, 1] + r * row_step[v, 1] + c * col_step[v, 1] - sy
+            pz = det_origin[v, 2] + r * row_step[v, 2] + c * col_step[v, 2] - sz
+            norm = np.sqrt(px * px + py * py + pz * pz)
+            px /= norm
+            py /= norm
+            pz /= norm
+            # index-space displacement per mm along the ray
+            di = world_to_index[0, 0] * px + world_to_index[0, 1] * py + world_to_index[0, 2] * pz
+            dj = world_to_index[1, 0] * px + world_to_index[1, 1] * py + world_to_index[1, 2] * pz
+            dk = world_to_index[2, 0] * px + world_to_index[2, 1] * py + world_to_index[2, 2] * pz
+            t0 = 0.0
+            t1 = norm
+            # slab test against the box, one axis at a time
+            for o, dd, hi in ((oi, di, hi_i), (oj, dj, hi_j), (ok, dk, hi_k)):
+                if abs(dd) < 1e-12:
+                    if o < lo or o > hi:
+                        t1 = -1.0
+                else:
+                    ta = (lo - o) / dd
+                    tb = (hi - o) / dd
+                    if ta > tb:
+                        ta, tb = tb, ta
+                    t0 = max(t0, ta)
+                    t1 = min(t1, tb)
+            if t1 <= t0:
+                out[v, r, c] = 0.0
+                continue
+            n = int(np.ceil((t1 - t0) / step_mm))
+            dt = (t1 - t0) / n
+            acc = 0.0
+            t = t0 + 0.5 * dt
+            for _ in range(n):
+                h = _sample(hu, oi + t * di, oj + t * dj, ok + t * dk)
+                acc += max(0.0, 1.0 + h * 0.001)
+                t += dt
+            out[v, r, c] = acc * dt * mu_water
+
+
+def render(volume: Volume, views: Views, protocol: Protocol) -> np.ndarray:
+    """Line integrals of attenuation (K, rows, cols) float32, dimensionless, for every view."""
+    out = np.empty((views.n_views, *views.shape), np.float32)
+    _render(
+        volume.hu,
+        np.linalg.inv(volume.index_to_world_matrix),
+        volume.origin,
+        views.sources,
+        views.det_origin,
+        views.row_dir * views.pixel_mm,
+        views.col_dir * views.pixel_mm,
+        float(protocol.step_mm),
+        float(protocol.mu_water_per_mm),
+        out,
+    )
+    return out
+
+
+def normalize(line_integrals: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Network input (K, rows, cols) float32: line integrals over their `norm_percentile` across all views."""
+    scale = np.percentile(line_integrals, protocol.norm_percentile)
+    return (line_integrals / max(float(scale), 1e-6)).astype(np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A normalized view (rows, cols) as an 8-bit radiograph picture (bone bright)."""
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
