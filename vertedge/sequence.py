@@ -1,0 +1,295 @@
+"""Sequence Loss and multi-view identification voting (Wu et al. 2023, Sec. 2.3-2.4, Eq. 1, 2, 6).
+
+A view's probability map `P: (n, c) float` has one row per vertebra, cranial -> caudal, and one
+column per class of `classes`, a tuple of VerSe labels in spine order (`labels.SPINE_ORDER`).
+A label sequence goes down the spine: from class a on row i-1 to class b on row i the step earns
+`beta * P[i, b]` when b is an anatomical successor of a ("next") and `alpha * P[i, b]` when b == a
+("same") or b is a successor's successor ("skip one"); any other step is not allowed. The first
+row earns `beta * P[0, b]`, so a perfect one-hot ascending P scores `beta * n` and loses 0.
+
+T13 and L6 are optional variants: T12 -> T13, T12 -> L1, T13 -> L1 and L5 -> L6 are all "next".
+Successors are anatomical, not positions in `classes`: with a class list lacking T5, T4 -> T6 is a
+skip. The dynamic programme is a max-plus recursion, one NumPy max per row, batched over leading
+axes so K views are scored at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import VertedgeError
+from .labels import NAMES, SPINE_ORDER
+
+ALPHA = 0.1
+BETA = 0.8
+_OPTIONAL = frozenset({28, 25})  # T13 and L6: a spine may or may not have them
+
+
+def _successors(label: int) -> frozenset[int]:
+    """Anatomical "next" labels of a VerSe label (both T13 and L1 follow T12)."""
+    pos = SPINE_ORDER.index(label)
+    nxt = SPINE_ORDER[pos + 1 : pos + 2]
+    if nxt and nxt[0] in _OPTIONAL:
+        # An optional vertebra may be absent, so the one after it is "next" as well.
+        nxt = SPINE_ORDER[pos + 1 : pos + 3]
+    return frozenset(nxt)
+
+
+def _check_classes(classes: Sequence[int]) -> tuple[int, ...]:
+    """`classes` as a tuple of distinct VerSe labels in spine order, or VertedgeError."""
+    out = tuple(int(c) for c in classes)
+    if not out:
+        raise VertedgeError("sequence: the class list is empty")
+    unknown = [c for c in out if c not in SPINE_ORDER]
+    if unknown:
+        raise VertedgeError(f"sequence: {unknown} are not vertebra labels {SPINE_ORDER}")
+    pos = [SPINE_ORDER.index(c) for c in out]
+    if any(b <= a for a, b in zip(pos, pos[1:])):
+        names = [NAMES[c] for c in out]
+        raise VertedgeError(f"sequence: classes {names} are not distinct in cranio-caudal order")
+    return out
+
+
+@lru_cache(maxsize=64)
+def _transitions(
+    classes: tuple[int, ...], alpha: float, beta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, penalty), (c, c) read-only: step weights (0 where not allowed), 0 / -inf mask."""
+    if not (beta > 0 and alpha >= 0):
+        raise VertedgeError(f"sequence: need beta > 0 and alpha >= 0, got {alpha=}, {beta=}")
+    c = len(classes)
+    index = {label: j for j, label in enumerate(classes)}
+    weights = np.zeros((c, c))
+    allowed = np.eye(c, dtype=bool)
+    weights[np.diag_indices(c)] = alpha
+    for a, label in enumerate(classes):
+        nxt = _successors(label)
+        # T12 -> L1 is both "next" and "skip one" (via T13): "next" wins.
+        skip = frozenset().union(*(_successors(s) for s in nxt)) - nxt
+        for targets, w in ((nxt, beta), (skip, alpha)):
+            cols = [index[t] for t in targets if t in index]
+            weights[a, cols] = w
+            allowed[a, cols] = True
+    penalty = np.where(allowed, 0.0, -np.inf)
+    weights.flags.writeable = False
+    penalty.flags.writeable = False
+    return weights, penalty
+
+
+def transition_weights(
+    classes: Sequence[int], alpha: float = ALPHA, beta: float = BETA
+) -> np.ndarray:
+    """(c, c) float: weight of the step from class a (row) to class b (column); 0 if not allowed."""
+    weights, _ = _transitions(_check_classes(classes), float(alpha), float(beta))
+    return weights.copy()
+
+
+def _as_maps(P: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    """P as float64 (..., n, c) with c == len(classes) and finite values, or VertedgeError."""
+    P = np.asarray(P, dtype=float)
+    if P.ndim < 2 or P.shape[-1] != len(classes):
+        raise VertedgeError(
+            f"sequence: probability map of shape {P.shape}; expected (..., n, {len(classes)})"
+        )
+    return P
+
+
+def _two_d(P: np.ndarray) -> np.ndarray:
+    """P as a (n, c) float array, or VertedgeError."""
+    P = np.asarray(P, dtype=float)
+    if P.ndim != 2:
+        raise VertedgeError(f"sequence: one probability map must be 2D (n, c), got shape {P.shape}")
+    return P
+
+
+def _stack(Ps: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """K maps (n, c) stacked as a float (K, n, c) array; VertedgeError when their shapes differ."""
+    try:
+        return np.asarray(Ps, dtype=float)
+    except ValueError as e:
+        raise VertedgeError(f"sequence: the views' maps differ in shape ({e})") from e
+
+
+def _as_valid(valid: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """(..., n) bool row mask matching maps of `shape` (..., n, c); all True when None."""
+    if valid is None:
+        return np.ones(shape[:-1], dtype=bool)
+    valid = np.asarray(valid, dtype=bool)
+    if valid.shape != shape[:-1]:
+        raise VertedgeError(f"sequence: valid mask of shape {valid.shape}; expected {shape[:-1]}")
+    return valid
+
+
+def _candidates(
+    opt: np.ndarray, row: np.ndarray, weights: np.ndarray, penalty: np.ndarray
+) -> np.ndarray:
+    """(..., c, c) accumulated score of reaching class b (last axis) from class a (axis -2)."""
+    return opt[..., :, None] + weights * row[..., None, :] + penalty
+
+
+def _checked_rows(P: np.ndarray, valid: np.ndarray) -> None:
+    """Refuse non-finite probabilities in rows that take part in the recursion."""
+    if not np.isfinite(P[valid]).all():
+        raise VertedgeError("sequence: the probability map holds NaN or infinite values")
+
+
+def _relative_scores(
+    P: np.ndarray, classes: tuple[int, ...], alpha: float, beta: float, valid: np.ndarray
+) -> np.ndarray:
+    """(...,) max_j OPT[n, j] / beta for maps P: (..., n, c) over their `valid: (..., n)` rows.
+
+    Runs in units of beta (a "next" step weighs exactly 1) so a perfect one-hot sequence sums to
+    exactly n and its loss is exactly 0, free of rounding.
+    """
+    _checked_rows(P, valid)
+    weights, penalty = _transitions(classes, float(alpha), float(beta))
+    weights = weights / beta
+    opt = np.zeros(P.shape[:-2] + P.shape[-1:])
+    started = np.zeros(P.shape[:-2], dtype=bool)
+    for i in range(P.shape[-2]):
+        row = np.where(valid[..., i, None], P[..., i, :], 0.0)
+        step = _candidates(opt, row, weights, penalty).max(axis=-2)
+        new = np.where(started[..., None], step, row)
+        opt = np.where(valid[..., i, None], new, opt)
+        started |= valid[..., i]
+    return opt.max(axis=-1)
+
+
+def sequence_scores(
+    Ps: np.ndarray,
+    classes: Sequence[int],
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """(...,) best accumulated probability max_j OPT[n, j] (Eq. 1) of maps Ps: (..., n, c).
+
+    Rows with `valid: (..., n) bool` False are left out (the sequence runs over the others);
+    a map with no valid row scores 0.
+    """
+    classes = _check_classes(classes)
+    P = _as_maps(Ps, classes)
+    return beta * _relative_scores(P, classes, alpha, beta, _as_valid(valid, P.shape))
+
+
+def sequence_losses(
+    Ps: np.ndarray,
+    classes: Sequence[int],
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """(...,) Sequence Loss Ls = 1 - score / (beta * n) (Eq. 2) of maps Ps: (..., n, c).
+
+    n counts the valid rows of each map. In [0, 1] for probabilities in [0, 1]; 1 for a map with
+    no valid row (it carries no evidence).
+    """
+    classes = _check_classes(classes)
+    P = _as_maps(Ps, classes)
+    valid = _as_valid(valid, P.shape)
+    n = valid.sum(axis=-1)
+    return 1.0 - _relative_scores(P, classes, alpha, beta, valid) / np.maximum(n, 1)
+
+
+def sequence_score(
+    P: np.ndarray, classes: Sequence[int], alpha: float = ALPHA, beta: float = BETA
+) -> float:
+    """Best accumulated probability max_j OPT[n, j] (Eq. 1) of P: (n, c), rows cranial->caudal."""
+    return float(sequence_scores(_two_d(P), classes, alpha, beta))
+
+
+def sequence_loss(
+    P: np.ndarray, classes: Sequence[int], alpha: float = ALPHA, beta: float = BETA
+) -> float:
+    """Sequence Loss (Eq. 2) of P: (n, c), rows cranial->caudal; 0 for a perfect sequence."""
+    return float(sequence_losses(_two_d(P), classes, alpha, beta))
+
+
+def _best_path(
+    P: np.ndarray, classes: tuple[int, ...], alpha: float, beta: float
+) -> tuple[np.ndarray, float]:
+    """Column indices (n,) of the best sequence through P: (n, c), n >= 1, and its score (Eq. 1)."""
+    n, c = P.shape
+    weights, penalty = _transitions(classes, float(alpha), float(beta))
+    weights = weights / beta  # in units of beta, as in _relative_scores
+    back = np.zeros((n, c), dtype=int)
+    opt = P[0].copy()
+    cols = np.arange(c)
+    for i in range(1, n):
+        cand = _candidates(opt, P[i], weights, penalty)
+        back[i] = cand.argmax(axis=0)
+        opt = cand[back[i], cols]
+    path = np.empty(n, dtype=int)
+    path[-1] = int(opt.argmax())
+    for i in range(n - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path, float(beta * opt[path[-1]])
+
+
+def decode(
+    V: np.ndarray, classes: Sequence[int], alpha: float = ALPHA, beta: float = BETA
+) -> tuple[np.ndarray, float]:
+    """Best label sequence of V: (n, c), rows cranial->caudal -> ((n,) int VerSe labels, its score).
+
+    Backtracks the recursion of Eq. 1 from the best class of the last row, so consecutive labels
+    are always an allowed step (same, next or skip one).
+    """
+    classes = _check_classes(classes)
+    P = _as_maps(_two_d(V), classes)
+    _checked_rows(P, np.ones(P.shape[0], dtype=bool))
+    if P.shape[0] == 0:
+        return np.zeros(0, dtype=int), 0.0
+    path, score = _best_path(P, classes, alpha, beta)
+    return np.asarray(classes, dtype=int)[path], score
+
+
+def vote(
+    Ps: Sequence[np.ndarray] | np.ndarray,
+    classes: Sequence[int],
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voted map V: (n, c) and view weights W: (K,) (Eq. 6) from K maps Ps: (K, n, c).
+
+    W_k = (1 - Ls_k) / sum_a (1 - Ls_a), with Ls_k over the rows view k saw (`valid: (K, n) bool`).
+    Each row of V is the W-weighted mean over the views that saw it; a row no view saw is all 0.
+    Equal weights when no view has any sequence evidence (every Ls = 1).
+    """
+    P = _as_maps(_stack(Ps), _check_classes(classes))
+    if P.ndim != 3:
+        raise VertedgeError(f"sequence: views must stack to (K, n, c), got shape {P.shape}")
+    valid = _as_valid(valid, P.shape)
+    good = 1.0 - sequence_losses(P, classes, alpha, beta, valid)
+    total = good.sum()
+    weights = good / total if total > 0 else np.full(len(good), 1.0 / max(len(good), 1))
+    row_w = weights[:, None] * valid  # (K, n): a view's weight on the rows it saw
+    summed = np.einsum("kn,knc->nc", row_w, np.where(valid[..., None], P, 0.0))
+    norm = row_w.sum(axis=0)[:, None]
+    V = np.divide(summed, norm, out=np.zeros_like(summed), where=norm > 0)
+    return V, weights
+
+
+def identify(
+    Ps: Sequence[np.ndarray] | np.ndarray,
+    classes: Sequence[int],
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (n,) int and confidences (n,) float in [0, 1] for K maps Ps: (K, n, c) (Sec. 2.4).
+
+    Votes the views (Eq. 6), normalises each voted row to sum 1, decodes it with the DP; the
+    confidence of a row is its normalised voted probability of the decoded label.
+    """
+    V, _ = vote(Ps, classes, alpha, beta, valid)
+    mass = V.sum(axis=1, keepdims=True)
+    V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
+    if V.shape[0] == 0:
+        return np.zeros(0, dtype=int), np.zeros(0)
+    classes = _check_classes(classes)
+    path, _ = _best_path(V, classes, alpha, beta)
+    return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]
