@@ -1,0 +1,203 @@
+"""Multi-view fusion: ray intersection (Eq. 5), matching detections per vertebra, spine order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vertedge.fusion import Fused, fuse, intersect_rays, order_along_spine
+from vertedge.geometry import Protocol, Views, make_views, pixel_rays, project
+from vertedge.peaks import Peaks
+from vertedge.volume import Volume
+
+N_VIEWS = 10
+
+
+def _views(pixel_mm: float = 2.0) -> Views:
+    """K=10 views of an empty 300 x 300 x 700 mm box centred on the world origin (LPS, k superior)."""
+    shape_kji = (140, 60, 60)
+    spacing = np.array([5.0, 5.0, 5.0])
+    origin = -(np.array(shape_kji[::-1]) - 1) / 2 * spacing
+    volume = Volume(np.zeros(shape_kji, np.int16), spacing, origin, np.eye(3))
+    return make_views(volume, Protocol(n_views=N_VIEWS, pixel_mm=pixel_mm))
+
+
+def _spine(n: int = 24, tilt_deg: float = 0.0) -> np.ndarray:
+    """(n, 3) LPS mm body centroids cranial -> caudal: lordosis/kyphosis, S-shaped scoliosis, gaps 15 -> 35 mm."""
+    z = np.linspace(320.0, -320.0, 4001)
+    curve = np.stack(
+        [
+            18.0 * np.sin(np.pi * (z + 320.0) / 320.0),  # scoliosis: S in the coronal plane
+            30.0 + 25.0 * np.sin(2 * np.pi * z / 640.0),  # kyphosis over lordosis (sagittal)
+            z,
+        ],
+        axis=1,
+    )
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(curve, axis=0), axis=1))])
+    gaps = np.linspace(15.0, 35.0, n - 1)
+    s = 10.0 + np.concatenate([[0.0], np.cumsum(gaps)])
+    points = np.stack([np.interp(s, arc, curve[:, a]) for a in range(3)], axis=1)
+    t = np.deg2rad(tilt_deg)  # tilt about the L-R axis: the spine leans towards anterior
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    return points @ rot.T
+
+
+def _detections(
+    views: Views, points: np.ndarray, visible: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat detections of points (n, 3) in the views where visible (K, n): view (M,), vertebra (M,), rc (M, 2)."""
+    rc, _ = project(views, points)
+    if visible is None:
+        visible = np.ones(rc.shape[:2], bool)
+    view, vertebra = np.nonzero(visible)
+    return view, vertebra, rc[view, vertebra]
+
+
+def _peaks(view: np.ndarray, rc: np.ndarray) -> Peaks:
+    """Peaks with unit scores."""
+    return Peaks(view=view.astype(np.int64), rc=np.asarray(rc, float), score=np.ones(len(view)))
+
+
+def _errors(fused: Fused, truth: np.ndarray) -> np.ndarray:
+    """(n,) distance mm from each true point to the fused point at the same position in the order."""
+    assert len(fused) == len(truth)
+    return np.linalg.norm(fused.points_lps - truth, axis=1)
+
+
+# ---------------------------------------------------------------- intersect_rays
+
+
+def test_three_axis_rays_meet_at_their_point() -> None:
+    p = np.array([3.0, -7.0, 11.0])
+    dirs = np.eye(3)
+    origins = p - 50.0 * dirs
+    np.testing.assert_allclose(intersect_rays(origins, dirs), p, atol=1e-12)
+
+
+def test_two_skew_lines_give_midpoint_of_common_perpendicular() -> None:
+    origins = np.array([[0.0, 0.0, 0.0], [1.0, 5.0, 2.0]])
+    dirs = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # closest points (1, 0, 0) on the first line and (1, 0, 2) on the second
+    np.testing.assert_allclose(intersect_rays(origins, dirs), [1.0, 0.0, 1.0], atol=1e-12)
+
+
+def test_zero_weight_ignores_ray_and_single_ray_is_undetermined() -> None:
+    p = np.array([1.0, 2.0, 3.0])
+    dirs = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    origins = p - 10 * dirs
+    origins[2] += [40.0, 0.0, 0.0]  # an outlier ray
+    assert np.linalg.norm(intersect_rays(origins, dirs) - p) > 1.0
+    np.testing.assert_allclose(intersect_rays(origins, dirs, np.array([1.0, 1.0, 0.0])), p, atol=1e-12)
+    assert np.isnan(intersect_rays(origins[:1], dirs[:1])).all()
+
+
+def test_rays_of_projected_points_meet_at_them_batched() -> None:
+    views = _views()
+    rng = np.random.default_rng(3)
+    points = rng.uniform([-80, -60, -250], [80, 100, 250], size=(50, 3))
+    rc, _ = project(views, points)
+    origins, dirs = pixel_rays(views, rc)  # (K, N, 3)
+    fitted = intersect_rays(origins.transpose(1, 0, 2), dirs.transpose(1, 0, 2))
+    assert fitted.shape == (50, 3)
+    np.testing.assert_allclose(fitted, points, atol=1e-6)
+    pairs = intersect_rays(
+        np.stack([origins[0], origins[3]], axis=1)[None].repeat(2, 0),
+        np.stack([dirs[0], dirs[3]], axis=1)[None].repeat(2, 0),
+    )
+    assert pairs.shape == (2, 50, 3)
+    np.testing.assert_allclose(pairs[1], points, atol=1e-6)
+
+
+# ---------------------------------------------------------------- fuse
+
+
+def test_fuse_ideal_detections_exact_count_and_order() -> None:
+    views, truth = _views(), _spine(24)
+    view, _, rc = _detections(views, truth)
+    rng = np.random.default_rng(4)
+    shuffle = rng.permutation(len(view))  # fusion must not rely on the input order
+    fused = fuse(_peaks(view[shuffle], rc[shuffle]), views)
+    assert _errors(fused, truth).max() < 0.1
+    assert fused.n_views.tolist() == [N_VIEWS] * 24
+    assert fused.residual_mm.max() < 1e-6
+    assert fused.support.shape == (24, N_VIEWS)
+    # support points, per view, at the detection of that vertebra
+    np.testing.assert_array_equal(view[shuffle][fused.support], np.arange(N_VIEWS)[None].repeat(24, 0))
+    np.testing.assert_allclose(rc[shuffle][fused.support], project(views, truth)[0].transpose(1, 0, 2))
+
+
+def test_fuse_jittered_detections() -> None:
+    views, truth = _views(), _spine(20)
+    view, _, rc = _detections(views, truth)
+    rng = np.random.default_rng(5)
+    rc = rc + rng.uniform(-1.5, 1.5, rc.shape)
+    fused = fuse(_peaks(view, rc), views)
+    assert _errors(fused, truth).max() < 1.5
+    assert fused.n_views.min() >= N_VIEWS - 1
+
+
+def test_fuse_degraded_detections() -> None:
+    """Misses in 3 of 10 views, spurious blobs, an end vertebra in 3 views only, and jitter."""
+    views, truth = _views(), _spine(22)
+    rng = np.random.default_rng(6)
+    visible = np.ones((N_VIEWS, len(truth)), bool)
+    for v in (4, 9, 15):
+        visible[rng.choice(N_VIEWS, 3, replace=False), v] = False
+    visible[:, -1] = False
+    visible[[0, 3, 6], -1] = True  # the caudal end vertebra, cut by the field of view
+    view, _, rc = _detections(views, truth, visible)
+    rc = rc + rng.uniform(-1.0, 1.0, rc.shape)
+    spurious_view = np.array([2, 2, 7])
+    spurious_rc = np.array([[200.0, 150.0], [431.0, 170.0], [300.0, 120.0]])
+    fused = fuse(_peaks(np.concatenate([view, spurious_view]), np.concatenate([rc, spurious_rc])), views)
+    assert _errors(fused, truth).max() < 2.0
+    assert fused.n_views[[4, 9, 15]].tolist() == [7, 7, 7]
+    assert fused.n_views[-1] == 3
+    assert not np.isin(np.arange(len(view), len(view) + 3), fused.support).any()
+
+
+def test_fuse_needs_min_views() -> None:
+    views, truth = _views(), _spine(8)
+    visible = np.ones((N_VIEWS, 8), bool)
+    visible[:, 3] = False
+    visible[[0, 2], 3] = True  # vertebra 3 only in two views, 72 degrees apart
+    view, _, rc = _detections(views, truth, visible)
+    fused = fuse(_peaks(view, rc), views)
+    assert len(fused) == 7
+    assert np.linalg.norm(fused.points_lps - truth[3], axis=1).min() > 10.0
+    assert len(fuse(_peaks(view, rc), views, min_views=2)) == 8
+    with pytest.raises(ValueError):
+        fuse(_peaks(view, rc), views, min_views=1)
+
+
+def test_fuse_nothing() -> None:
+    views = _views()
+    fused = fuse(_peaks(np.zeros(0, np.int64), np.zeros((0, 2))), views)
+    assert len(fused) == 0 and fused.support.shape == (0, N_VIEWS)
+    lone = fuse(_peaks(np.array([0, 5]), np.array([[100.0, 100.0], [100.0, 100.0]])), views)
+    assert len(lone) == 0
+
+
+# ---------------------------------------------------------------- order_along_spine
+
+
+def test_order_recovers_shuffled_scoliotic_spine() -> None:
+    truth = _spine(24)
+    truth[:, 0] *= 3.0  # strong scoliosis
+    rng = np.random.default_rng(7)
+    shuffle = rng.permutation(24)
+    order = order_along_spine(truth[shuffle])
+    np.testing.assert_array_equal(shuffle[order], np.arange(24))
+
+
+def test_order_follows_a_strongly_tilted_spine_where_z_fails() -> None:
+    truth = _spine(24, tilt_deg=80.0)
+    assert not np.array_equal(np.argsort(-truth[:, 2]), np.arange(24))  # z alone would misorder
+    rng = np.random.default_rng(8)
+    shuffle = rng.permutation(24)
+    np.testing.assert_array_equal(shuffle[order_along_spine(truth[shuffle])], np.arange(24))
+
+
+def test_order_small_inputs() -> None:
+    assert order_along_spine(np.zeros((0, 3))).tolist() == []
+    assert order_along_spine(np.array([[0.0, 0.0, -5.0], [0.0, 0.0, 5.0]])).tolist() == [1, 0]
