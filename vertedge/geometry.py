@@ -75,6 +75,7 @@ class Views:
     shape: tuple[int, int]  # (rows, cols)
     angles_deg: np.ndarray  # (K,)
     source_det_mm: float
+    center_lps: np.ndarray  # (3,) the rotation centre (isocentre)
 
     @property
     def n_views(self) -> int:
@@ -94,6 +95,7 @@ class Views:
             "pixel_mm": self.pixel_mm,
             "source_det_mm": self.source_det_mm,
             "angles_deg": self.angles_deg.tolist(),
+            "center_lps": self.center_lps.tolist(),
             "sources": self.sources.tolist(),
             "det_origin": self.det_origin.tolist(),
             "row_dir": self.row_dir.tolist(),
@@ -154,6 +156,7 @@ def make_views(
         shape=(int(rows), int(cols)),
         angles_deg=np.asarray(angles, float),
         source_det_mm=protocol.source_det_mm,
+        center_lps=center,
     )
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .atomic import atomic_path, write_json
 from .drr import to_uint8
-from .geometry import Protocol, Views
+from .geometry import Protocol, Views, project
+from .pipeline import Result
+from .verse import write_verse_ctd
+from .volume import Volume
 
 
 def write_png(path: Path, image_u8: np.ndarray) -> None:
@@ -38,3 +42,91 @@ def write_drr_views(
     meta = out_dir / "views.json"
     write_json(meta, {"protocol": protocol.to_dict(), "views": views.to_dict()})
     return written + [meta]
+
+
+SLICER_SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
+    "Schema/markups-schema-v1.0.3.json#"
+)
+
+
+def slicer_markups(result: Result) -> dict[str, Any]:
+    """A 3D Slicer markups fiducial list (LPS, mm) of the labelled vertebrae."""
+    points = [
+        {
+            "id": str(i + 1),
+            "label": v.name,
+            "description": f"VerSe label {v.label}, confidence {v.confidence:.3f}",
+            "associatedNodeID": "",
+            "position": list(v.world_lps_mm),
+            "orientation": [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0],
+            "selected": True,
+            "locked": False,
+            "visibility": True,
+            "positionStatus": "defined",
+        }
+        for i, v in enumerate(result.vertebrae)
+    ]
+    return {
+        "@schema": SLICER_SCHEMA,
+        "markups": [
+            {
+                "type": "Fiducial",
+                "coordinateSystem": "LPS",
+                "coordinateUnits": "mm",
+                "locked": False,
+                "labelFormat": "%N-%d",
+                "controlPoints": points,
+                "measurements": [],
+            }
+        ],
+    }
+
+
+def _lateral_view(views: Views) -> int:
+    """Index of the view whose angle is closest to 90 degrees (a left lateral)."""
+    diff = np.abs((views.angles_deg - 90.0 + 180.0) % 360.0 - 180.0)
+    return int(np.argmin(diff))
+
+
+def overview_png(result: Result) -> np.ndarray:
+    """AP and lateral DRRs side by side (RGB uint8) with each vertebra's name at its projection."""
+    assert result.views is not None and result.images is not None
+    views = result.views
+    picks = [0, _lateral_view(views)]
+    points = np.array([v.world_lps_mm for v in result.vertebrae]).reshape(-1, 3)
+    rc, _ = project(views, points)
+    panels = []
+    for k in picks:
+        panel = Image.fromarray(to_uint8(result.images[k])).convert("RGB")
+        draw = ImageDraw.Draw(panel)
+        for v, (r, c) in zip(result.vertebrae, rc[k]):
+            draw.ellipse([c - 3, r - 3, c + 3, r + 3], outline=(255, 60, 60), width=2)
+            draw.text((c + 6, r - 6), v.name, fill=(255, 220, 0))
+        panels.append(np.asarray(panel))
+    return np.concatenate(panels, axis=1)
+
+
+def write_result(result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False) -> list[Path]:
+    """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer) and optionally NAME.png."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"{name}.vertebrae.json", out_dir / f"{name}_ctd.json", out_dir / f"{name}.mrk.json"]
+    write_json(paths[0], result.to_dict())
+    write_verse_ctd(paths[1], result.centroids(), volume)
+    write_json(paths[2], slicer_markups(result))
+    if png:
+        paths.append(out_dir / f"{name}.png")
+        write_png(paths[-1], overview_png(result))
+    return paths
+
+
+def scan_name(path: Path) -> str:
+    """Output name of a scan: its file name without image extensions, or its folder's name."""
+    path = Path(path)
+    if path.is_dir():
+        return path.resolve().name
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".gz"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem

@@ -1,0 +1,77 @@
+"""Output files: our JSON, VerSe centroids (round trip) and a Slicer markups list."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vertedge.geometry import Protocol, make_views
+from vertedge.labels import name
+from vertedge.metrics import read_points
+from vertedge.outputs import scan_name, write_result
+from vertedge.pipeline import Result, Vertebra, input_description
+from vertedge.verse import read_verse_ctd
+
+from .conftest import air_volume, rotation
+
+
+@pytest.fixture
+def result_and_volume():
+    volume = air_volume((50, 40, 60), (1.5, 1.5, 2.0), rotation("z", 15), (5, -20, 100)).reoriented((0, 2, 1), (True, False, True))
+    truth = {20: np.array([3.0, -15.0, 130.0]), 21: np.array([4.0, -18.0, 100.0]), 22: np.array([5.0, -20.0, 70.0])}
+    vertebrae = tuple(
+        Vertebra(l, name(l), tuple(p), tuple(volume.world_to_index(p)), 0.9, 0.4, 10) for l, p in truth.items()
+    )
+    views = make_views(volume, Protocol(pixel_mm=4.0, n_views=4))
+    images = np.random.default_rng(0).random((4, *views.shape)).astype(np.float32)
+    result = Result(vertebrae, input_description(volume), {"localization": "a", "identification": "b"}, "cpu", {"drr": 1.0}, views, images)
+    return result, volume, truth
+
+
+def test_files_parse_and_verse_round_trips(result_and_volume, tmp_path):
+    result, volume, truth = result_and_volume
+    paths = write_result(result, volume, tmp_path, "scan", png=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    doc = json.loads((tmp_path / "scan.vertebrae.json").read_text())
+    assert [v["name"] for v in doc["vertebrae"]] == ["L1", "L2", "L3"]
+    assert {"input", "models", "timings_ms", "device"} <= set(doc)
+    for v in doc["vertebrae"]:
+        np.testing.assert_allclose(volume.index_to_world(v["voxel_index"]), v["world_lps_mm"], atol=1e-2)
+    back = read_verse_ctd(tmp_path / "scan_ctd.json", volume)
+    for label, p in truth.items():
+        np.testing.assert_allclose(back[label], p, atol=1e-3)
+    ours, _ = read_points(tmp_path / "scan.vertebrae.json")
+    assert set(ours) == set(truth)
+
+
+def test_verse_file_is_in_image_axis_millimetres(result_and_volume, tmp_path):
+    result, volume, truth = result_and_volume
+    write_result(result, volume, tmp_path, "scan")
+    entries = json.loads((tmp_path / "scan_ctd.json").read_text())
+    assert entries[0] == {"direction": list(volume.axcodes())}
+    first = entries[1]
+    expected = volume.world_to_index(truth[first["label"]]) * volume.spacing
+    np.testing.assert_allclose([first["X"], first["Y"], first["Z"]], expected, atol=1e-3)
+
+
+def test_slicer_markups_have_the_fields_slicer_reads(result_and_volume, tmp_path):
+    result, volume, truth = result_and_volume
+    write_result(result, volume, tmp_path, "scan")
+    doc = json.loads((tmp_path / "scan.mrk.json").read_text())
+    assert doc["@schema"].endswith("markups-schema-v1.0.3.json#")
+    (markup,) = doc["markups"]
+    assert markup["type"] == "Fiducial" and markup["coordinateSystem"] == "LPS"
+    points = markup["controlPoints"]
+    assert [p["label"] for p in points] == ["L1", "L2", "L3"]
+    for p, (label, xyz) in zip(points, truth.items()):
+        assert {"id", "label", "position", "orientation", "positionStatus"} <= set(p)
+        np.testing.assert_allclose(p["position"], xyz)
+
+
+def test_scan_names():
+    from pathlib import Path
+
+    assert scan_name(Path("a/sub-01_ct.nii.gz")) == "sub-01_ct"
+    assert scan_name(Path("b/scan.nrrd")) == "scan"

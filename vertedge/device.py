@@ -1,0 +1,42 @@
+"""Choosing CPU or CUDA: CUDA needs both CuPy (DRR kernels) and ONNX Runtime's CUDA provider."""
+
+from __future__ import annotations
+
+from .errors import VertedgeError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def onnx_providers() -> list[str]:
+    """Execution providers the installed ONNX Runtime offers (empty when it is not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(True, GPU name) when the whole CUDA path works, else (False, why not in one line)."""
+    from .drr_cuda import cuda_available
+
+    ok, what = cuda_available()
+    if not ok:
+        return False, what
+    if "CUDAExecutionProvider" not in onnx_providers():
+        return False, "ONNX Runtime has no CUDA provider (install vertedge[gpu], not vertedge[cpu])"
+    return True, what
+
+
+def choose_device(requested: str) -> tuple[str, str]:
+    """Resolve 'auto' | 'cpu' | 'cuda' to 'cpu' or 'cuda', with a one-line note on the choice."""
+    if requested not in DEVICES:
+        raise VertedgeError(f"--device {requested}: choose one of {', '.join(DEVICES)}")
+    if requested == "cpu":
+        return "cpu", "CPU requested"
+    ok, what = cuda_status()
+    if ok:
+        return "cuda", f"CUDA on {what}"
+    if requested == "cuda":
+        raise VertedgeError(f"--device cuda: CUDA is not usable here: {what}")
+    return "cpu", f"running on CPU: CUDA is not usable here: {what}"

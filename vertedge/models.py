@@ -1,0 +1,138 @@
+"""The two ONNX models (localization, identification) and the DRR protocol they carry.
+
+Contract (written by `export/`, read here): input `image` (B, 1, H, W) float32, the normalized DRRs;
+localization output `heatmap` (B, 1, H, W); identification output `prob` (B, 1 + C, H, W), softmax
+applied, channel 0 background, channel 1 + j the VerSe label `classes[j]`. Metadata keys
+`vertedge.task`, `vertedge.protocol` (Protocol JSON), `vertedge.classes`, `vertedge.heatmap`
+(localization: sigma_px, amplitude, threshold), `vertedge.model_id`, `vertedge.model_version`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import VertedgeError
+from .geometry import Protocol
+
+LOCALIZATION_FILE = "localization.onnx"
+IDENTIFICATION_FILE = "identification.onnx"
+REQUIRED_KEYS = ("vertedge.task", "vertedge.protocol", "vertedge.classes", "vertedge.model_id")
+
+
+def default_models_dir() -> Path:
+    """The folder of the models shipped inside the package."""
+    return Path(str(resources.files("vertedge") / "models"))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What one model's metadata says."""
+
+    path: Path
+    task: str
+    protocol: Protocol
+    classes: tuple[int, ...]
+    model_id: str
+    version: str
+    heatmap: dict[str, float]
+
+    @classmethod
+    def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:
+        """Parse ONNX metadata; a model without the DRR protocol or class list is refused."""
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise VertedgeError(f"{path}: not a vertedge model (metadata lacks {', '.join(missing)})")
+        try:
+            protocol = Protocol.from_dict(json.loads(meta["vertedge.protocol"]))
+            classes = tuple(int(c) for c in json.loads(meta["vertedge.classes"]))
+            heatmap = json.loads(meta.get("vertedge.heatmap", "{}"))
+        except (ValueError, TypeError) as e:
+            raise VertedgeError(f"{path}: unreadable vertedge metadata ({e})") from e
+        return cls(
+            path=path,
+            task=meta["vertedge.task"],
+            protocol=protocol,
+            classes=classes,
+            model_id=meta["vertedge.model_id"],
+            version=meta.get("vertedge.model_version", ""),
+            heatmap={k: float(v) for k, v in heatmap.items()},
+        )
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime execution providers for 'cpu' or 'cuda'."""
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+
+
+def _session(path: Path, device: str) -> tuple[Any, ModelInfo]:
+    """Open one ONNX Runtime session and parse its metadata."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise VertedgeError(
+            "onnxruntime is not installed: pip install 'vertedge[cpu]' (or '[gpu]' for CUDA)"
+        ) from e
+    if not path.is_file():
+        raise VertedgeError(f"{path}: model file not found")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers_for(device))
+    except Exception as e:  # onnxruntime raises its own untyped errors for corrupt files
+        raise VertedgeError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    return session, ModelInfo.from_metadata(path, meta)
+
+
+class Models:
+    """Both ONNX sessions, built once and reused for every scan."""
+
+    def __init__(self, models_dir: str | Path | None = None, device: str = "cpu") -> None:
+        folder = Path(models_dir) if models_dir is not None else default_models_dir()
+        if not (folder / LOCALIZATION_FILE).is_file() or not (folder / IDENTIFICATION_FILE).is_file():
+            where = "in this installation" if models_dir is None else f"in {folder}"
+            raise VertedgeError(
+                f"no models installed {where}: expected {LOCALIZATION_FILE} and {IDENTIFICATION_FILE} "
+                "(train them with `python -m train` and `python -m export`, or pass --models DIR)"
+            )
+        self.device = device
+        self._loc, self.loc_info = _session(folder / LOCALIZATION_FILE, device)
+        self._id, self.id_info = _session(folder / IDENTIFICATION_FILE, device)
+        if (self.loc_info.task, self.id_info.task) != ("localization", "identification"):
+            raise VertedgeError(f"{folder}: model tasks are {self.loc_info.task}/{self.id_info.task}")
+        if self.loc_info.protocol != self.id_info.protocol:
+            raise VertedgeError(f"{folder}: the two models were trained with different DRR protocols")
+        if not self.id_info.classes:
+            raise VertedgeError(f"{self.id_info.path}: the identification model lists no classes")
+
+    @property
+    def protocol(self) -> Protocol:
+        """The DRR protocol both models were trained with."""
+        return self.loc_info.protocol
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """VerSe labels of the identification channels 1..C."""
+        return self.id_info.classes
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """Model ids for the result's provenance."""
+        return {"localization": self.loc_info.model_id, "identification": self.id_info.model_id}
+
+    def localize(self, images: np.ndarray) -> np.ndarray:
+        """Heatmaps (K, H, W) float32 for normalized DRRs (K, H, W)."""
+        (out,) = self._loc.run(["heatmap"], {"image": images[:, None].astype(np.float32, copy=False)})
+        return out[:, 0]
+
+    def identify(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (K, 1 + C, H, W) float32 (channel 0 background) for DRRs (K, H, W)."""
+        (out,) = self._id.run(["prob"], {"image": images[:, None].astype(np.float32, copy=False)})
+        return out

@@ -1,0 +1,186 @@
+"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> vote.
+
+The pipeline only composes the stage modules and times each stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import drr
+from .boxes import box_means
+from .device import choose_device
+from .fusion import Fused, fuse
+from .geometry import Views, make_views, pixel_mm_at_depth, project
+from .labels import name as label_name
+from .models import Models
+from .peaks import Peaks, find_peaks
+from .sequence import identify
+from .volume import Volume
+
+ID_SQUARE_MM = 22.0  # side of the square whose class probabilities vote for a vertebra (paper Sec. 2.3)
+MIN_PEAK_DISTANCE_MM = 8.0  # at the isocentre: closer peaks are one vertebra (cervical bodies ~15 mm apart)
+
+
+@dataclass(frozen=True)
+class Vertebra:
+    """One labelled vertebra: body centroid in world LPS mm and as a continuous voxel index."""
+
+    label: int
+    name: str
+    world_lps_mm: tuple[float, float, float]
+    voxel_index: tuple[float, float, float]
+    confidence: float
+    residual_mm: float
+    n_views: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "label": self.label,
+            "name": self.name,
+            "world_lps_mm": [round(v, 3) for v in self.world_lps_mm],
+            "voxel_index": [round(v, 3) for v in self.voxel_index],
+            "confidence": round(self.confidence, 4),
+            "residual_mm": round(self.residual_mm, 3),
+            "n_views": self.n_views,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """The labelled vertebrae of one scan, with provenance and per-stage timings."""
+
+    vertebrae: tuple[Vertebra, ...]
+    input: dict[str, Any]
+    models: dict[str, str]
+    device: str
+    timings_ms: dict[str, float]
+    views: Views | None = field(default=None, repr=False)
+    images: np.ndarray | None = field(default=None, repr=False)  # (K, H, W) normalized DRRs
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (without the images)."""
+        return {
+            "vertebrae": [v.to_dict() for v in self.vertebrae],
+            "input": self.input,
+            "models": self.models,
+            "device": self.device,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+    def centroids(self) -> dict[int, np.ndarray]:
+        """label -> world LPS mm (3,)."""
+        return {v.label: np.array(v.world_lps_mm) for v in self.vertebrae}
+
+
+class _Timer:
+    """Collects wall-clock milliseconds per named stage."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
+
+
+def input_description(volume: Volume) -> dict[str, Any]:
+    """The scan's grid and frame, for the result's metadata."""
+    return {
+        "source": volume.meta.get("source", ""),
+        "shape_ijk": list(volume.shape_ijk),
+        "spacing_mm": [round(float(s), 6) for s in volume.spacing],
+        "origin_lps_mm": [round(float(o), 6) for o in volume.origin],
+        "direction": [round(float(d), 8) for d in volume.direction.ravel()],
+        "axcodes": "".join(volume.axcodes()),
+    }
+
+
+def peaks_of(heatmaps: np.ndarray, views: Views, threshold: float) -> Peaks:
+    """2D vertebra centroids in every view from localization heatmaps (K, H, W)."""
+    iso_depth = np.linalg.norm(views.sources - views.center_lps, axis=1)
+    iso_px_mm = float(pixel_mm_at_depth(views, iso_depth).mean())
+    return find_peaks(heatmaps, threshold=threshold, min_distance_px=MIN_PEAK_DISTANCE_MM / iso_px_mm)
+
+
+def label(
+    fused: Fused, views: Views, prob: np.ndarray, classes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (n,) and confidences (n,) by per-view square means, sequence-weighted vote and DP decode."""
+    rc, depth = project(views, fused.points_lps)
+    half_px = 0.5 * ID_SQUARE_MM / pixel_mm_at_depth(views, depth)
+    p, valid = box_means(prob[:, 1:], rc, half_px)
+    # each row's class distribution, background left out
+    p /= np.maximum(p.sum(-1, keepdims=True), 1e-9)
+    return identify(p, classes, valid=valid)
+
+
+class Labeler:
+    """Holds both models (and the GPU kernels when used); call it on a Volume per scan."""
+
+    def __init__(
+        self, models_dir: str | Path | None = None, device: str = "auto", n_views: int | None = None
+    ) -> None:
+        self.device, self.device_note = choose_device(device)
+        self.models = Models(models_dir, self.device)
+        self.protocol = self.models.protocol.with_views(n_views)
+
+    def _render(self, volume: Volume, views: Views) -> np.ndarray:
+        """Normalized DRRs (K, H, W) float32 on the host, rendered on the chosen device."""
+        if self.device == "cuda":
+            from .drr_cuda import normalize_cuda, render_cuda
+
+            return normalize_cuda(render_cuda(volume, views, self.protocol), self.protocol).get()
+        return drr.normalize(drr.render(volume, views, self.protocol), self.protocol)
+
+    def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
+        """Find and label the vertebrae of one scan."""
+        timer = _Timer()
+        protocol = self.protocol
+        with timer("drr"):
+            views = make_views(volume, protocol)
+            images = self._render(volume, views)
+        with timer("localization_net"):
+            heatmaps = self.models.localize(images)
+        with timer("peaks"):
+            peaks = peaks_of(heatmaps, views, self.models.loc_info.heatmap["threshold"])
+        with timer("fusion"):
+            fused = fuse(peaks, views)
+        vertebrae: tuple[Vertebra, ...] = ()
+        if len(fused):
+            with timer("identification_net"):
+                prob = self.models.identify(images)
+            with timer("voting"):
+                labels, confidence = label(fused, views, prob, self.models.classes)
+                voxel = volume.world_to_index(fused.points_lps)
+                vertebrae = tuple(
+                    Vertebra(
+                        label=int(labels[i]),
+                        name=label_name(int(labels[i])),
+                        world_lps_mm=tuple(float(x) for x in fused.points_lps[i]),  # type: ignore[arg-type]
+                        voxel_index=tuple(float(x) for x in voxel[i]),  # type: ignore[arg-type]
+                        confidence=float(confidence[i]),
+                        residual_mm=float(fused.residual_mm[i]),
+                        n_views=int(fused.n_views[i]),
+                    )
+                    for i in range(len(fused))
+                )
+        return Result(
+            vertebrae=vertebrae,
+            input=input_description(volume),
+            models=self.models.ids,
+            device=self.device,
+            timings_ms=timer.ms,
+            views=views if keep_images else None,
+            images=images if keep_images else None,
+        )
