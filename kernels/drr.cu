@@ -7,7 +7,8 @@
 // [-0.5, n - 0.5] per axis (outer voxel faces) with t in mm from the source, t in [0, |P - S|];
 // the clipped chord is cut into n = ceil(len / step_mm) equal steps, HU is sampled trilinearly
 // at each step's midpoint with coordinates clamped to [0, n - 1] (edge voxels extend), and
-// out = mu_water * dt * sum(max(0, 1 + HU / 1000)), dimensionless. A ray that misses gives 0.
+// out = mu_water * dt * sum(max(0, 1 + HU / 1000) + bone_gain * max(0, HU - bone_hu) / 1000),
+// dimensionless. A ray that misses gives 0.
 //
 // Precision. Per-pixel ray setup (direction, normalization, slab clipping, n and dt) is done in
 // double, as on the CPU: n = ceil(len / step_mm) is a discontinuous function of the chord length,
@@ -118,7 +119,8 @@ __device__ __forceinline__ void clip_slab(setup_t o, setup_t d, setup_t lo, setu
 template <typename T>
 __device__ __forceinline__ void drr_impl(const T* __restrict__ hu, int ni, int nj, int nk,
                                          const ViewGeom* __restrict__ geom, int rows, int cols,
-                                         double step_mm, float mu_water, float* __restrict__ out) {
+                                         double step_mm, float mu_water, float bone_hu,
+                                         float bone_gain, float* __restrict__ out) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int r = blockIdx.y * blockDim.y + threadIdx.y;
     const int v = blockIdx.z;
@@ -186,7 +188,7 @@ __device__ __forceinline__ void drr_impl(const T* __restrict__ hu, int ni, int n
         const float fs = static_cast<float>(s);  // exact below 2^24 steps
         const float h = sample_hu(hu, fmaf(fs, sx, x0), fmaf(fs, sy, y0), fmaf(fs, sz, z0), xmax,
                                   ymax, zmax, i0max, j0max, k0max, ni, plane, si, sj, sk);
-        acc += fmaxf(0.0f, fmaf(h, 0.001f, 1.0f));
+        acc += fmaxf(0.0f, fmaf(h, 0.001f, 1.0f)) + bone_gain * 0.001f * fmaxf(0.0f, h - bone_hu);
     }
     out[pix] = acc * static_cast<float>(dt) * mu_water;
 }
@@ -195,13 +197,13 @@ __device__ __forceinline__ void drr_impl(const T* __restrict__ hu, int ni, int n
 extern "C" __global__ void __launch_bounds__(256)
     drr_int16(const short* __restrict__ hu, int ni, int nj, int nk,
               const ViewGeom* __restrict__ geom, int rows, int cols, double step_mm,
-              float mu_water, float* __restrict__ out) {
-    drr_impl<short>(hu, ni, nj, nk, geom, rows, cols, step_mm, mu_water, out);
+              float mu_water, float bone_hu, float bone_gain, float* __restrict__ out) {
+    drr_impl<short>(hu, ni, nj, nk, geom, rows, cols, step_mm, mu_water, bone_hu, bone_gain, out);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     drr_float32(const float* __restrict__ hu, int ni, int nj, int nk,
                 const ViewGeom* __restrict__ geom, int rows, int cols, double step_mm,
-                float mu_water, float* __restrict__ out) {
-    drr_impl<float>(hu, ni, nj, nk, geom, rows, cols, step_mm, mu_water, out);
+                float mu_water, float bone_hu, float bone_gain, float* __restrict__ out) {
+    drr_impl<float>(hu, ni, nj, nk, geom, rows, cols, step_mm, mu_water, bone_hu, bone_gain, out);
 }

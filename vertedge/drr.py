@@ -1,7 +1,10 @@
 """Digitally reconstructed radiographs on the CPU: a Numba ray marcher over the original voxel grid.
 
-Intensity transform (recorded in `Protocol`): HU -> linear attenuation
-`mu = mu_water * max(0, 1 + HU / 1000)` per mm, sampled trilinearly in HU at the midpoints of
+Intensity transform (recorded in `Protocol`): HU -> linear attenuation per mm
+`mu = mu_water * (max(0, 1 + HU / 1000) + bone_gain * max(0, HU - bone_hu) / 1000)`: water-scaled
+attenuation at the CT's effective energy, plus the extra attenuation bone has at a radiograph's lower
+effective energy (photoelectric absorption grows with atomic number), which makes the spine stand out
+as on a real radiograph. HU is sampled trilinearly at the midpoints of
 equal steps (<= `step_mm`) between the ray's entry into and exit from the volume's box (outer
 voxel faces; edge voxels extend to the faces). A pixel's value is the line integral
 `L = sum(mu * step)`, dimensionless: the log of I0/I, i.e. already a radiograph's log image
@@ -40,8 +43,10 @@ def _sample(hu, x: float, y: float, z: float) -> float:
     return c0 * (1 - fz) + c1 * fz
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _render(hu, world_to_index, origin, sources, det_origin, row_step, col_step, step_mm, mu_water, out):
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _render(
+    hu, world_to_index, origin, sources, det_origin, row_step, col_step, step_mm, mu_water, bone_hu, bone_gain, out
+):
     """Fill out[K, rows, cols] with line integrals of mu along source->pixel rays."""
     n_views, rows, cols = out.shape
     nk, nj, ni = hu.shape
@@ -93,7 +98,7 @@ def _render(hu, world_to_index, origin, sources, det_origin, row_step, col_step,
             t = t0 + 0.5 * dt
             for _ in range(n):
                 h = _sample(hu, oi + t * di, oj + t * dj, ok + t * dk)
-                acc += max(0.0, 1.0 + h * 0.001)
+                acc += max(0.0, 1.0 + h * 0.001) + bone_gain * 0.001 * max(0.0, h - bone_hu)
                 t += dt
             out[v, r, c] = acc * dt * mu_water
 
@@ -111,6 +116,8 @@ def render(volume: Volume, views: Views, protocol: Protocol) -> np.ndarray:
         views.col_dir * views.pixel_mm,
         float(protocol.step_mm),
         float(protocol.mu_water_per_mm),
+        float(protocol.bone_hu),
+        float(protocol.bone_gain),
         out,
     )
     return out

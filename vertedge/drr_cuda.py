@@ -196,6 +196,8 @@ def render_cuda(
             np.int32(cols),
             np.float64(step_mm),
             np.float32(protocol.mu_water_per_mm),
+            np.float32(protocol.bone_hu),
+            np.float32(protocol.bone_gain),
             out,
         ),
     )

@@ -34,7 +34,9 @@ class Protocol:
     max_cols: int = 1024
     size_multiple: int = 32  # rows and cols are rounded up to a multiple of this (U-Net strides)
     step_mm: float = 1.0  # ray-marching step
-    mu_water_per_mm: float = 0.02  # linear attenuation of water; mu = mu_water * max(0, 1 + HU/1000)
+    mu_water_per_mm: float = 0.02  # linear attenuation of water (see `drr` for the HU -> mu transform)
+    bone_hu: float = 150.0  # HU above which bone attenuates extra at a radiograph's energy
+    bone_gain: float = 6.0  # that extra, per 1000 HU above bone_hu, in units of water attenuation
     norm_percentile: float = 99.5  # network input = line integral / this percentile over all views
 
     @property

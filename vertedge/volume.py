@@ -20,6 +20,8 @@ from .atomic import atomic_path
 from .errors import VertedgeError
 
 MAX_SPACING_MM = 20.0
+MIN_PLAUSIBLE_LOW_HU = -200.0  # the lowest voxel of a CT is at most this (fat, lung or air)
+MAX_PLAUSIBLE_HIGH_HU = 100.0  # the highest voxel of a CT is at least this (tissue, bone)
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,52 +135,121 @@ def save_volume(volume: Volume, path: str | os.PathLike[str]) -> None:
         sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=True)
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    """Read the DICOM series with the most files in `folder`."""
+def dicom_series_files(folder: Path) -> list[str]:
+    """Files of the DICOM series with the most files directly in `folder` (empty if none)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise VertedgeError(f"{folder}: no DICOM series in this folder")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len
+    return max(
+        (list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series),
+        key=len,
+        default=[],
     )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
 
 
-def _check_image(image: sitk.Image, name: str) -> None:
-    """Refuse images that cannot be a 3D CT: wrong dimension, components or spacing."""
-    dim = image.GetDimension()
-    size = image.GetSize()
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise VertedgeError(
-            f"{name}: {image.GetNumberOfComponentsPerPixel()} values per voxel; a CT has one"
+def _read(p: Path, name: str) -> sitk.Image:
+    """Check the header of a file or DICOM folder, then read its voxels."""
+    if p.is_dir():
+        files = dicom_series_files(p)
+        if not files:
+            raise VertedgeError(f"{name}: no DICOM series in this folder")
+        _check_header(_Header.of_series(files), name)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        return reader.Execute()
+    _check_header(_Header.of_file(p), name)
+    return sitk.ReadImage(str(p))
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What an image header says, read before any voxel data."""
+
+    dim: int
+    size: tuple[int, ...]
+    components: int
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]
+    pixel_bytes: int  # bytes per voxel as stored
+
+    @classmethod
+    def of_file(cls, path: Path) -> _Header:
+        """Header of one image file (ITK reads only its header here)."""
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
+        return cls(
+            dim=reader.GetDimension(),
+            size=tuple(reader.GetSize()),
+            components=reader.GetNumberOfComponents(),
+            spacing=tuple(reader.GetSpacing()),
+            direction=tuple(reader.GetDirection()),
+            pixel_bytes=probe.GetSizeOfPixelComponent() * reader.GetNumberOfComponents(),
         )
-    if dim == 2 or (dim == 3 and min(size) == 1 and max(size) > 1):
-        raise VertedgeError(f"{name}: a 2D image ({'x'.join(map(str, size))}); a 3D CT is needed")
-    if dim != 3:
-        raise VertedgeError(f"{name}: a {dim}D image; a 3D CT is needed")
-    if min(size) == 0 or max(size) == 1:
-        raise VertedgeError(f"{name}: empty volume ({'x'.join(map(str, size))} voxels)")
-    spacing = np.array(image.GetSpacing())
+
+    @classmethod
+    def of_series(cls, files: list[str]) -> _Header:
+        """Header of a DICOM series: the first slice's, with one slice per file."""
+        first = cls.of_file(Path(files[0]))
+        size = first.size[:2] + (len(files),) if len(files) > 1 else first.size
+        return cls(3, size, first.components, first.spacing, first.direction, first.pixel_bytes)
+
+
+def _available_memory_bytes() -> int:
+    """Memory the OS can still give this process (MemAvailable), or the physical total."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_header(h: _Header, name: str) -> None:
+    """Refuse images that cannot be a 3D CT, or that cannot fit in memory, before reading voxels."""
+    dims = "x".join(map(str, h.size))
+    if h.components != 1:
+        raise VertedgeError(f"{name}: {h.components} values per voxel; a CT has one")
+    if h.dim == 2 or (h.dim == 3 and min(h.size) == 1 and max(h.size) > 1):
+        raise VertedgeError(f"{name}: a 2D image ({dims}); a 3D CT is needed")
+    if h.dim != 3:
+        raise VertedgeError(f"{name}: a {h.dim}D image; a 3D CT is needed")
+    if min(h.size) == 0 or max(h.size) == 1:
+        raise VertedgeError(f"{name}: empty volume ({dims} voxels)")
+    spacing = np.array(h.spacing)
     if not np.all(np.isfinite(spacing)) or spacing.min() <= 0 or spacing.max() > MAX_SPACING_MM:
         raise VertedgeError(
             f"{name}: implausible voxel spacing {tuple(np.round(spacing, 3))} mm "
             f"(expected 0 < spacing <= {MAX_SPACING_MM:g} mm)"
         )
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    if abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
+    if abs(abs(np.linalg.det(np.reshape(h.direction, (3, 3)))) - 1) > 1e-3:
         raise VertedgeError(f"{name}: the direction cosines are not a rotation")
+    # the file's buffer and its int16/float32 copy live together for a moment
+    need = int(np.prod(h.size, dtype=np.int64)) * (h.pixel_bytes + 4)
+    have = _available_memory_bytes()
+    if need > have:
+        raise VertedgeError(
+            f"{name}: a {dims} volume needs about {need / 2**30:.1f} GiB to load, "
+            f"{have / 2**30:.1f} GiB is available"
+        )
 
 
 def _check_values(volume: Volume, name: str) -> None:
-    """Refuse voxel values that cannot be a CT: non-finite or constant."""
+    """Refuse voxel values that cannot be a CT in HU: non-finite, constant, no fat/air or no tissue."""
     hu = volume.hu
     if hu.dtype.kind == "f" and not np.isfinite(hu).all():
         raise VertedgeError(f"{name}: the volume holds NaN or infinite values")
-    lo, hi = hu.min(), hu.max()
+    lo, hi = float(hu.min()), float(hu.max())
     if lo == hi:
-        raise VertedgeError(f"{name}: constant volume (every voxel is {lo}); not a CT")
+        raise VertedgeError(f"{name}: constant volume (every voxel is {lo:g}); not a CT")
+    # Any CT field of view holds fat (-100 HU) or air and soft tissue (> 0); an MR, or a CT
+    # stored without its rescale to HU, does not.
+    if lo > MIN_PLAUSIBLE_LOW_HU or hi < MAX_PLAUSIBLE_HIGH_HU:
+        raise VertedgeError(
+            f"{name}: values {lo:g} to {hi:g} are not a CT in Hounsfield units "
+            "(an MR, or a CT without its rescale slope/intercept?)"
+        )
 
 
 def _check_gzip_complete(path: Path, image: sitk.Image) -> None:
@@ -199,18 +270,12 @@ def load_volume(path: str | os.PathLike[str]) -> Volume:
     if not p.exists():
         raise VertedgeError(f"{name}: no such file or folder")
     try:
-        if p.is_dir():
-            image = _read_dicom_series(p)
-        else:
-            image = sitk.ReadImage(str(p))
-    except VertedgeError:
-        raise
+        image = _read(p, name)
     except (RuntimeError, OSError) as e:
         kind = "folder" if p.is_dir() else "file"
         raise VertedgeError(
             f"{name}: cannot read this {kind} as an image (corrupt, truncated or not an image format)"
         ) from e
-    _check_image(image, name)
     if p.suffix == ".gz":
         _check_gzip_complete(p, image)
     try:
