@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Vertebra localization and identification in CT from multi-view DRRs.",
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXAMPLE_SEED = 7
 EXAMPLE_REGION = "thoracolumbar"
 
@@ -66,6 +67,71 @@ def drr(
     err.print(f"{len(written)} files in {out_dir}")
 
 
+class _Log:
+    """Messages on stderr at the chosen level: -q warnings and errors only, -v details."""
+
+    def __init__(self, verbose: int = 0, quiet: bool = False) -> None:
+        self.level = -1 if quiet else verbose
+
+    def info(self, message: str) -> None:
+        if self.level >= 0:
+            err.print(message)
+
+    def debug(self, message: str) -> None:
+        if self.level >= 1:
+            err.print(message)
+
+    def warn(self, message: str) -> None:
+        err.print(f"warning: {message}")
+
+    def error(self, message: str) -> None:
+        err.print(f"error: {message}")
+
+
+class _Progress:
+    """A progress bar on a terminal, one plain line per scan otherwise."""
+
+    def __init__(self, total: int, log: _Log) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.total, self.done, self.log = total, 0, log
+        self.bar = None
+        if err.is_terminal and log.level >= 0 and total > 1:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
+            self.task = self.bar.add_task("scans", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self, outcome) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.advance(self.task)
+        elif self.total > 1:
+            took = f", {outcome.seconds:.1f} s" if outcome.seconds is not None else ""
+            found = f", {outcome.n_vertebrae} vertebrae" if outcome.n_vertebrae is not None else ""
+            self.log.info(f"[{self.done}/{self.total}] {outcome.name}: {outcome.status}{found}{took}")
+
+
+def _print_summary(outcomes) -> None:
+    """A table of the batch: scan, vertebrae found, time, status."""
+    from rich.table import Table
+
+    table = Table("scan", "vertebrae", "time s", "status", box=None)
+    for o in outcomes:
+        vertebrae = "-" if o.n_vertebrae is None else str(o.n_vertebrae)
+        took = "-" if o.seconds is None else f"{o.seconds:.1f}"
+        status = o.status if o.status != "failed" else f"failed: {o.message}"
+        table.add_row(o.name, vertebrae, took, status)
+    Console(width=200).print(table)
+
+
 def _print_vertebrae(result) -> None:
     """A table of the labelled vertebrae on stdout."""
     from rich.table import Table
@@ -78,28 +144,56 @@ def _print_vertebrae(result) -> None:
 
 @app.command()
 def run(
-    scan: Annotated[Path, typer.Argument(help="CT file or DICOM series folder.")],
+    scans: Annotated[list[Path], typer.Argument(help="CT files, DICOM series folders, or folders of them.")],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("."),
     views: Annotated[Optional[int], typer.Option("--views", "-k", min=2, max=360, help="Views K (default: the models').")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
     png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip scans whose NAME.vertebrae.json exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each result object as one JSON line on stdout.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
 ) -> None:
-    """Find and label every vertebra of a scan; write NAME.vertebrae.json, NAME_ctd.json, NAME.mrk.json."""
-    from .outputs import scan_name, write_result
-    from .pipeline import Labeler
-    from .volume import load_volume
+    """Find and label every vertebra; write NAME.vertebrae.json, NAME_ctd.json, NAME.mrk.json per scan.
 
+    One scan that fails exits 2 with one line. Several scans (or a folder) run as a batch: a
+    failed scan is reported and skipped, summary.json lists all, and the exit code is 1 if any failed.
+    """
+    from .batch import expand_inputs, run_batch, write_summary
+    from .pipeline import Labeler
+
+    log = _Log(verbose=verbose, quiet=quiet)
     labeler = Labeler(models, device=device, n_views=views)
-    if device == "auto":
-        err.print(labeler.device_note)
-    volume = load_volume(scan)
-    with err.status(f"labelling {scan}"):
-        result = labeler(volume, keep_images=png)
-    written = write_result(result, volume, out_dir, scan_name(scan), png=png)
-    _print_vertebrae(result)
-    total = sum(result.timings_ms.values())
-    err.print(f"{len(result.vertebrae)} vertebrae in {total:.0f} ms ({result.device}); wrote {', '.join(p.name for p in written)}")
+    if device == "auto" and labeler.device == "cpu":
+        log.info(labeler.device_note)
+    inputs = expand_inputs(list(scans))
+    single = len(scans) == 1 and len(inputs) == 1 and inputs[0] == scans[0]
+    if not inputs:
+        raise VertedgeError(f"{', '.join(map(str, scans))}: no scans found")
+
+    def report(outcome, result) -> None:
+        if as_json and result is not None:
+            print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
+        elif result is not None and single:
+            _print_vertebrae(result)
+        if outcome.status == "failed" and single:
+            raise VertedgeError(outcome.message)
+        if outcome.message and outcome.status != "failed":
+            log.warn(f"{outcome.scan}: {outcome.message}")
+        elif outcome.status == "failed":
+            log.error(outcome.message)
+        progress.advance(outcome)
+
+    with _Progress(len(inputs), log) as progress:
+        outcomes = run_batch(labeler, inputs, out_dir, png=png, skip_existing=skip_existing, on_result=report)
+    if not single:
+        summary = write_summary(out_dir, outcomes)
+        if not as_json:
+            _print_summary(outcomes)
+        log.info(f"summary in {summary}")
+        if any(o.status == "failed" for o in outcomes):
+            raise typer.Exit(1)
 
 
 @app.command()

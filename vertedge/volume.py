@@ -137,7 +137,13 @@ def save_volume(volume: Volume, path: str | os.PathLike[str]) -> None:
 
 def dicom_series_files(folder: Path) -> list[str]:
     """Files of the DICOM series with the most files directly in `folder` (empty if none)."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    # GDCM writes "No Series were found" straight to stderr; an empty answer says the same
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     return max(
         (list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series),
         key=len,
