@@ -161,8 +161,8 @@ def test_read_ground_truth_json(tmp_path: Path) -> None:
 
 
 def _volume() -> Volume:
-    """A 4x5x6 LPS-oriented volume with spacing (2, 2, 3) mm at origin (10, 20, 30)."""
-    hu = np.arange(120, dtype=np.int16).reshape(6, 5, 4)
+    """A 4x5x6 LPS-oriented CT-like volume (-1000 to 1380 HU), spacing (2, 2, 3) mm, origin (10, 20, 30)."""
+    hu = (np.arange(120, dtype=np.int16) * 20 - 1000).reshape(6, 5, 4)
     return Volume(hu=hu, spacing=np.array([2.0, 2, 3]), origin=np.array([10.0, 20, 30]),
                   direction=np.eye(3))
 
