@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import numpy as np
 
+from .xp import array_module, to_host
 
-def box_means(maps: np.ndarray, rc: np.ndarray, half_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+
+def box_means(maps, rc: np.ndarray, half_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of `maps` (K, C, H, W) in squares centred at `rc` (K, N, 2) (row, col) pixels.
 
-    `half_px` (K, N) is the half side in pixels. Returns (K, N, C) means and a (K, N) bool mask of
-    squares whose centre lies inside the image; squares are clipped to the image.
+    `half_px` (K, N) is each square's half side in pixels; a square covers the pixels whose centres
+    lie within it, clipped to the image. Returns (K, N, C) float32 means and a (K, N) bool mask of
+    squares whose centre lies inside the image. `maps` may live on a GPU (CuPy): only the pixels
+    of the squares are read, and only (K, N, C) comes back to the host.
     """
+    xp = array_module(maps)
     k_views, n_ch, h, w = maps.shape
-    # summed-area table with a zero row/col in front: box sum = 4 look-ups
-    sat = np.zeros((k_views, n_ch, h + 1, w + 1), np.float64)
-    np.cumsum(np.cumsum(maps, axis=2, dtype=np.float64), axis=3, out=sat[:, :, 1:, 1:])
-    r, c = rc[..., 0], rc[..., 1]
-    valid = (r >= -0.5) & (r <= h - 0.5) & (c >= -0.5) & (c <= w - 0.5)
-    r0 = np.clip(np.rint(r - half_px), 0, h).astype(np.intp)
-    r1 = np.clip(np.rint(r + half_px) + 1, 0, h).astype(np.intp)
-    c0 = np.clip(np.rint(c - half_px), 0, w).astype(np.intp)
-    c1 = np.clip(np.rint(c + half_px) + 1, 0, w).astype(np.intp)
-    kk = np.arange(k_views)[:, None]
-    # (K, N, C) after moving the channel axis last
-    s = np.moveaxis(sat, 1, -1)
-    total = s[kk, r1, c1] - s[kk, r0, c1] - s[kk, r1, c0] + s[kk, r0, c0]
-    area = np.maximum((r1 - r0) * (c1 - c0), 1)[..., None]
-    return (total / area).astype(np.float32), valid & (r1 > r0) & (c1 > c0)
+    n = rc.shape[1]
+    if n == 0:
+        return np.zeros((k_views, 0, n_ch), np.float32), np.zeros((k_views, 0), bool)
+    reach = int(np.ceil(half_px.max())) + 1
+    offsets = np.arange(-reach, reach + 1)
+    centre = np.rint(rc).astype(np.intp)  # (K, N, 2)
+    rows = centre[..., 0, None] + offsets  # (K, N, S)
+    cols = centre[..., 1, None] + offsets
+    # a pixel belongs to a square when its centre is within half_px of the point
+    in_r = (np.abs(rows - rc[..., 0, None]) <= half_px[..., None]) & (rows >= 0) & (rows < h)
+    in_c = (np.abs(cols - rc[..., 1, None]) <= half_px[..., None]) & (cols >= 0) & (cols < w)
+    weight = in_r[..., :, None] & in_c[..., None, :]  # (K, N, S, S)
+    kk = np.arange(k_views)[:, None, None, None]
+    rr = np.clip(rows, 0, h - 1)[..., :, None]
+    cc = np.clip(cols, 0, w - 1)[..., None, :]
+    patches = maps.transpose(0, 2, 3, 1)[xp.asarray(kk), xp.asarray(rr), xp.asarray(cc)]  # (K, N, S, S, C)
+    sums = (patches * xp.asarray(weight, dtype=patches.dtype)[..., None]).sum(axis=(2, 3))
+    count = weight.sum(axis=(2, 3))
+    means = to_host(sums) / np.maximum(count, 1)[..., None]
+    valid = (rc[..., 0] >= -0.5) & (rc[..., 0] <= h - 0.5) & (rc[..., 1] >= -0.5) & (rc[..., 1] <= w - 0.5)
+    return means.astype(np.float32), valid & (count > 0)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import VertedgeError
 from .geometry import Protocol
+from .xp import array_module
 
 LOCALIZATION_FILE = "localization.onnx"
 IDENTIFICATION_FILE = "identification.onnx"
@@ -65,6 +66,12 @@ class ModelInfo:
         )
 
 
+def _pick(folder: Path, file: str, device: str) -> Path:
+    """The fp16 variant (NAME.fp16.onnx) on CUDA when it is there, else the fp32 model."""
+    half = folder / file.replace(".onnx", ".fp16.onnx")
+    return half if device == "cuda" and half.is_file() else folder / file
+
+
 def providers_for(device: str) -> list[str]:
     """ONNX Runtime execution providers for 'cpu' or 'cuda'."""
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
@@ -91,6 +98,41 @@ def _session(path: Path, device: str) -> tuple[Any, ModelInfo]:
     return session, ModelInfo.from_metadata(path, meta)
 
 
+class _Net:
+    """One ONNX session; runs host arrays directly and CuPy arrays through IO binding (no host copy)."""
+
+    def __init__(self, session: Any, output: str, device_id: int = 0) -> None:
+        self.session = session
+        self.output = output
+        self.device_id = device_id
+        self.half = session.get_inputs()[0].type == "tensor(float16)"  # an fp16 export
+        self.channels = session.get_outputs()[0].shape[1]
+        if not isinstance(self.channels, int):  # device outputs are allocated before the run
+            raise VertedgeError(f"output '{output}' has no fixed channel count ({self.channels})")
+
+    def __call__(self, images: Any) -> Any:
+        """Output (K, channels, H, W) float32 for normalized DRRs (K, H, W), on the device they came from."""
+        xp = array_module(images)
+        x = xp.ascontiguousarray(images[:, None], dtype=xp.float16 if self.half else xp.float32)
+        if xp is np:
+            (out,) = self.session.run([self.output], {"image": x})
+            return out.astype(np.float32, copy=False)
+        return self._run_bound(x)
+
+    def _run_bound(self, x: Any) -> Any:
+        """Run on CuPy input with input and output bound to device memory."""
+        import cupy
+
+        y = cupy.empty((x.shape[0], self.channels, *x.shape[2:]), x.dtype)
+        binding = self.session.io_binding()
+        binding.bind_input("image", "cuda", self.device_id, x.dtype, x.shape, x.data.ptr)
+        binding.bind_output(self.output, "cuda", self.device_id, y.dtype, y.shape, y.data.ptr)
+        # ONNX Runtime computes on its own stream: the DRR kernels writing x must be done first
+        cupy.cuda.get_current_stream().synchronize()
+        self.session.run_with_iobinding(binding)
+        return y.astype(cupy.float32, copy=False)
+
+
 class Models:
     """Both ONNX sessions, built once and reused for every scan."""
 
@@ -103,8 +145,9 @@ class Models:
                 "(train them with `python -m train` and `python -m export`, or pass --models DIR)"
             )
         self.device = device
-        self._loc, self.loc_info = _session(folder / LOCALIZATION_FILE, device)
-        self._id, self.id_info = _session(folder / IDENTIFICATION_FILE, device)
+        loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, device), device)
+        ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, device), device)
+        self._loc, self._id = _Net(loc, "heatmap"), _Net(ident, "prob")
         if (self.loc_info.task, self.id_info.task) != ("localization", "identification"):
             raise VertedgeError(f"{folder}: model tasks are {self.loc_info.task}/{self.id_info.task}")
         if self.loc_info.protocol != self.id_info.protocol:
@@ -127,12 +170,10 @@ class Models:
         """Model ids for the result's provenance."""
         return {"localization": self.loc_info.model_id, "identification": self.id_info.model_id}
 
-    def localize(self, images: np.ndarray) -> np.ndarray:
-        """Heatmaps (K, H, W) float32 for normalized DRRs (K, H, W)."""
-        (out,) = self._loc.run(["heatmap"], {"image": images[:, None].astype(np.float32, copy=False)})
-        return out[:, 0]
+    def localize(self, images: Any) -> Any:
+        """Heatmaps (K, H, W) float32 for normalized DRRs (K, H, W), NumPy or CuPy (output on the same device)."""
+        return self._loc(images)[:, 0]
 
-    def identify(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (K, 1 + C, H, W) float32 (channel 0 background) for DRRs (K, H, W)."""
-        (out,) = self._id.run(["prob"], {"image": images[:, None].astype(np.float32, copy=False)})
-        return out
+    def identify(self, images: Any) -> Any:
+        """Class probabilities (K, 1 + C, H, W) float32 (channel 0 background) for DRRs (K, H, W), NumPy or CuPy."""
+        return self._id(images)

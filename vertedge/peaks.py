@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .xp import array_module, to_host
+
 DEFAULT_MAX_CANDIDATES = 1 << 15  # per view: ~30 vertebrae x ~1000 pixels above threshold
 
 
@@ -45,20 +47,22 @@ def candidates(
     """Pixels of heatmaps (K, rows, cols) above `threshold`: view (M,) int64, rc (M, 2) int64, value (M,) float32.
 
     At most `max_candidates` per view, the highest ones, so that one view's bright haze cannot
-    starve the others; the output is in C order of (view, row, col).
+    starve the others; the output is in C order of (view, row, col). NumPy or CuPy in, the same
+    out: on a GPU only the candidates, not the heatmaps, need to reach the host.
     """
-    h = np.asarray(heatmaps, dtype=np.float32)
+    xp = array_module(heatmaps)
+    h = xp.asarray(heatmaps, dtype=xp.float32)
     if h.ndim != 3:
         raise ValueError(f"heatmaps must be (K, rows, cols), got shape {h.shape}")
-    view, row, col = np.nonzero(h > threshold)
+    view, row, col = xp.nonzero(h > threshold)
     value = h[view, row, col]
-    counts = np.bincount(view, minlength=h.shape[0])
-    if counts.size and counts.max() > max_candidates:
-        order = np.lexsort((-value, view))  # by view, then value descending
-        rank_in_view = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-        keep = np.sort(order[rank_in_view < max_candidates])
+    if value.size > max_candidates:  # only then can one view hold more than its share
+        order = xp.lexsort(xp.stack([-value, view.astype(xp.float32)]))  # by view, then value descending
+        in_order = view[order]
+        rank_in_view = xp.arange(in_order.size) - xp.searchsorted(in_order, in_order, side="left")
+        keep = xp.sort(order[rank_in_view < max_candidates])
         view, row, col, value = view[keep], row[keep], col[keep], value[keep]
-    return view.astype(np.int64), np.stack([row, col], axis=1).astype(np.int64), value
+    return view.astype(xp.int64), xp.stack([row, col], axis=1).astype(xp.int64), value
 
 
 @numba.njit(cache=True)
@@ -117,15 +121,14 @@ def find_peaks(
     min_distance_px: float,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
 ) -> Peaks:
-    """Density-peak centroids of heatmaps (K, rows, cols) float; centres lie > `min_distance_px` px from denser pixels."""
-    h = np.asarray(heatmaps, dtype=np.float32)
+    """Density-peak centroids of heatmaps (K, rows, cols) float, host or device; centres lie > `min_distance_px` px from denser pixels."""
     threshold = float(np.float32(threshold))  # the value compared in float32, so weights stay > 0
-    view, rc, value = candidates(h, threshold, max_candidates)
+    view, rc, value = (to_host(a) for a in candidates(heatmaps, threshold, max_candidates))
     if len(view) == 0:
         return Peaks(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0))
     order = np.lexsort((-value, view))  # stable: ties keep pixel order, so ranks are strict
     view, rc, value = view[order], rc[order], value[order]
-    parent = _nearest_denser(view, rc[:, 0], rc[:, 1], h.shape[1], h.shape[2], float(min_distance_px))
+    parent = _nearest_denser(view, rc[:, 0], rc[:, 1], heatmaps.shape[1], heatmaps.shape[2], float(min_distance_px))
     centre, label = np.unique(_cluster_roots(parent), return_inverse=True)
     weight = value.astype(np.float64) - threshold
     mass = np.bincount(label, weight)

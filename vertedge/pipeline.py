@@ -24,6 +24,7 @@ from .models import Models
 from .peaks import Peaks, find_peaks
 from .sequence import identify
 from .volume import Volume
+from .xp import to_host
 
 ID_SQUARE_MM = 22.0  # side of the square whose class probabilities vote for a vertebra (paper Sec. 2.3)
 MIN_PEAK_DISTANCE_MM = 8.0  # at the isocentre: closer peaks are one vertebra (cervical bodies ~15 mm apart)
@@ -135,12 +136,12 @@ class Labeler:
         self.models = Models(models_dir, self.device)
         self.protocol = self.models.protocol.with_views(n_views)
 
-    def _render(self, volume: Volume, views: Views) -> np.ndarray:
-        """Normalized DRRs (K, H, W) float32 on the host, rendered on the chosen device."""
+    def _render(self, volume: Volume, views: Views) -> Any:
+        """Normalized DRRs (K, H, W) float32, on the chosen device (a CuPy array on CUDA)."""
         if self.device == "cuda":
             from .drr_cuda import normalize_cuda, render_cuda
 
-            return normalize_cuda(render_cuda(volume, views, self.protocol), self.protocol).get()
+            return normalize_cuda(render_cuda(volume, views, self.protocol), self.protocol)
         return drr.normalize(drr.render(volume, views, self.protocol), self.protocol)
 
     def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
@@ -182,5 +183,5 @@ class Labeler:
             device=self.device,
             timings_ms=timer.ms,
             views=views if keep_images else None,
-            images=images if keep_images else None,
+            images=to_host(images) if keep_images else None,
         )

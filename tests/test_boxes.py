@@ -1,0 +1,36 @@
+"""Square means around projected points against a plain loop over pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vertedge.boxes import box_means
+
+
+def _loop_means(maps, rc, half):
+    """Reference: average of the pixels whose centre lies within `half` of the point, per square."""
+    k_views, n_ch, h, w = maps.shape
+    out = np.zeros((*rc.shape[:2], n_ch))
+    for k in range(k_views):
+        for i, ((r, c), hp) in enumerate(zip(rc[k], half[k])):
+            rows = [y for y in range(h) if abs(y - r) <= hp]
+            cols = [x for x in range(w) if abs(x - c) <= hp]
+            if rows and cols:
+                out[k, i] = maps[k][:, rows][:, :, cols].mean(axis=(1, 2))
+    return out
+
+
+def test_box_means_match_a_pixel_loop_including_clipped_squares():
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 4, 40, 50)).astype(np.float32)
+    rc = np.stack([rng.uniform(-3, 43, (3, 7)), rng.uniform(-3, 53, (3, 7))], -1)
+    half = rng.uniform(1.0, 6.5, (3, 7))
+    means, valid = box_means(maps, rc, half)
+    np.testing.assert_allclose(means, _loop_means(maps, rc, half), rtol=1e-5)
+    inside = (rc[..., 0] >= -0.5) & (rc[..., 0] <= 39.5) & (rc[..., 1] >= -0.5) & (rc[..., 1] <= 49.5)
+    np.testing.assert_array_equal(valid, inside)
+
+
+def test_box_means_of_no_points():
+    means, valid = box_means(np.zeros((2, 3, 8, 8), np.float32), np.zeros((2, 0, 2)), np.zeros((2, 0)))
+    assert means.shape == (2, 0, 3) and valid.shape == (2, 0)
