@@ -1,0 +1,205 @@
+"""End-to-end latency per scan and per stage, its growth with volume size and K, and decode peers.
+
+Usage:
+    python benchmarks/latency.py [--device cpu] [--repeats 5] [--sizes 256x256x256,512x512x600]
+                                 [--views 5,10,20] [--json results.json] [--markdown results.md]
+
+Each volume size runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
+A phantom of that size is written as .nii.gz, then: decode (load_volume), the pipeline stages
+(Labeler timings: drr, localization_net, peaks, fusion, identification_net, voting) and the
+writes, one warm-up and `--repeats` timed runs; median and p95 per stage. Peers for decode:
+SimpleITK against nibabel on the same .nii.gz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STAGES = ("decode", "drr", "localization_net", "peaks", "fusion", "identification_net", "voting", "write")
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory and (when used) the GPU of this machine."""
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version()}
+
+
+def phantom_for(shape: tuple[int, int, int], path: Path) -> dict[str, Any]:
+    """Write a full-spine phantom of `shape` voxels (0.8 mm in-plane, slices to cover ~650 mm)."""
+    from vertedge.phantom import make_phantom, save_phantom
+
+    dz = float(np.clip(650.0 / shape[2], 0.6, 3.0))
+    ph = make_phantom(0, "full", shape=shape, spacing=(0.8, 0.8, dz), orientation="LPS")
+    save_phantom(ph, path)
+    return {"shape": list(shape), "spacing_mm": [0.8, 0.8, dz], "vertebrae": len(ph.centroids)}
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    """Median and 95th percentile (ms)."""
+    a = np.asarray(samples)
+    return {"median_ms": round(float(np.median(a)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2)}
+
+
+def measure_one(shape: tuple[int, int, int], views: int, device: str, models: str | None, repeats: int) -> dict[str, Any]:
+    """Time every stage on one phantom size (this process only)."""
+    from vertedge.outputs import write_result
+    from vertedge.pipeline import Labeler
+    from vertedge.volume import load_volume
+
+    labeler = Labeler(models, device=device, n_views=views)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scan.nii.gz"
+        info = phantom_for(shape, path)
+        samples: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            volume = load_volume(path)
+            decode = (time.perf_counter() - t0) * 1e3
+            result = labeler(volume)
+            t1 = time.perf_counter()
+            write_result(result, volume, Path(tmp) / "out", "scan")
+            write = (time.perf_counter() - t1) * 1e3
+            if i == 0:
+                continue  # warm-up: JIT compile, session first run
+            timings = {"decode": decode, **result.timings_ms, "write": write}
+            for stage in STAGES:
+                samples[stage].append(timings.get(stage, 0.0))
+            samples["total"].append(sum(timings.get(s, 0.0) for s in STAGES))
+        rows, cols = result.views.shape if result.views is not None else (None, None)
+        input_mib = volume.hu.size * 2 / 2**20
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        **info,
+        "views": labeler.protocol.n_views,
+        "detector": [rows, cols],
+        "found": len(result.vertebrae),
+        "device": labeler.device,
+        "stages": {s: stats(v) for s, v in samples.items()},
+        "peak_rss_mib": round(peak_mib, 1),
+        "input_int16_mib": round(input_mib, 1),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def decode_peers(shape: tuple[int, int, int], repeats: int) -> dict[str, Any]:
+    """SimpleITK against nibabel reading the same .nii.gz to an int16 array."""
+    import SimpleITK as sitk
+
+    out: dict[str, Any] = {"shape": list(shape)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scan.nii.gz"
+        phantom_for(shape, path)
+        out["file_mib"] = round(path.stat().st_size / 2**20, 1)
+        readers = {"SimpleITK": lambda: sitk.GetArrayFromImage(sitk.ReadImage(str(path)))}
+        try:
+            import nibabel as nib
+
+            readers["nibabel"] = lambda: np.asanyarray(nib.load(str(path)).dataobj)
+        except ImportError:
+            pass
+        for name, read in readers.items():
+            read()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                read()
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[name] = stats(times)
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables."""
+    m = report["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; device {report['device']}; "
+        f"{report['date']}; `{report['command']}`",
+        "",
+        "| volume | K | detector | found | " + " | ".join(STAGES) + " | total | peak RSS MiB (input int16 MiB) | load |",
+        "|" + "---|" * (len(STAGES) + 7),
+    ]
+    for r in report["runs"]:
+        cells = [f"{r['stages'][s]['median_ms']:.0f}" for s in STAGES]
+        total = r["stages"]["total"]
+        lines.append(
+            f"| {'x'.join(map(str, r['shape']))} @ {r['spacing_mm'][2]:.2f} mm | {r['views']} | "
+            f"{r['detector'][0]}x{r['detector'][1]} | {r['found']} | " + " | ".join(cells)
+            + f" | {total['median_ms']:.0f} (p95 {total['p95_ms']:.0f}) | {r['peak_rss_mib']:.0f} ({r['input_int16_mib']:.0f}) | {r['load_avg_1min']} |"
+        )
+    lines += ["", "Stage times are medians in ms.", "", "| decode .nii.gz | file MiB | SimpleITK ms | nibabel ms |", "|---|---|---|---|"]
+    for d in report["decode"]:
+        nib = d.get("nibabel", {}).get("median_ms", float("nan"))
+        lines.append(f"| {'x'.join(map(str, d['shape']))} | {d['file_mib']} | {d['SimpleITK']['median_ms']:.0f} | {nib:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'512x512x600' -> (512, 512, 600)."""
+    a, b, c = (int(v) for v in text.lower().split("x"))
+    return a, b, c
+
+
+def main() -> None:
+    """Run every size (and K) in a subprocess, then the decode peers; print and save the report."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256x256x256,512x512x300,512x512x600,512x512x1000")
+    ap.add_argument("--views", default="10", help="comma-separated K; the first for every size, the rest on 512x512x600")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default=None)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "SHAPE:K" for a subprocess
+    args = ap.parse_args()
+    if args.one:
+        shape, k = args.one.split(":")
+        print(json.dumps(measure_one(parse_shape(shape), int(k), args.device, args.models, args.repeats)))
+        return
+    sizes = [parse_shape(s) for s in args.sizes.split(",")]
+    ks = [int(k) for k in args.views.split(",")]
+    # every size at the first K, then the other K values on the scaling reference size
+    reference = (512, 512, 600) if (512, 512, 600) in sizes else sizes[0]
+    jobs = [(s, ks[0]) for s in sizes] + [(reference, k) for k in ks[1:]]
+    runs = []
+    for shape, k in jobs:
+        cmd = [sys.executable, __file__, "--one", f"{'x'.join(map(str, shape))}:{k}", "--device", args.device, "--repeats", str(args.repeats)]
+        if args.models:
+            cmd += ["--models", args.models]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"{shape} K={runs[-1]['views']}: total {runs[-1]['stages']['total']['median_ms']:.0f} ms", file=sys.stderr)
+    report = {
+        "machine": machine(),
+        "device": args.device,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
+        "runs": runs,
+        "decode": [decode_peers(s, args.repeats) for s in sizes[:2]],
+    }
+    text = markdown(report)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        args.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
