@@ -65,7 +65,7 @@ def test_slicer_markups_have_the_fields_slicer_reads(result_and_volume, tmp_path
     assert markup["type"] == "Fiducial" and markup["coordinateSystem"] == "LPS"
     points = markup["controlPoints"]
     assert [p["label"] for p in points] == ["L1", "L2", "L3"]
-    for p, (label, xyz) in zip(points, truth.items()):
+    for p, xyz in zip(points, truth.values()):
         assert {"id", "label", "position", "orientation", "positionStatus"} <= set(p)
         np.testing.assert_allclose(p["position"], xyz)
 

@@ -509,7 +509,7 @@ def _body_shape(lv: _Level) -> BodyShape:
 def _arch(sc: _Scene, lv: _Level, canc: float, cort: float) -> None:
     """Posterior arch: pedicles, articular pillars, laminae, spinous and transverse processes."""
     d = lv.dims
-    a, b, h, rx, ry, pr = d["a"], d["b"], d["h"], d["rx"], d["ry"], d["pr"]
+    b, h, rx, ry, pr = d["b"], d["h"], d["rx"], d["ry"], d["pr"]
     w = lv.world
     core, t = canc + 80.0, 1.0
     yc = b + ry  # canal centre, posterior of the body
