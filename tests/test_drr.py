@@ -82,3 +82,22 @@ def test_reoriented_storage_renders_the_same_images(structured_volume):
         other = structured_volume.reoriented(perm, flips)
         images = render(other, make_views(other, protocol), protocol)
         np.testing.assert_allclose(images, reference, atol=1e-3 * reference.max())
+
+
+def test_content_box_skips_only_air(structured_volume):
+    from vertedge.drr import content_box
+
+    box = content_box(structured_volume)
+    assert box.hu.size < structured_volume.hu.size
+    assert np.shares_memory(box.hu, structured_volume.hu)  # a view, no copy
+    # the same voxel sits at the same world point in both
+    k, j, i = np.argwhere(box.hu > -500)[0]
+    world = box.index_to_world(np.array([i, j, k], float))
+    i2, j2, k2 = np.rint(structured_volume.world_to_index(world)).astype(int)
+    assert structured_volume.hu[k2, j2, i2] == box.hu[k, j, i]
+    # everything outside the box is air
+    outside = structured_volume.hu.copy()
+    lo = np.rint(structured_volume.world_to_index(box.origin)).astype(int)
+    ni, nj, nk = box.shape_ijk
+    outside[lo[2] : lo[2] + nk, lo[1] : lo[1] + nj, lo[0] : lo[0] + ni] = -1000
+    assert (outside <= -500).all()

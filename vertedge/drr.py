@@ -19,6 +19,10 @@ import numpy as np
 from .geometry import Protocol, Views
 from .volume import Volume
 
+# Voxels at or below this are air, padding or air noise (mu <= 0.5 mu_water): the march skips the
+# box they fill. Real content below it outside the body (foam pads, blankets) is negligible.
+CONTENT_HU = -500.0
+
 
 @numba.njit(inline="always", fastmath=True)
 def _sample(hu, x: float, y: float, z: float) -> float:
@@ -103,8 +107,46 @@ def _render(
             out[v, r, c] = acc * dt * mu_water
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _slice_extents(hu, threshold):
+    """Per k-slice: (any voxel > threshold, j_min, j_max, i_min, i_max)."""
+    nk, nj, ni = hu.shape
+    ext = np.empty((nk, 5), np.int64)
+    for k in numba.prange(nk):
+        found, j0, j1, i0, i1 = 0, nj, -1, ni, -1
+        for j in range(nj):
+            row_lo, row_hi = ni, -1
+            for i in range(ni):
+                if hu[k, j, i] > threshold:
+                    row_lo = min(row_lo, i)
+                    row_hi = i
+            if row_hi >= 0:
+                found = 1
+                j0, j1 = min(j0, j), j
+                i0, i1 = min(i0, row_lo), max(i1, row_hi)
+        ext[k] = (found, j0, j1, i0, i1)
+    return ext
+
+
+def content_box(volume: Volume, threshold_hu: float = CONTENT_HU) -> Volume:
+    """The smallest sub-volume (a view, no copy) holding every voxel above `threshold_hu`.
+
+    Outside it the volume is air (or the scanner's padding), which adds nothing to a line
+    integral, so rays that miss it end at once and the others march only through it.
+    """
+    ext = _slice_extents(volume.hu, threshold_hu)
+    ks = np.flatnonzero(ext[:, 0])
+    if ks.size == 0:
+        return volume
+    e = ext[ks]
+    lo = np.array([e[:, 3].min(), e[:, 1].min(), ks[0]])
+    hi = np.array([e[:, 4].max(), e[:, 2].max(), ks[-1]])
+    return volume.subvolume(lo, hi)
+
+
 def render(volume: Volume, views: Views, protocol: Protocol) -> np.ndarray:
     """Line integrals of attenuation (K, rows, cols) float32, dimensionless, for every view."""
+    volume = content_box(volume)
     out = np.empty((views.n_views, *views.shape), np.float32)
     _render(
         volume.hu,

@@ -81,6 +81,17 @@ class Volume:
             codes.append(str(letters[w, int(col[w] > 0)]))
         return tuple(codes)  # type: ignore[return-value]
 
+    def subvolume(self, lo_ijk: np.ndarray, hi_ijk: np.ndarray) -> Volume:
+        """Voxels lo..hi (inclusive, (i, j, k)) as a Volume sharing this one's memory, same world frame."""
+        (i0, j0, k0), (i1, j1, k1) = np.asarray(lo_ijk, int), np.asarray(hi_ijk, int)
+        return Volume(
+            hu=self.hu[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1],
+            spacing=self.spacing,
+            origin=self.index_to_world(np.array([i0, j0, k0], float)),
+            direction=self.direction,
+            meta=self.meta,
+        )
+
     def reoriented(self, perm: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> Volume:
         """The same world content stored differently: new index axis m = old axis perm[m], reversed if flips[m]."""
         n = np.array(self.shape_ijk)
