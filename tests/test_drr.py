@@ -101,3 +101,23 @@ def test_content_box_skips_only_air(structured_volume):
     ni, nj, nk = box.shape_ijk
     outside[lo[2] : lo[2] + nk, lo[1] : lo[1] + nj, lo[0] : lo[0] + ni] = -1000
     assert (outside <= -500).all()
+
+
+def test_phantom_saved_lps_ras_permuted_gives_same_drrs_and_projections(tmp_path):
+    from vertedge.phantom import make_phantom
+    from vertedge.volume import load_volume, save_volume
+
+    protocol = Protocol(pixel_mm=5.0, n_views=6, step_mm=2.0)
+    images, projected = {}, {}
+    for orientation in ("LPS", "RAS", "permuted"):
+        ph = make_phantom(4, "lumbar", shape=(80, 64, 90), spacing=(3.0, 3.0, 3.0), orientation=orientation)
+        save_volume(ph.volume, tmp_path / f"{orientation}.nii.gz")
+        volume = load_volume(tmp_path / f"{orientation}.nii.gz")
+        views = make_views(volume, protocol)
+        images[orientation] = render(volume, views, protocol)
+        labels = sorted(ph.centroids)
+        projected[orientation] = project(views, np.array([ph.centroids[l] for l in labels]))[0]
+    assert len({im.shape for im in images.values()}) == 1
+    for orientation in ("RAS", "permuted"):
+        np.testing.assert_allclose(images[orientation], images["LPS"], atol=1e-3 * images["LPS"].max())
+        np.testing.assert_allclose(projected[orientation], projected["LPS"], atol=1e-6)
