@@ -125,8 +125,8 @@ class _Net:
 
         y = cupy.empty((x.shape[0], self.channels, *x.shape[2:]), x.dtype)
         binding = self.session.io_binding()
-        binding.bind_input("image", "cuda", self.device_id, x.dtype, x.shape, x.data.ptr)
-        binding.bind_output(self.output, "cuda", self.device_id, y.dtype, y.shape, y.data.ptr)
+        binding.bind_input("image", "cuda", self.device_id, x.dtype.type, x.shape, x.data.ptr)
+        binding.bind_output(self.output, "cuda", self.device_id, y.dtype.type, y.shape, y.data.ptr)
         # ONNX Runtime computes on its own stream: the DRR kernels writing x must be done first
         cupy.cuda.get_current_stream().synchronize()
         self.session.run_with_iobinding(binding)
