@@ -59,6 +59,7 @@ def stats(samples: list[float]) -> dict[str, float]:
 
 def measure_one(shape: tuple[int, int, int], views: int, device: str, models: str | None, repeats: int) -> dict[str, Any]:
     """Time every stage on one phantom size (this process only)."""
+    from vertedge.geometry import make_views
     from vertedge.outputs import write_result
     from vertedge.pipeline import Labeler
     from vertedge.volume import load_volume
@@ -82,7 +83,7 @@ def measure_one(shape: tuple[int, int, int], views: int, device: str, models: st
             for stage in STAGES:
                 samples[stage].append(timings.get(stage, 0.0))
             samples["total"].append(sum(timings.get(s, 0.0) for s in STAGES))
-        rows, cols = result.views.shape if result.views is not None else (None, None)
+        rows, cols = make_views(volume, labeler.protocol).shape
         input_mib = volume.hu.size * 2 / 2**20
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
