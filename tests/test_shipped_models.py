@@ -1,0 +1,57 @@
+"""The shipped default models, end to end on a held-out phantom (seeds < 1000 are never trained on)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from vertedge.metrics import score  # noqa: E402
+from vertedge.phantom import make_phantom  # noqa: E402
+from vertedge.pipeline import Labeler  # noqa: E402
+
+SEED, REGION = 4, "thoracolumbar"  # the README's example scan (an L6 variant)
+
+
+@pytest.fixture(scope="module")
+def labeled():
+    """The example phantom and the shipped models' result."""
+    ph = make_phantom(SEED, REGION)
+    labeler = Labeler(device="cpu")
+    return ph, labeler, labeler(ph.volume)
+
+
+@pytest.mark.slow
+def test_every_vertebra_found_and_labelled(labeled):
+    ph, _, result = labeled
+    whole = {k for k, cut in ph.cut.items() if not cut}
+    s = score(result.centroids(), ph.centroids, exclude=set(ph.centroids) - whole)
+    missed = [row["name"] for row in s.per_vertebra if not row["identified"]]
+    assert s.n_gt["all"] == len(whole) and not missed, f"not identified: {missed}"
+
+
+@pytest.mark.slow
+def test_same_input_gives_identical_json(labeled):
+    ph, labeler, first = labeled
+    second = labeler(ph.volume)
+    a, b = first.to_dict(), second.to_dict()
+    a.pop("timings_ms"), b.pop("timings_ms")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert np.isfinite([v.world_lps_mm for v in first.vertebrae]).all()
+
+
+@pytest.mark.gpu
+def test_cuda_and_cpu_give_the_same_vertebrae(labeled):
+    from vertedge.device import cuda_status
+
+    ok, why = cuda_status()
+    if not ok:
+        pytest.skip(f"no CUDA path: {why}")
+    ph, _, cpu = labeled
+    gpu = Labeler(device="cuda")(ph.volume)
+    assert [v.label for v in gpu.vertebrae] == [v.label for v in cpu.vertebrae]
+    distance = np.linalg.norm(np.array([v.world_lps_mm for v in gpu.vertebrae]) - np.array([v.world_lps_mm for v in cpu.vertebrae]), axis=1)
+    assert distance.max() < 0.5

@@ -1,0 +1,344 @@
+"""Training side: a training step learns, the torch Sequence Loss, ONNX export parity and metadata,
+dataset targets, S-I crops and the VerSe-layout reader. Tiny nets and images: fast on a CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from tests.conftest import air_volume, paint_ball
+from train.data import (
+    CLASSES,
+    Scan,
+    crop_si,
+    find_verse_cases,
+    heatmap_target,
+    id_target,
+    phantom_scan,
+    render_scan,
+    sample_batch,
+    square_half_px,
+    verse_scan,
+)
+from train.losses import SequenceLoss, heatmap_loss, id_loss, square_means
+from train.nets import SimSiam, UNet
+from vertedge.geometry import Protocol
+from vertedge.labels import LABELS
+
+TINY = {"base": 4, "levels": 3}
+PROTOCOL = Protocol(n_views=4, pixel_mm=8.0, max_rows=128, max_cols=128, step_mm=4.0)
+
+
+def _cfg() -> dict:
+    return {
+        "name": "test", "version": "0.1.0", "seed": 0, "protocol": PROTOCOL.to_dict(),
+        "net": TINY, "heatmap": {"sigma_px": 1.5, "amplitude": 1.0, "threshold": 0.3},
+        "data": {"train_seeds": [1000, 1002], "variants_per_scan": 1, "crop_prob": 0.5},
+        "augment": {"gamma": 1.2, "contrast": 0.1, "offset": 0.02, "noise": 0.01},
+        "loc": {"batch": 2, "crop": [32, 32]}, "id": {"batch": 2, "crop": [32, 32]},
+    }
+
+
+def _spine_scan() -> Scan:
+    """A stand-in CT: soft-tissue slab with bright balls (the 'bodies') at known centroids along S-I."""
+    vol = air_volume((40, 40, 72), (4.0, 4.0, 4.0))
+    vol.hu[:, 8:32, 8:32] = 40
+    labels = [LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3")]
+    cents = {}
+    for i, lab in enumerate(labels):
+        c = np.array([0.0, 10.0, 90.0 - i * 45.0])
+        paint_ball(vol, c, 10.0, 1000)
+        cents[lab] = c
+    return Scan("standin", vol, cents, {k: False for k in cents})
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_step_reduces_loss():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(6, 26, (2, 3, 2))
+    x = np.zeros((2, 1, 32, 32), np.float32)
+    y = np.zeros((2, 1, 32, 32), np.float32)
+    for b in range(2):
+        x[b, 0] = heatmap_target((32, 32), pts[b], 2.0, 1.0) + 0.05 * rng.standard_normal((32, 32))
+        y[b, 0] = heatmap_target((32, 32), pts[b], 1.5, 1.0)
+    net = UNet(1, **TINY)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    losses = []
+    for _ in range(8):
+        loss = heatmap_loss(net.forward_logits(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_identification_step_reduces_loss():
+    torch.manual_seed(0)
+    target = np.zeros((2, 32, 32), np.int64)
+    target[:, 4:12, 10:20], target[:, 14:22, 10:20] = 1 + 3, 1 + 4
+    x = torch.from_numpy((target[:, None] > 0).astype(np.float32))
+    boxes = [np.array([[4, 12, 10, 20], [14, 22, 10, 20]])] * 2
+    net = UNet(1 + len(CLASSES), **TINY, softmax=True)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    seq = SequenceLoss(CLASSES)
+    losses = []
+    for _ in range(6):
+        loss, parts = id_loss(net.forward_logits(x), torch.from_numpy(target), boxes, seq)
+        assert {"ce", "seq", "loss"} <= set(parts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss"])
+    assert losses[-1] < losses[0]
+
+
+def test_simsiam_loss_is_a_negative_cosine():
+    torch.manual_seed(0)
+    net = SimSiam(**TINY, dim=16, pred_dim=8)
+    x = torch.rand(4, 1, 32, 32)
+    loss = net.loss(x, x + 0.01 * torch.rand_like(x))
+    assert -1.0 <= float(loss) <= 1.0
+    loss.backward()
+    assert net.encoder.stages[0][0].weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- Sequence Loss
+
+
+def test_sequence_loss_zero_for_perfect_and_grows_on_swap():
+    seq = SequenceLoss(CLASSES)
+    P = np.eye(len(CLASSES), dtype=np.float32)[5:12]
+    assert float(seq(torch.from_numpy(P[None]))[0]) == pytest.approx(0.0, abs=1e-6)
+    swapped = P.copy()
+    swapped[[2, 3]] = swapped[[3, 2]]
+    assert float(seq(torch.from_numpy(swapped[None]))[0]) > 0.05
+
+
+def test_sequence_loss_variants_are_next_steps():
+    seq = SequenceLoss(CLASSES)
+    for names in (("T11", "T12", "T13", "L1"), ("T11", "T12", "L1", "L2"), ("L4", "L5", "L6")):
+        P = np.zeros((len(names), len(CLASSES)), np.float32)
+        for i, n in enumerate(names):
+            P[i, CLASSES.index(LABELS[n])] = 1
+        assert float(seq(torch.from_numpy(P[None]))[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sequence_loss_matches_numpy_and_is_differentiable():
+    sequence = pytest.importorskip("vertedge.sequence")
+    rng = np.random.default_rng(1)
+    P = rng.random((6, 9, len(CLASSES)))
+    valid = rng.random((6, 9)) > 0.25
+    seq = SequenceLoss(CLASSES)
+    Pt = torch.tensor(P, dtype=torch.float64, requires_grad=True)
+    got = seq.to(torch.float64)(Pt, torch.from_numpy(valid))
+    want = sequence.sequence_losses(P, CLASSES, valid=valid)
+    np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-9)
+    got.sum().backward()
+    assert torch.isfinite(Pt.grad).all() and Pt.grad.abs().sum() > 0
+
+
+def test_square_means_match_direct_means():
+    rng = np.random.default_rng(2)
+    prob = torch.softmax(torch.from_numpy(rng.standard_normal((2, 1 + 5, 20, 16)).astype(np.float32)), 1)
+    boxes = [np.array([[2, 7, 3, 9], [10, 15, 0, 4]]), np.array([[0, 20, 0, 16]])]
+    P, valid = square_means(prob, boxes, 5)
+    assert valid.tolist() == [[True, True], [True, False]]
+    np.testing.assert_allclose(P[0, 1].numpy(), prob[0, 1:, 10:15, 0:4].mean((1, 2)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(P[1, 0].numpy(), prob[1, 1:].mean((1, 2)).numpy(), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("task", ["loc", "id"])
+def test_export_parity_metadata_and_dynamic_size(tmp_path, task):
+    from export import FILES, metadata, parity, to_onnx
+
+    torch.manual_seed(0)
+    net = UNet(1, **TINY) if task == "loc" else UNet(1 + len(CLASSES), **TINY, softmax=True, context=(1, 2))
+    with torch.no_grad():  # non-trivial BatchNorm statistics and row context
+        if net.context is not None:
+            net.context.out.weight.normal_(0, 0.3)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    meta = metadata(task, _cfg(), net.state_dict(), "test")
+    path = to_onnx(net, task, tmp_path / FILES[task], meta)
+    assert parity(net, path, shape=(2, 1, 96, 64)) < 1e-3
+    assert parity(net, path, shape=(1, 1, 32, 128)) < 1e-3
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    keys = {"vertedge.task", "vertedge.protocol", "vertedge.classes", "vertedge.model_id",
+            "vertedge.model_version", "vertedge.training"}
+    assert keys <= set(props)
+    assert props["vertedge.task"] == {"loc": "localization", "id": "identification"}[task]
+    assert Protocol.from_dict(json.loads(props["vertedge.protocol"])) == PROTOCOL
+    assert json.loads(props["vertedge.classes"]) == list(CLASSES)
+    if task == "loc":
+        hm = json.loads(props["vertedge.heatmap"])
+        assert {"sigma_px", "amplitude", "threshold"} <= set(hm)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert model.graph.input[0].name == "image"
+    assert all(d.dim_param for i, d in enumerate(dims) if i != 1)  # B, H, W symbolic
+    out = model.graph.output[0].name
+    assert out == {"loc": "heatmap", "id": "prob"}[task]
+    if task == "id":
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (p,) = sess.run(None, {"image": np.random.default_rng(0).random((1, 1, 64, 64), np.float32)})
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-4)
+
+
+def test_fp16_export_runs(tmp_path):
+    from export import metadata, parity, to_onnx
+
+    net = UNet(1, **TINY)
+    path = to_onnx(net, "loc", tmp_path / "l.fp16.onnx", metadata("loc", _cfg(), net.state_dict(), "t"), fp16=True)
+    assert parity(net, path, shape=(1, 1, 64, 64)) < 5e-2
+
+
+def test_shipped_models_carry_the_contract():
+    folder = Path(__file__).parents[1] / "vertedge" / "models"
+    files = [folder / "localization.onnx", folder / "identification.onnx"]
+    if not all(f.exists() for f in files):
+        pytest.skip("no shipped models")
+    assert sum(f.stat().st_size for f in folder.glob("*.onnx")) <= 40e6
+    protocols = set()
+    for f in files:
+        props = {p.key: p.value for p in onnx.load(str(f), load_external_data=False).metadata_props}
+        assert {"vertedge.task", "vertedge.protocol", "vertedge.classes", "vertedge.model_id",
+                "vertedge.model_version", "vertedge.training"} <= set(props)
+        protocols.add(props["vertedge.protocol"])
+    assert len(protocols) == 1
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_targets_peak_at_projected_centroids_and_carry_the_classes():
+    item = render_scan(_spine_scan(), PROTOCOL)
+    _, h, w = item["images"].shape
+    assert item["images"].dtype == np.float16 and np.isfinite(item["images"]).all()
+    idx = np.array([CLASSES.index(int(lab)) for lab in item["labels"]])
+    for k in range(PROTOCOL.n_views):
+        pts = item["points"][k]
+        hm = heatmap_target((h, w), pts, 1.5, 1.0)
+        for r, c in pts:
+            ri, ci = round(r), round(c)
+            win = hm[max(ri - 2, 0) : ri + 3, max(ci - 2, 0) : ci + 3]
+            assert hm[ri, ci] == win.max() and hm[ri, ci] > 0.75
+        # the bright balls are where the projected centroids are
+        img = item["images"][k].astype(np.float32)
+        col = round(pts[:, 1].mean())
+        assert img[np.round(pts[:, 0]).astype(int), col].mean() > img[:, col].mean()
+        half = square_half_px(item["px_mm"][k], 22.0)
+        assert np.all((half > 1.0) & (half < 5.0))  # 22 mm at ~4 mm per pixel
+        tgt = id_target((h, w), pts, idx, half)
+        for (r, c), j in zip(pts, idx):
+            assert tgt[round(r), round(c)] == 1 + j
+        assert set(np.unique(tgt)) == {0, *(1 + idx)}
+
+
+def test_sample_batch_shapes_and_pair():
+    class _P:
+        items = [render_scan(_spine_scan(), PROTOCOL)]  # noqa: RUF012
+
+        def __len__(self):
+            return 1
+
+    rng = np.random.default_rng(0)
+    cfg = {"augment": _cfg()["augment"], "heatmap": _cfg()["heatmap"], "focus": 1.0}
+    b = sample_batch(_P(), 3, (32, 32), rng, "loc", cfg)
+    assert b["x"].shape == (3, 1, 32, 32) and b["heatmap"].shape == (3, 1, 32, 32)
+    assert b["heatmap"].max() > 0.5
+    b = sample_batch(_P(), 2, (32, 32), rng, "id", cfg)
+    assert b["target"].shape == (2, 32, 32) and len(b["boxes"]) == 2
+    for bx, cl in zip(b["boxes"], b["classes"]):
+        assert len(bx) == len(cl) and np.all(np.diff(cl) > 0)  # cranial -> caudal
+    b = sample_batch(_P(), 2, (32, 32), rng, "pair", cfg)
+    assert b["x"].shape == b["x2"].shape == (2, 1, 32, 32)
+
+
+def test_crop_si_drops_centroids_outside_and_keeps_world_positions():
+    scan = _spine_scan()
+    cropped = crop_si(scan, 0.0, 0.5)  # the inferior half (index k grows superior in LPS)
+    assert 0 < len(cropped.centroids) < len(scan.centroids)
+    zmax = cropped.volume.index_to_world(np.array([0, 0, cropped.volume.shape_ijk[2] - 1]))[2]
+    assert all(c[2] <= zmax + 2.0 for c in cropped.centroids.values())
+    # the cut is an array slice with a shifted origin: same voxels at the same world positions
+    mid = crop_si(scan, 0.25, 0.75)
+    lo = int(np.floor(0.25 * scan.volume.shape_ijk[2]))
+    np.testing.assert_array_equal(mid.volume.hu[0], scan.volume.hu[lo])
+    np.testing.assert_allclose(mid.volume.index_to_world(np.zeros(3)), scan.volume.index_to_world(np.array([0, 0, lo])))
+
+
+def test_held_out_seeds_are_refused():
+    with pytest.raises(ValueError):
+        phantom_scan(5)
+
+
+def test_verse_layout_reader(tmp_path):
+    from vertedge.phantom import make_phantom
+    from vertedge.verse import write_verse_ctd
+    from vertedge.volume import save_volume
+
+    ph = make_phantom(1000, "lumbar", shape=(40, 40, 48), orientation="RAS")
+    for sub in ("sub-verse001", "sub-gl002"):
+        (tmp_path / "rawdata" / sub).mkdir(parents=True)
+        (tmp_path / "derivatives" / sub).mkdir(parents=True)
+    save_volume(ph.volume, tmp_path / "rawdata" / "sub-verse001" / "sub-verse001_ct.nii.gz")
+    cents = {**ph.centroids, 26: np.array(next(iter(ph.centroids.values()))) - [0, 0, 60]}  # sacrum: dropped
+    write_verse_ctd(tmp_path / "derivatives" / "sub-verse001" / "sub-verse001_seg-subreg_ctd.json", cents, ph.volume)
+    save_volume(ph.volume, tmp_path / "rawdata" / "sub-gl002" / "sub-gl002_dir-ax_ct.nii.gz")  # no centroids
+    cases = find_verse_cases(tmp_path)
+    assert [c[0].name for c in cases] == ["sub-verse001_ct.nii.gz"]
+    scan = verse_scan(*cases[0])
+    assert set(scan.centroids) == set(ph.centroids)
+    for lab, c in ph.centroids.items():
+        np.testing.assert_allclose(scan.centroids[lab], c, atol=1e-3)
+    item = render_scan(scan, PROTOCOL)
+    assert list(item["labels"]) == sorted(ph.centroids, key=CLASSES.index)
+
+
+def test_run_task_checkpoints_and_resumes(tmp_path):
+    from train.loop import load_checkpoint, run_task, trained_model
+
+    class _P:
+        items = [render_scan(_spine_scan(), PROTOCOL)]  # noqa: RUF012
+
+        def __len__(self):
+            return 1
+
+        def refresh(self):
+            return 0
+
+    cfg = _cfg()
+    cfg["loc"].update(steps=2, lr=1e-3, checkpoint_every=1, log_every=1)
+    cfg["id"].update(steps=2, lr=1e-3, checkpoint_every=1, log_every=1)
+    for task in ("loc", "id"):
+        run_task(task, cfg, tmp_path, log=lambda m: None, pool=_P(), steps=1)
+        ck = load_checkpoint(tmp_path, task)
+        assert ck["step"] == 1 and ck["done"]
+        ck["done"] = False
+        torch.save(ck, tmp_path / task / "last.pt")
+        run_task(task, cfg, tmp_path, log=lambda m: None, pool=_P())
+        ck = load_checkpoint(tmp_path, task)
+        assert ck["step"] == 2 and ck["done"]
+        lines = (tmp_path / task / "log.jsonl").read_text().splitlines()
+        assert [json.loads(x)["step"] for x in lines] == [1, 2]
+        net, _ = trained_model(tmp_path, task)
+        assert not net.training

@@ -1,0 +1,466 @@
+"""Training data: multi-view DRRs rendered with the runtime's own DRR code, cached on disk, and targets.
+
+One code path (DESIGN.md): every training image is
+`vertedge.drr.normalize(vertedge.drr.render(volume, views, protocol), protocol)` with
+`views = vertedge.geometry.make_views(volume, protocol)`, exactly what the runtime feeds the nets;
+2D ground truth is `vertedge.geometry.project(views, centroids)`.
+
+Sources of scans:
+- phantoms by seed (`vertedge.phantom.make_phantom`); training seeds must be >= 1000 (0-999 are
+  the held-out evaluation seeds and are refused here);
+- real data in the VerSe layout: `<root>/rawdata/sub-*/*_ct.nii.gz` with
+  `<root>/derivatives/sub-*/*_ctd.json` (read with `vertedge.verse.read_verse_ctd`, so the file's
+  axis codes must match the image; labels outside `SPINE_ORDER`, e.g. 26 sacrum, are dropped).
+
+Scan-level augmentation (before rendering, so it goes into the cache): a random start angle
+(`Protocol.start_angle_deg` in [0, 360/K)) and a random field-of-view crop along the S-I axis (the
+Volume's array is cut and its origin shifted; centroids outside the kept box are dropped, a cut
+vertebra whose centroid is still inside stays). Image-level augmentation (on the fly, cheap):
+Gaussian blur, gamma, contrast/offset, Gaussian noise, random crops.
+
+Cache: one `.npz` per (source, variant) under `cache_dir/<protocol hash>/`: images (K, H, W)
+float16, points (K, N, 2) float32 (row, col), depth (K, N) float32 mm, labels (N,) int16,
+cut (N,) bool, px_mm (K, N) float32 = mm covered by one pixel at the vertebra's depth.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vertedge import drr
+from vertedge.geometry import Protocol, make_views, pixel_mm_at_depth, project
+from vertedge.labels import SPINE_ORDER
+from vertedge.volume import Volume
+
+CLASSES: tuple[int, ...] = tuple(SPINE_ORDER)  # id-net channel 1 + j is CLASSES[j]
+HELD_OUT_SEEDS = range(1000)  # evaluation seeds: never used for training
+DEFAULT_CACHE = Path(os.environ.get("VERTEDGE_TRAIN_CACHE", Path.home() / ".cache" / "vertedge-train"))
+
+
+def protocol_hash(protocol: Protocol) -> str:
+    """Short hash of the protocol without its start angle (the angle is an augmentation)."""
+    d = replace(protocol, start_angle_deg=0.0).to_json()
+    return hashlib.sha1(d.encode()).hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------- scans
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """A CT with its body centroids (label -> world LPS mm) and cut flags."""
+
+    name: str
+    volume: Volume
+    centroids: dict[int, np.ndarray]
+    cut: dict[int, bool]
+
+
+def phantom_scan(seed: int) -> Scan:
+    """The phantom of a training seed (>= 1000)."""
+    if int(seed) in HELD_OUT_SEEDS:
+        raise ValueError(f"phantom seed {seed} is held out for evaluation (training seeds are >= 1000)")
+    from vertedge.phantom import make_phantom
+
+    ph = make_phantom(int(seed))
+    return Scan(f"phantom_{int(seed)}", ph.volume, dict(ph.centroids), dict(ph.cut))
+
+
+def find_verse_cases(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+    """(ct, ctd) pairs of a VerSe-layout folder: rawdata/sub-*/*_ct.nii.gz + derivatives/sub-*/*_ctd.json.
+
+    The centroid file of `<prefix>_ct.nii.gz` is the `*_ctd.json` in the same subject's derivatives
+    folder whose name starts with `<prefix>_` (VerSe 2019 and 2020 naming), else the only one there.
+    """
+    root = Path(root)
+    cases = []
+    for ct in sorted(root.glob("rawdata/sub-*/*_ct.nii.gz")):
+        prefix = ct.name[: -len("_ct.nii.gz")]
+        deriv = root / "derivatives" / ct.parent.name
+        ctds = sorted(deriv.glob("*_ctd.json"))
+        match = [c for c in ctds if c.name.startswith(prefix + "_")]
+        if not match and len(ctds) == 1:
+            match = ctds
+        if match:
+            cases.append((ct, match[0]))
+    return cases
+
+
+def verse_scan(ct: Path, ctd: Path) -> Scan:
+    """A VerSe case; only vertebra labels (SPINE_ORDER) kept; cut flags unknown (False)."""
+    from vertedge.verse import read_verse_ctd
+    from vertedge.volume import load_volume
+
+    volume = load_volume(ct)
+    cents = read_verse_ctd(ctd, volume)
+    cents = {int(k): np.asarray(v, float) for k, v in cents.items() if int(k) in CLASSES}
+    return Scan(ct.name[: -len("_ct.nii.gz")], volume, cents, {k: False for k in cents})
+
+
+def crop_si(scan: Scan, lo_frac: float, hi_frac: float) -> Scan:
+    """The scan cut to [lo_frac, hi_frac) of its S-I index axis (array cut, origin shifted).
+
+    Centroids outside the kept box are dropped; those inside whose vertebra may now be cut stay.
+    """
+    vol = scan.volume
+    a, _ = vol.si_axis()
+    n = vol.shape_ijk[a]
+    lo = int(np.clip(np.floor(lo_frac * n), 0, n - 2))
+    hi = int(np.clip(np.ceil(hi_frac * n), lo + 2, n))
+    sl = [slice(None)] * 3
+    sl[2 - a] = slice(lo, hi)  # hu is (k, j, i)
+    start = np.zeros(3)
+    start[a] = lo
+    cropped = Volume(
+        hu=np.ascontiguousarray(vol.hu[tuple(sl)]),
+        spacing=vol.spacing.copy(),
+        origin=vol.index_to_world(start),
+        direction=vol.direction.copy(),
+        meta=dict(vol.meta),
+    )
+    shape = np.array(cropped.shape_ijk)
+    cents, cut = {}, {}
+    for lab, c in scan.centroids.items():
+        ijk = cropped.world_to_index(c)
+        if np.all(ijk >= -0.5) and np.all(ijk <= shape - 0.5):
+            cents[lab] = c
+            cut[lab] = scan.cut.get(lab, False) or bool(lo > 0 or hi < n)
+    return Scan(scan.name, cropped, cents, cut)
+
+
+def render_scan(scan: Scan, protocol: Protocol) -> dict[str, np.ndarray]:
+    """Normalized DRRs and projected ground truth of one scan (the runtime's code path)."""
+    views = make_views(scan.volume, protocol)
+    images = drr.normalize(drr.render(scan.volume, views, protocol), protocol)
+    labels = np.array(sorted(scan.centroids, key=CLASSES.index), dtype=np.int16)
+    pts = np.array([scan.centroids[int(lab)] for lab in labels], float).reshape(-1, 3)
+    rc, depth = project(views, pts)
+    return {
+        "images": images.astype(np.float16),
+        "points": rc.astype(np.float32),
+        "depth": depth.astype(np.float32),
+        "px_mm": pixel_mm_at_depth(views, depth).astype(np.float32),
+        "labels": labels,
+        "cut": np.array([scan.cut.get(int(lab), False) for lab in labels], bool),
+        "angles": views.angles_deg.astype(np.float32),
+    }
+
+
+def scan_variants(scan: Scan, protocol: Protocol, n_variants: int, rng: np.random.Generator,
+                  crop_prob: float = 0.5, min_keep: float = 0.35) -> list[dict[str, np.ndarray]]:
+    """`n_variants` rendered variants: variant 0 the whole scan, others random angle and S-I crop."""
+    out = []
+    step = 360.0 / protocol.n_views
+    for v in range(n_variants):
+        s, p = scan, protocol
+        if v > 0:
+            p = replace(protocol, start_angle_deg=float(rng.uniform(0, step)))
+            if rng.random() < crop_prob:
+                keep = rng.uniform(min_keep, 0.9)
+                lo = rng.uniform(0, 1 - keep)
+                s = crop_si(scan, lo, lo + keep)
+        out.append(render_scan(s, p))
+    return out
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def cache_folder(cache_dir: str | os.PathLike[str] | None, protocol: Protocol) -> Path:
+    """Folder of one protocol's cached samples."""
+    base = Path(os.path.expanduser(str(cache_dir))) if cache_dir else DEFAULT_CACHE
+    return base / protocol_hash(protocol)
+
+
+def _save_npz(path: Path, sample: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + f".part-{os.getpid()}.npz")
+    np.savez(tmp, **sample)
+    os.replace(tmp, path)
+
+
+def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: int, seed: int,
+                    crop_prob: float = 0.5) -> int:
+    """Render `n_variants` of one source ('phantom:<seed>' or 'verse:<ct>::<ctd>') into `folder`.
+
+    Skips variants already there; returns how many were written.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    kind, _, spec = source.partition(":")
+    tag = f"phantom_{int(spec)}" if kind == "phantom" else "verse_" + hashlib.sha1(spec.encode()).hexdigest()[:10]
+    paths = [folder / f"{tag}_v{v}.npz" for v in range(n_variants)]
+    if all(p.exists() for p in paths):
+        return 0
+    if kind == "phantom":
+        scan = phantom_scan(int(spec))
+    elif kind == "verse":
+        ct, _, ctd = spec.partition("::")
+        scan = verse_scan(Path(ct), Path(ctd))
+    else:
+        raise ValueError(f"unknown source {source!r}")
+    rng = np.random.default_rng([seed, int(hashlib.sha1(tag.encode()).hexdigest()[:8], 16)])
+    written = 0
+    for path, sample in zip(paths, scan_variants(scan, protocol, n_variants, rng, crop_prob)):
+        if not path.exists():
+            _save_npz(path, sample)
+            written += 1
+    return written
+
+
+def _render_worker(args: tuple) -> tuple[str, int, float]:
+    source, protocol_json, folder, n_variants, seed, crop_prob = args
+    import numba
+
+    numba.set_num_threads(1)
+    t = time.time()
+    n = render_to_cache(source, Protocol.from_dict(json.loads(protocol_json)), Path(folder),
+                        n_variants, seed, crop_prob)
+    return source, n, time.time() - t
+
+
+def prerender(sources: list[str], protocol: Protocol, folder: Path, n_variants: int, seed: int = 0,
+              crop_prob: float = 0.5, workers: int = 1, log=print) -> None:
+    """Render every source into the cache (multiprocessing with `workers` processes)."""
+    args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob) for s in sources]
+    t0 = time.time()
+    if workers <= 1:
+        results = map(_render_worker, args)
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_render_worker, args)
+    for i, (src, n, dt) in enumerate(results, 1):
+        log(f"[render] {i}/{len(args)} {src}: {n} new variants in {dt:.1f}s (total {time.time() - t0:.0f}s)")
+
+
+def sources_from_config(data_cfg: dict[str, Any]) -> list[str]:
+    """Training sources: phantom seeds [lo, hi) (>= 1000) and VerSe cases under `verse_roots`."""
+    lo, hi = data_cfg["train_seeds"]
+    if lo < 1000:
+        raise ValueError("training phantom seeds must be >= 1000 (0-999 are held out)")
+    out = [f"phantom:{s}" for s in range(lo, hi)]
+    for root in data_cfg.get("verse_roots", []):
+        out += [f"verse:{ct}::{ctd}" for ct, ctd in find_verse_cases(root)]
+    return out
+
+
+class Pool:
+    """The cached samples in memory (float16 images); `refresh()` picks up newly rendered files."""
+
+    def __init__(self, folder: Path, max_items: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.items: list[dict[str, np.ndarray]] = []
+        self._seen: set[str] = set()
+        self.max_items = max_items
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Load files not loaded yet; returns how many were added."""
+        added = 0
+        for f in sorted(glob.glob(str(self.folder / "*_v*.npz"))):
+            if f in self._seen or ".part-" in f:
+                continue
+            if self.max_items is not None and len(self.items) >= self.max_items:
+                break
+            try:
+                with np.load(f) as z:
+                    item = {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, KeyError):  # a file being written by another process
+                continue
+            self._seen.add(f)
+            self.items.append(item)
+            added += 1
+        return added
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def heatmap_target(shape: tuple[int, int], points: np.ndarray, sigma: float, amplitude: float) -> np.ndarray:
+    """(H, W) float32: max over points (N, 2) (row, col) of amplitude * exp(-d^2 / (2 sigma^2))."""
+    h, w = shape
+    out = np.zeros((h, w), np.float32)
+    rad = int(np.ceil(3 * sigma)) + 1
+    for r, c in np.asarray(points, float).reshape(-1, 2):
+        r0, r1 = max(int(np.floor(r)) - rad, 0), min(int(np.ceil(r)) + rad + 1, h)
+        c0, c1 = max(int(np.floor(c)) - rad, 0), min(int(np.ceil(c)) + rad + 1, w)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        rr = np.arange(r0, r1)[:, None] - r
+        cc = np.arange(c0, c1)[None, :] - c
+        g = amplitude * np.exp(-(rr**2 + cc**2) / (2 * sigma**2))
+        np.maximum(out[r0:r1, c0:c1], g.astype(np.float32), out=out[r0:r1, c0:c1])
+    return out
+
+
+def square_half_px(px_mm: np.ndarray, square_mm: float) -> np.ndarray:
+    """Half side in pixels of a `square_mm` square at the vertebra's depth (px_mm = mm per pixel there)."""
+    return 0.5 * square_mm / np.asarray(px_mm, float)
+
+
+def id_target(shape: tuple[int, int], points: np.ndarray, class_idx: np.ndarray, half_px: np.ndarray) -> np.ndarray:
+    """(H, W) int64: 1 + class index inside each vertebra's square, 0 (background) elsewhere.
+
+    Pixel (i, j) is in the square of point (r, c) when |i - r| <= half and |j - c| <= half; where
+    squares overlap, the point nearest in Chebyshev distance (relative to its half side) wins.
+    """
+    h, w = shape
+    out = np.zeros((h, w), np.int64)
+    best = np.full((h, w), np.inf)
+    for (r, c), k, hp in zip(np.asarray(points, float).reshape(-1, 2), class_idx, half_px):
+        r0, r1 = max(int(np.ceil(r - hp)), 0), min(int(np.floor(r + hp)) + 1, h)
+        c0, c1 = max(int(np.ceil(c - hp)), 0), min(int(np.floor(c + hp)) + 1, w)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        d = np.maximum(np.abs(np.arange(r0, r1)[:, None] - r), np.abs(np.arange(c0, c1)[None, :] - c)) / hp
+        sub_best = best[r0:r1, c0:c1]
+        win = d < sub_best
+        sub_best[win] = d[win]
+        out[r0:r1, c0:c1][win] = 1 + int(k)
+    return out
+
+
+def square_boxes(points: np.ndarray, half_px: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, 4) int [r0, r1, c0, c1) boxes of the squares, clipped to the image (may be empty)."""
+    h, w = shape
+    p = np.asarray(points, float).reshape(-1, 2)
+    hp = np.asarray(half_px, float)
+    r0 = np.clip(np.ceil(p[:, 0] - hp), 0, h).astype(int)
+    r1 = np.clip(np.floor(p[:, 0] + hp) + 1, 0, h).astype(int)
+    c0 = np.clip(np.ceil(p[:, 1] - hp), 0, w).astype(int)
+    c1 = np.clip(np.floor(p[:, 1] + hp) + 1, 0, w).astype(int)
+    return np.stack([r0, r1, c0, c1], axis=1)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2D image (edges replicated); sigma in pixels."""
+    if sigma <= 0.05:
+        return img
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    out = img
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        acc = np.zeros_like(out)
+        for i, w in enumerate(k):
+            acc += w * (p[i : i + n] if axis == 0 else p[:, i : i + n])
+        out = acc
+    return out
+
+
+def augment_intensity(img: np.ndarray, rng: np.random.Generator, cfg: dict[str, Any]) -> np.ndarray:
+    """Blur (p=`blur_prob`, sigma <= `blur`), gamma, contrast/offset and Gaussian noise on a normalized view."""
+    x = np.maximum(img.astype(np.float32), 0.0)
+    if rng.random() < cfg.get("blur_prob", 0.0):
+        x = gaussian_blur(x, float(rng.uniform(0.3, cfg.get("blur", 1.0))))
+    g = np.exp(rng.uniform(-1, 1) * np.log(cfg.get("gamma", 1.4)))
+    x = x**g
+    x = x * rng.uniform(1 - cfg.get("contrast", 0.15), 1 + cfg.get("contrast", 0.15))
+    x = x + rng.uniform(-cfg.get("offset", 0.05), cfg.get("offset", 0.05))
+    sigma = rng.uniform(0, cfg.get("noise", 0.03))
+    if sigma > 0:
+        x = x + rng.normal(0, sigma, x.shape).astype(np.float32)
+    return x.astype(np.float32)
+
+
+def _crop_origin(item: dict, k: int, crop: tuple[int, int], rng: np.random.Generator, focus: float) -> tuple[int, int]:
+    """Top-left (r0, c0) of a crop of view k: near a random vertebra with prob `focus`, else uniform."""
+    _, h, w = item["images"].shape
+    ch, cw = crop
+    pts = item["points"][k]
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] < h) & (pts[:, 1] >= 0) & (pts[:, 1] < w)
+    if len(pts) and inside.any() and rng.random() < focus:
+        r, c = pts[rng.choice(np.flatnonzero(inside))]
+        r0 = round(r - ch / 2 + rng.uniform(-0.4, 0.4) * ch)
+        c0 = round(c - cw / 2 + rng.uniform(-0.25, 0.25) * cw)
+    else:
+        r0 = int(rng.integers(min(0, h - ch), max(0, h - ch) + 1))
+        c0 = int(rng.integers(min(0, w - cw), max(0, w - cw) + 1))
+    r0 = int(np.clip(r0, min(0, h - ch), max(0, h - ch)))
+    c0 = int(np.clip(c0, min(0, w - cw), max(0, w - cw)))
+    return r0, c0
+
+
+def crop_view(img: np.ndarray, r0: int, c0: int, crop: tuple[int, int]) -> np.ndarray:
+    """(ch, cw) window of img (H, W) at (r0, c0), zero (air) outside the image."""
+    h, w = img.shape
+    ch, cw = crop
+    out = np.zeros(crop, np.float32)
+    rs, re = max(r0, 0), min(r0 + ch, h)
+    cs, ce = max(c0, 0), min(c0 + cw, w)
+    if rs < re and cs < ce:
+        out[rs - r0 : re - r0, cs - c0 : ce - c0] = img[rs:re, cs:ce]
+    return out
+
+
+def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.Generator,
+                 task: str, cfg: dict[str, Any]) -> dict[str, np.ndarray | list]:
+    """A batch of random view crops with targets.
+
+    task 'loc': heatmap (B, 1, h, w); 'id': target (B, h, w) int64 and, per image, the class
+    indices, the square boxes (cranial -> caudal) for the Sequence Loss; 'pair': two views of the
+    same scan at the same S-I window (x1, x2) for SimSiam.
+    """
+    aug = cfg.get("augment", {})
+    hm = cfg.get("heatmap", {})
+    focus = float(cfg.get("focus", 0.8))
+    xs, x2s, hms, tgts, boxes, cls = [], [], [], [], [], []
+    boost = float(cfg.get("variant_boost", 1.0))
+    weights = None
+    if boost != 1.0:  # oversample scans with the rare T13 / L6 variants
+        weights = np.array([boost if np.isin(it["labels"], (25, 28)).any() else 1.0 for it in pool.items])
+        weights /= weights.sum()
+    for _ in range(batch):
+        item = pool.items[int(rng.choice(len(pool), p=weights)) if weights is not None else int(rng.integers(len(pool)))]
+        n_views = item["images"].shape[0]
+        k = int(rng.integers(n_views))
+        r0, c0 = _crop_origin(item, k, crop, rng, focus)
+        img = crop_view(item["images"][k].astype(np.float32), r0, c0, crop)
+        xs.append(augment_intensity(img, rng, aug))
+        if task == "pair":
+            k2 = int((k + rng.integers(1, n_views)) % n_views)
+            _, _h, w = item["images"].shape
+            c2 = int(rng.integers(min(0, w - crop[1]), max(0, w - crop[1]) + 1))
+            img2 = crop_view(item["images"][k2].astype(np.float32), r0, c2, crop)
+            x2s.append(augment_intensity(img2, rng, aug))
+            continue
+        pts = item["points"][k] - np.array([r0, c0], np.float32)
+        if task == "loc":
+            hms.append(heatmap_target(crop, pts, float(hm.get("sigma_px", 1.5)), float(hm.get("amplitude", 1.0))))
+        else:
+            idx = np.array([CLASSES.index(int(lab)) for lab in item["labels"]], int)
+            half = square_half_px(item["px_mm"][k], float(cfg.get("square_mm", 22.0)))
+            tgts.append(id_target(crop, pts, idx, half))
+            inside = (pts[:, 0] >= 0) & (pts[:, 0] < crop[0]) & (pts[:, 1] >= 0) & (pts[:, 1] < crop[1])
+            bx = square_boxes(pts, half, crop)
+            boxes.append(bx[inside])  # labels are in spine order already: cranial -> caudal
+            cls.append(idx[inside])
+    out: dict[str, Any] = {"x": np.stack(xs)[:, None]}
+    if task == "pair":
+        out["x2"] = np.stack(x2s)[:, None]
+    elif task == "loc":
+        out["heatmap"] = np.stack(hms)[:, None]
+    else:
+        out["target"] = np.stack(tgts)
+        out["boxes"] = boxes
+        out["classes"] = cls
+    return out

@@ -1,0 +1,223 @@
+"""Training loops: SimSiam pretraining of the shared encoder, localization and identification U-Nets.
+
+Each task writes into `<out>/<task>/`: `last.pt` (model, optimizer, step, elapsed seconds, RNG
+state; rewritten every `checkpoint_every` steps and at the end, atomically) and `log.jsonl` (one
+JSON object per logged step: step, lr, losses, seconds). Re-running the same command resumes from
+`last.pt`; a finished task (`done` in the checkpoint) is not retrained.
+
+The learning rate follows a cosine from `lr` to `lr * min_lr_frac` over the progress fraction
+max(step / steps, elapsed / max_minutes): a wall-time-limited run still anneals fully
+(`"schedule": "step"`: the paper's decay, x `lr_gamma` every `lr_step` steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vertedge.geometry import Protocol
+
+from .data import CLASSES, Pool, cache_folder, sample_batch
+from .losses import SequenceLoss, heatmap_loss, id_loss
+from .nets import SimSiam, UNet
+
+TASKS = ("pretrain", "loc", "id")
+
+
+def build_net(task: str, cfg: dict[str, Any]) -> torch.nn.Module:
+    """The network of a task from the config's `net` section."""
+    base, levels = int(cfg["net"].get("base", 16)), int(cfg["net"].get("levels", 5))
+    kind = str(cfg["net"].get("kind", "unet"))
+    if task == "pretrain":
+        p = cfg["pretrain"]
+        return SimSiam(base, levels, int(p.get("proj_dim", 256)), int(p.get("pred_dim", 64)), kind=kind)
+    if task == "loc":
+        return UNet(1, base, levels, softmax=False, kind=kind)
+    if task == "id":
+        context = tuple(int(d) for d in cfg["id"].get("context_dilations", []))
+        return UNet(1 + len(CLASSES), base, levels, softmax=True, kind=kind, context=context)
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".part-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(out: str | os.PathLike[str], task: str) -> dict[str, Any] | None:
+    """The last checkpoint of a task under `out`, or None."""
+    p = Path(out) / task / "last.pt"
+    return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
+
+
+def trained_model(out: str | os.PathLike[str], task: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained net of 'loc' or 'id' (eval mode) and its checkpoint (with the config)."""
+    ck = load_checkpoint(out, task)
+    if ck is None:
+        raise FileNotFoundError(f"{Path(out) / task / 'last.pt'}: no checkpoint")
+    net = build_net(task, ck["config"])
+    net.load_state_dict(ck["model"])
+    return net.eval(), ck
+
+
+def _optimizer(net: torch.nn.Module, t: dict[str, Any]) -> torch.optim.Optimizer:
+    if t.get("optimizer", "adam") == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=t["lr"], momentum=t.get("momentum", 0.9),
+                               weight_decay=t.get("weight_decay", 0.0))
+    return torch.optim.Adam(net.parameters(), lr=t["lr"], weight_decay=t.get("weight_decay", 0.0))
+
+
+def _lr(t: dict[str, Any], progress: float, step: int = 0) -> float:
+    """Cosine over the progress fraction, or the paper's step decay (x lr_gamma every lr_step steps)."""
+    if t.get("schedule") == "step":
+        return t["lr"] * t.get("lr_gamma", 0.1) ** (step // int(t.get("lr_step", 4000)))
+    progress = min(max(progress, 0.0), 1.0)
+    lo = t["lr"] * t.get("min_lr_frac", 0.01)
+    return lo + 0.5 * (t["lr"] - lo) * (1 + math.cos(math.pi * progress))
+
+
+def _pool(cfg: dict[str, Any], log) -> Pool:
+    protocol = Protocol.from_dict(cfg["protocol"])
+    folder = cache_folder(cfg["data"].get("cache"), protocol)
+    pool = Pool(folder)
+    min_items = int(cfg["data"].get("min_items", 30))
+    waited = 0
+    while len(pool) < min_items:
+        if waited == 0:
+            log(f"[data] waiting for cached samples in {folder} ({len(pool)}/{min_items}); "
+                "run `python -m train render` to fill it")
+        time.sleep(10)
+        waited += 10
+        pool.refresh()
+        if waited > 3600:
+            raise RuntimeError(f"no training samples appeared in {folder}")
+    log(f"[data] {len(pool)} cached samples in {folder}")
+    return pool
+
+
+def _tensor(x: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t if device is None else t.to(device, non_blocking=True)
+
+
+def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=print,
+             pool: Pool | None = None, steps: int | None = None) -> dict[str, Any]:
+    """Train (or resume) one task; returns the final checkpoint dict."""
+    t = dict(cfg[task])
+    if steps is not None:
+        t["steps"] = int(steps)
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    folder = Path(out) / task
+    folder.mkdir(parents=True, exist_ok=True)
+    ck_path = folder / "last.pt"
+    net = build_net(task, cfg)
+    opt = _optimizer(net, t)
+    step, elapsed = 0, 0.0
+    rng = np.random.default_rng([int(cfg.get("seed", 0)), TASKS.index(task)])
+    torch.manual_seed(int(cfg.get("seed", 0)) * 10 + TASKS.index(task))
+    ck = load_checkpoint(out, task)
+    if ck is not None:
+        if ck.get("done"):
+            log(f"[{task}] already done ({ck['step']} steps); remove {ck_path} to retrain")
+            return ck
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, elapsed = int(ck["step"]), float(ck["elapsed"])
+        rng.bit_generator.state = ck["rng"]
+        log(f"[{task}] resumed at step {step} ({elapsed / 60:.1f} min so far)")
+    elif task != "pretrain" and str(t.get("init", "")).endswith(".pt"):
+        src = torch.load(t["init"], map_location="cpu", weights_only=False)
+        missing, _unexpected = net.load_state_dict(src["model"], strict=False)
+        log(f"[{task}] initialised from {t['init']} (step {src.get('step')}); new: {len(missing)} tensors")
+    elif task != "pretrain" and t.get("init") == "pretrain":
+        pre = load_checkpoint(out, "pretrain")
+        if pre is not None:
+            enc = {k[len("encoder."):]: v for k, v in pre["model"].items() if k.startswith("encoder.")}
+            net.encoder.load_state_dict(enc)
+            log(f"[{task}] encoder initialised from SimSiam pretraining ({pre['step']} steps)")
+        else:
+            log(f"[{task}] no pretraining checkpoint: encoder from scratch")
+    dev = str(cfg.get("device", "cpu"))
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev)
+    net.to(device)
+    for st in opt.state.values():  # a resumed optimizer's moments follow the net
+        for k, v in st.items():
+            if torch.is_tensor(v) and k != "step":
+                st[k] = v.to(device)
+    if pool is None:
+        pool = _pool(cfg, log)
+    seq = None
+    if task == "id":
+        seq = SequenceLoss(CLASSES, float(t.get("seq_alpha", 0.1)), float(t.get("seq_beta", 0.8))).to(device)
+    hm = cfg.get("heatmap", {})
+    batch_cfg = {"augment": cfg.get("augment", {}), "heatmap": hm, "square_mm": cfg.get("square_mm", 22.0),
+                 "focus": cfg.get("focus", 0.8), "variant_boost": t.get("variant_boost", 1.0)}
+    crop = tuple(int(v) for v in t["crop"])
+    max_s = float(t.get("max_minutes", 1e9)) * 60.0
+    refresh_every = int(cfg["data"].get("refresh_every", 50))
+    log_every = int(t.get("log_every", 10))
+    net.train()
+    logf = open(folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed after the loop
+    run_avg: dict[str, float] = {}
+
+    def save(done: bool) -> dict[str, Any]:
+        state = {"task": task, "model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                 "elapsed": elapsed, "rng": rng.bit_generator.state, "config": cfg, "done": done,
+                 "n_samples": len(pool)}
+        _save(ck_path, state)
+        return state
+
+    t_last = time.time()
+    while step < t["steps"] and elapsed < max_s:
+        progress = max(step / t["steps"], elapsed / max_s)
+        lr = _lr(t, progress, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if step % refresh_every == 0 and step > 0:
+            pool.refresh()
+        kind = {"pretrain": "pair", "loc": "loc", "id": "id"}[task]
+        b = sample_batch(pool, int(t["batch"]), crop, rng, kind, batch_cfg)
+        x = _tensor(b["x"], device)
+        if task == "pretrain":
+            loss = net.loss(x, _tensor(b["x2"], device))
+            parts = {"loss": float(loss.detach())}
+        elif task == "loc":
+            pred = net.forward_logits(x)
+            loss = heatmap_loss(pred, _tensor(b["heatmap"], device), float(hm.get("amplitude", 1.0)), float(t.get("fg_weight", 10.0)))
+            parts = {"loss": float(loss.detach())}
+        else:
+            logits = net.forward_logits(x)
+            loss, parts = id_loss(logits, _tensor(b["target"], device), b["boxes"], seq, float(t.get("bg_weight", 0.1)),
+                                  float(t.get("seq_gamma", 1.0)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        now = time.time()
+        elapsed += now - t_last
+        t_last = now
+        for k, v in parts.items():
+            run_avg[k] = v if k not in run_avg else 0.9 * run_avg[k] + 0.1 * v
+        if step % log_every == 0 or step == t["steps"]:
+            rec = {"step": step, "lr": lr, "elapsed_s": round(elapsed, 1), "samples": len(pool), **parts,
+                   **{f"avg_{k}": round(v, 5) for k, v in run_avg.items()}}
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            log(f"[{task}] step {step}/{t['steps']} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in run_avg.items())
+                + f" ({elapsed / 60:.1f} min, {len(pool)} samples)")
+        if step % int(t.get("checkpoint_every", 50)) == 0:
+            save(False)
+    state = save(True)
+    logf.close()
+    log(f"[{task}] done: {step} steps in {elapsed / 60:.1f} min")
+    return state
