@@ -57,8 +57,8 @@ def stats(samples: list[float]) -> dict[str, float]:
     return {"median_ms": round(float(np.median(a)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2)}
 
 
-def measure_one(shape: tuple[int, int, int], views: int, device: str, models: str | None, repeats: int) -> dict[str, Any]:
-    """Time every stage on one phantom size (this process only)."""
+def measure_one(path: Path, views: int, device: str, models: str | None, repeats: int) -> dict[str, Any]:
+    """Time every stage on one scan file (this process does nothing else, so its peak memory is the pipeline's)."""
     from vertedge.geometry import make_views
     from vertedge.outputs import write_result
     from vertedge.pipeline import Labeler
@@ -66,8 +66,6 @@ def measure_one(shape: tuple[int, int, int], views: int, device: str, models: st
 
     labeler = Labeler(models, device=device, n_views=views)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "scan.nii.gz"
-        info = phantom_for(shape, path)
         samples: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
         for i in range(repeats + 1):
             t0 = time.perf_counter()
@@ -87,7 +85,6 @@ def measure_one(shape: tuple[int, int, int], views: int, device: str, models: st
         input_mib = volume.hu.size * 2 / 2**20
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        **info,
         "views": labeler.protocol.n_views,
         "detector": [rows, cols],
         "found": len(result.vertebrae),
@@ -167,11 +164,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "SHAPE:K" for a subprocess
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "PATH:K" for a subprocess
     args = ap.parse_args()
     if args.one:
-        shape, k = args.one.split(":")
-        print(json.dumps(measure_one(parse_shape(shape), int(k), args.device, args.models, args.repeats)))
+        path, k = args.one.rsplit(":", 1)
+        print(json.dumps(measure_one(Path(path), int(k), args.device, args.models, args.repeats)))
         return
     sizes = [parse_shape(s) for s in args.sizes.split(",")]
     ks = [int(k) for k in args.views.split(",")]
@@ -179,13 +176,16 @@ def main() -> None:
     reference = (512, 512, 600) if (512, 512, 600) in sizes else sizes[0]
     jobs = [(s, ks[0]) for s in sizes] + [(reference, k) for k in ks[1:]]
     runs = []
-    for shape, k in jobs:
-        cmd = [sys.executable, __file__, "--one", f"{'x'.join(map(str, shape))}:{k}", "--device", args.device, "--repeats", str(args.repeats)]
-        if args.models:
-            cmd += ["--models", args.models]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"{shape} K={runs[-1]['views']}: total {runs[-1]['stages']['total']['median_ms']:.0f} ms", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        scans = {s: Path(tmp) / f"{'x'.join(map(str, s))}.nii.gz" for s in sizes}
+        infos = {s: phantom_for(s, p) for s, p in scans.items()}
+        for shape, k in jobs:
+            cmd = [sys.executable, __file__, "--one", f"{scans[shape]}:{k}", "--device", args.device, "--repeats", str(args.repeats)]
+            if args.models:
+                cmd += ["--models", args.models]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            runs.append({**infos[shape], **json.loads(out.strip().splitlines()[-1])})
+            print(f"{shape} K={runs[-1]['views']}: total {runs[-1]['stages']['total']['median_ms']:.0f} ms", file=sys.stderr)
     report = {
         "machine": machine(),
         "device": args.device,
