@@ -13,7 +13,8 @@ from vertedge.metrics import score  # noqa: E402
 from vertedge.phantom import make_phantom  # noqa: E402
 from vertedge.pipeline import Labeler  # noqa: E402
 
-SEED, REGION = 4, "thoracolumbar"  # the README's example scan (an L6 variant)
+from vertedge.cli import EXAMPLE_REGION as REGION  # noqa: E402  (the example scan of `vertedge demo`)
+from vertedge.cli import EXAMPLE_SEED as SEED  # noqa: E402
 
 
 @pytest.fixture(scope="module")

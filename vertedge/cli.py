@@ -19,7 +19,7 @@ app = typer.Typer(
     help="Vertebra localization and identification in CT from multi-view DRRs.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-EXAMPLE_SEED = 4  # a held-out seed (training uses 1000 and up) with the L6 variant
+EXAMPLE_SEED = 4  # a held-out seed: training uses seeds from 1000 up
 EXAMPLE_REGION = "thoracolumbar"
 
 
