@@ -89,3 +89,17 @@ def test_degraded_maps_lose_or_duplicate_no_vertebra(spine):
     error = _match(found, points)
     assert error.max() < 4.0 and error.mean() < 2.0
     np.testing.assert_array_equal(found_labels, labels)
+
+
+def test_duplicate_labels_keep_the_best_supported_row():
+    from vertedge.fusion import Fused
+    from vertedge.pipeline import one_per_label
+
+    fused = Fused(
+        points_lps=np.zeros((5, 3)),
+        residual_mm=np.array([1.0, 2.0, 0.5, 1.0, 3.0]),
+        n_views=np.array([10, 9, 3, 10, 10]),
+        support=np.zeros((5, 10), np.int64),
+    )
+    labels = np.array([20, 21, 21, 22, 22])
+    np.testing.assert_array_equal(one_per_label(labels, fused), [0, 1, 3])

@@ -126,6 +126,18 @@ def label(
     return identify(p, classes, valid=valid)
 
 
+def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:
+    """Row indices (cranial -> caudal) keeping one row per label: the best-supported one.
+
+    Consecutive rows share a label only through the DP's "same" step, which reads the second row
+    as a duplicate detection of the same vertebra (Eq. 1): keep the row seen in the most views,
+    then with the smaller residual.
+    """
+    order = np.lexsort((fused.residual_mm, -fused.n_views, labels))
+    keep = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
+    return np.sort(keep)
+
+
 class Labeler:
     """Holds both models (and the GPU kernels when used); call it on a Volume per scan."""
 
@@ -174,7 +186,7 @@ class Labeler:
                         residual_mm=float(fused.residual_mm[i]),
                         n_views=int(fused.n_views[i]),
                     )
-                    for i in range(len(fused))
+                    for i in one_per_label(labels, fused)
                 )
         return Result(
             vertebrae=vertebrae,
