@@ -96,6 +96,31 @@ def measure_one(path: Path, views: int, device: str, models: str | None, repeats
     }
 
 
+def drr_scaling(path: Path, pixel_mms: list[float], repeats: int) -> list[dict[str, Any]]:
+    """DRR time alone for detector pitches `pixel_mms` (the models' protocol otherwise), K as the models'."""
+    from dataclasses import replace
+
+    from vertedge.drr import render
+    from vertedge.geometry import make_views
+    from vertedge.models import Models
+    from vertedge.volume import load_volume
+
+    volume = load_volume(path)
+    base = Models(device="cpu").protocol
+    out = []
+    for pixel_mm in pixel_mms:
+        protocol = replace(base, pixel_mm=pixel_mm, max_rows=2048, max_cols=2048)
+        views = make_views(volume, protocol)
+        render(volume, views, protocol)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            render(volume, views, protocol)
+            times.append((time.perf_counter() - t0) * 1e3)
+        out.append({"pixel_mm": pixel_mm, "detector": list(views.shape), "views": protocol.n_views, **stats(times)})
+    return out
+
+
 def decode_peers(shape: tuple[int, int, int], repeats: int) -> dict[str, Any]:
     """SimpleITK against nibabel reading the same .nii.gz to an int16 array."""
     import SimpleITK as sitk
@@ -141,7 +166,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['detector'][0]}x{r['detector'][1]} | {r['found']} | " + " | ".join(cells)
             + f" | {total['median_ms']:.0f} (p95 {total['p95_ms']:.0f}) | {r['peak_rss_mib']:.0f} ({r['input_int16_mib']:.0f}) | {r['load_avg_1min']} |"
         )
-    lines += ["", "Stage times are medians in ms.", "", "| decode .nii.gz | file MiB | SimpleITK ms | nibabel ms |", "|---|---|---|---|"]
+    lines += ["", "Stage times are medians in ms.", "", f"| DRR only, {report['drr_scaling_volume']} | detector | K | median ms |", "|---|---|---|---|"]
+    for d in report["drr_scaling"]:
+        lines.append(f"| {d['pixel_mm']} mm pixels | {d['detector'][0]}x{d['detector'][1]} | {d['views']} | {d['median_ms']:.0f} |")
+    lines += ["", "| decode .nii.gz | file MiB | SimpleITK ms | nibabel ms |", "|---|---|---|---|"]
     for d in report["decode"]:
         nib = d.get("nibabel", {}).get("median_ms", float("nan"))
         lines.append(f"| {'x'.join(map(str, d['shape']))} | {d['file_mib']} | {d['SimpleITK']['median_ms']:.0f} | {nib:.0f} |")
@@ -159,6 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256x256x256,512x512x300,512x512x600,512x512x1000")
     ap.add_argument("--views", default="10", help="comma-separated K; the first for every size, the rest on 512x512x600")
+    ap.add_argument("--pixel-mm", default="10,5,2.5", help="detector pitches for the DRR-only scaling run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", default=None)
     ap.add_argument("--repeats", type=int, default=5)
@@ -186,12 +215,15 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             runs.append({**infos[shape], **json.loads(out.strip().splitlines()[-1])})
             print(f"{shape} K={runs[-1]['views']}: total {runs[-1]['stages']['total']['median_ms']:.0f} ms", file=sys.stderr)
+        scaling = drr_scaling(scans[reference], [float(p) for p in args.pixel_mm.split(",")], args.repeats)
     report = {
         "machine": machine(),
         "device": args.device,
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
         "runs": runs,
+        "drr_scaling": scaling,
+        "drr_scaling_volume": "x".join(map(str, reference)),
         "decode": [decode_peers(s, args.repeats) for s in sizes[:2]],
     }
     text = markdown(report)
