@@ -15,7 +15,7 @@ import pytest
 from vertedge import drr_cuda
 from vertedge.drr import normalize, render
 from vertedge.errors import VertedgeError
-from vertedge.geometry import Protocol, Views, make_views
+from vertedge.geometry import Protocol, make_views
 from vertedge.volume import Volume
 
 from .conftest import air_volume, paint_ball, rotation
@@ -42,18 +42,6 @@ def _rel_err(gpu_images: np.ndarray, cpu_images: np.ndarray) -> float:
     """Max abs difference over the CPU images' max value."""
     return float(np.abs(gpu_images - cpu_images).max() / np.abs(cpu_images).max())
 
-
-def _one_view(views: Views, k: int) -> Views:
-    """View k of `views` as a one-view Views."""
-    s = slice(k, k + 1)
-    return dataclasses.replace(
-        views,
-        sources=views.sources[s],
-        det_origin=views.det_origin[s],
-        row_dir=views.row_dir[s],
-        col_dir=views.col_dir[s],
-        angles_deg=views.angles_deg[s],
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +150,7 @@ def test_batched_views_equal_per_view_renders_on_device():
     batched = drr_cuda.render_cuda(dvol, views, protocol)
     assert isinstance(batched, cupy.ndarray)
     for k in range(views.n_views):
-        single = drr_cuda.render_cuda(dvol, _one_view(views, k), protocol)
+        single = drr_cuda.render_cuda(dvol, views.take([k]), protocol)
         assert isinstance(single, cupy.ndarray) and single.shape == (1, *views.shape)
         # a pixel's value depends on its own ray only: bit-identical
         assert bool(cupy.array_equal(single[0], batched[k]))

@@ -9,6 +9,7 @@ from vertedge.fusion import fuse
 from vertedge.geometry import Protocol, Views, make_views, pixel_mm_at_depth, project
 from vertedge.labels import SPINE_ORDER
 from vertedge.phantom import make_phantom
+from vertedge.boxes import square_half_px
 from vertedge.pipeline import ID_SQUARE_MM, label, peaks_of
 
 SIGMA_PX, AMPLITUDE, THRESHOLD = 2.0, 10.0, 3.0
@@ -30,7 +31,7 @@ def ideal_heatmaps(views: Views, points_rc: np.ndarray, rng: np.random.Generator
 def ideal_probabilities(views: Views, points_lps: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(K, 1 + C, H, W) one-hot maps: each vertebra's class in its 22 mm square, background elsewhere."""
     rc, depth = project(views, points_lps)
-    half = 0.5 * ID_SQUARE_MM / pixel_mm_at_depth(views, depth)
+    half = square_half_px(pixel_mm_at_depth(views, depth), ID_SQUARE_MM)
     index = np.zeros((views.n_views, *views.shape), np.intp)
     for k in range(views.n_views):
         for (r, c), h, lab in zip(rc[k], half[k], labels):

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from vertedge import drr
+from vertedge.boxes import square_half_px
 from vertedge.geometry import Protocol, make_views, pixel_mm_at_depth, project
 from vertedge.labels import SPINE_ORDER
 from vertedge.volume import Volume
@@ -303,11 +304,6 @@ def heatmap_target(shape: tuple[int, int], points: np.ndarray, sigma: float, amp
         g = amplitude * np.exp(-(rr**2 + cc**2) / (2 * sigma**2))
         np.maximum(out[r0:r1, c0:c1], g.astype(np.float32), out=out[r0:r1, c0:c1])
     return out
-
-
-def square_half_px(px_mm: np.ndarray, square_mm: float) -> np.ndarray:
-    """Half side in pixels of a `square_mm` square at the vertebra's depth (px_mm = mm per pixel there)."""
-    return 0.5 * square_mm / np.asarray(px_mm, float)
 
 
 def id_target(shape: tuple[int, int], points: np.ndarray, class_idx: np.ndarray, half_px: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ def _sessions(models_dir: Path):
 def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, match_mm: float = 10.0) -> dict[str, Any]:
     """2D scores of the ONNX models in `models_dir` on phantom seeds (all views, start angle 0)."""
     from vertedge import drr
-    from vertedge.boxes import box_means
+    from vertedge.boxes import box_means, square_half_px
     from vertedge.geometry import make_views, pixel_mm_at_depth, project
     from vertedge.phantom import make_phantom
     from vertedge.pipeline import ID_SQUARE_MM, peaks_of
@@ -68,7 +68,7 @@ def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, matc
                         tot["err_px"].append(d[j])
                         tot["err_mm"].append(d[j] * pxmm[k, i])
             s["fp"] += int((~used).sum())
-            half = 0.5 * ID_SQUARE_MM / pxmm[k, inside]
+            half = square_half_px(pxmm[k, inside], ID_SQUARE_MM)
             p, valid = box_means(prob[k : k + 1, 1:], rc[k : k + 1, inside], half[None])
             pred = np.asarray(classes)[p[0].argmax(-1)]
             ok = (pred == labels[inside]) & valid[0]

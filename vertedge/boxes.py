@@ -7,6 +7,11 @@ import numpy as np
 from .xp import array_module, to_host
 
 
+def square_half_px(px_mm: np.ndarray, square_mm: float) -> np.ndarray:
+    """Half side in pixels of a `square_mm` square where one pixel covers `px_mm` mm (at the point's depth)."""
+    return 0.5 * square_mm / np.asarray(px_mm, float)
+
+
 def box_means(maps, rc: np.ndarray, half_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of `maps` (K, C, H, W) in squares centred at `rc` (K, N, 2) (row, col) pixels.
 

@@ -21,7 +21,7 @@ A vertebra missed in some views keeps the others; a spurious blob in one view ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -78,16 +78,7 @@ def ray_distance(points: np.ndarray, origins: np.ndarray, dirs: np.ndarray) -> n
 
 def detection_rays(peaks: Peaks, views: Views) -> tuple[np.ndarray, np.ndarray]:
     """Source->pixel rays of every detection: origins (M, 3) and unit directions (M, 3), world LPS mm."""
-    v = peaks.view
-    per_detection = replace(
-        views,
-        sources=views.sources[v],
-        det_origin=views.det_origin[v],
-        row_dir=views.row_dir[v],
-        col_dir=views.col_dir[v],
-        angles_deg=views.angles_deg[v],
-    )
-    origins, dirs = pixel_rays(per_detection, peaks.rc[:, None, :])
+    origins, dirs = pixel_rays(views.take(peaks.view), peaks.rc[:, None, :])
     return origins[:, 0], dirs[:, 0]
 
 

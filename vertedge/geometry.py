@@ -89,6 +89,17 @@ class Views:
         """(K, 3) unit central-ray direction (source -> detector)."""
         return np.cross(self.col_dir, self.row_dir)
 
+    def take(self, index: np.ndarray | list[int]) -> Views:
+        """The views at `index` (repeats allowed), e.g. one view per detection."""
+        return replace(
+            self,
+            sources=self.sources[index],
+            det_origin=self.det_origin[index],
+            row_dir=self.row_dir[index],
+            col_dir=self.col_dir[index],
+            angles_deg=self.angles_deg[index],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready geometry (world LPS mm, detector pixels) of every view."""
         return {

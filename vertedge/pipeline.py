@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import drr
-from .boxes import box_means
+from .boxes import box_means, square_half_px
 from .device import choose_device
 from .fusion import Fused, fuse
 from .geometry import Views, make_views, pixel_mm_at_depth, project
@@ -119,7 +119,7 @@ def label(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) and confidences (n,) by per-view square means, sequence-weighted vote and DP decode."""
     rc, depth = project(views, fused.points_lps)
-    half_px = 0.5 * ID_SQUARE_MM / pixel_mm_at_depth(views, depth)
+    half_px = square_half_px(pixel_mm_at_depth(views, depth), ID_SQUARE_MM)
     p, valid = box_means(prob[:, 1:], rc, half_px)
     # each row's class distribution, background left out
     p /= np.maximum(p.sum(-1, keepdims=True), 1e-9)
