@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vertedge.drr_cuda import cuda_available
 from vertedge.volume import Volume
+
+_CUDA_OK, _CUDA_WHY = cuda_available()
+# CuPy on a CUDA device (the DRR kernels, device arrays); ONNX Runtime's CUDA provider is not needed
+cuda_gpu = pytest.mark.skipif(not _CUDA_OK, reason=f"no CuPy on a CUDA device: {_CUDA_WHY}")
 
 SHARED_DATA = Path(os.environ.get("VERTEDGE_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
 

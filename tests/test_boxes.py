@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vertedge.boxes import box_means
+
+from .conftest import cuda_gpu
 
 
 def _loop_means(maps, rc, half):
@@ -34,3 +37,19 @@ def test_box_means_match_a_pixel_loop_including_clipped_squares():
 def test_box_means_of_no_points():
     means, valid = box_means(np.zeros((2, 3, 8, 8), np.float32), np.zeros((2, 0, 2)), np.zeros((2, 0)))
     assert means.shape == (2, 0, 3) and valid.shape == (2, 0)
+
+
+@pytest.mark.gpu
+@cuda_gpu
+def test_box_means_of_device_maps_equal_host_ones():
+    import cupy
+
+    rng = np.random.default_rng(1)
+    maps = rng.random((4, 6, 64, 48)).astype(np.float32)
+    rc = np.stack([rng.uniform(-3, 67, (4, 9)), rng.uniform(-3, 51, (4, 9))], -1)
+    half = rng.uniform(1.0, 8.0, (4, 9))
+    host, host_valid = box_means(maps, rc, half)
+    device, device_valid = box_means(cupy.asarray(maps), rc, half)
+    assert isinstance(device, np.ndarray)  # only the means come back
+    np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(device_valid, host_valid)

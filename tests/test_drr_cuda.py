@@ -18,11 +18,9 @@ from vertedge.errors import VertedgeError
 from vertedge.geometry import Protocol, make_views
 from vertedge.volume import Volume
 
-from .conftest import air_volume, paint_ball, rotation
+from .conftest import air_volume, cuda_gpu, paint_ball, rotation
 
 _HAS_CUPY = importlib.util.find_spec("cupy") is not None
-_CUDA_OK, _CUDA_WHY = drr_cuda.cuda_available()
-gpu = pytest.mark.skipif(not _CUDA_OK, reason=f"CUDA DRR backend unavailable: {_CUDA_WHY}")
 
 RTOL = 1e-3  # max |gpu - cpu| / max(cpu): float32 march vs the CPU's float64
 
@@ -94,7 +92,7 @@ def test_render_without_cupy_is_a_clear_error():
 
 
 @pytest.mark.gpu
-@gpu
+@cuda_gpu
 @pytest.mark.parametrize("dtype", ["int16", "float32"])
 @pytest.mark.parametrize(
     ("perm", "flips"),
@@ -124,7 +122,7 @@ def test_gpu_matches_cpu(dtype: str, perm, flips, step_mm: float):
 
 
 @pytest.mark.gpu
-@gpu
+@cuda_gpu
 def test_float_setup_variant_matches_cpu():
     import cupy
 
@@ -138,7 +136,7 @@ def test_float_setup_variant_matches_cpu():
 
 
 @pytest.mark.gpu
-@gpu
+@cuda_gpu
 def test_batched_views_equal_per_view_renders_on_device():
     import cupy
 
@@ -161,7 +159,7 @@ def test_batched_views_equal_per_view_renders_on_device():
 
 
 @pytest.mark.gpu
-@gpu
+@cuda_gpu
 @pytest.mark.parametrize("block", [(16, 16), (32, 8), (8, 4)])
 def test_block_shape_does_not_change_the_images(block: tuple[int, int]):
     import cupy
@@ -174,7 +172,7 @@ def test_block_shape_does_not_change_the_images(block: tuple[int, int]):
 
 
 @pytest.mark.gpu
-@gpu
+@cuda_gpu
 def test_normalize_cuda_matches_cpu():
     import cupy
 
@@ -185,3 +183,20 @@ def test_normalize_cuda_matches_cpu():
     got = drr_cuda.normalize_cuda(cupy.asarray(cpu), protocol)
     assert isinstance(got, cupy.ndarray) and got.dtype == cupy.float32
     np.testing.assert_allclose(cupy.asnumpy(got), normalize(cpu, protocol), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@cuda_gpu
+def test_host_to_device_copies_exactly_and_unlocks_the_memory():
+    import cupy
+
+    rng = np.random.default_rng(3)
+    volume = rng.integers(-1024, 3000, (37, 41, 43)).astype(np.int16)
+    offset = rng.random(1001).astype(np.float32)[1:]  # a buffer that does not start on a page
+    for a in (volume, offset, np.zeros((0, 4), np.int16)):
+        got = drr_cuda.host_to_device(a)
+        assert isinstance(got, cupy.ndarray) and got.dtype == a.dtype
+        np.testing.assert_array_equal(got.get(), a)
+        if a.nbytes:  # registering again succeeds only if the copy unregistered it
+            cupy.cuda.runtime.hostRegister(a.ctypes.data, a.nbytes, 0)
+            cupy.cuda.runtime.hostUnregister(a.ctypes.data)

@@ -11,10 +11,10 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from vertedge.errors import VertedgeError  # noqa: E402
+from vertedge.errors import CudaProviderError, VertedgeError  # noqa: E402
 from vertedge.geometry import Protocol  # noqa: E402
 from vertedge.labels import SPINE_ORDER  # noqa: E402
-from vertedge.models import IDENTIFICATION_FILE, LOCALIZATION_FILE, Models  # noqa: E402
+from vertedge.models import IDENTIFICATION_FILE, LOCALIZATION_FILE, Models, _pick  # noqa: E402
 from vertedge.pipeline import Labeler  # noqa: E402
 
 from .conftest import air_volume, paint_ball  # noqa: E402
@@ -95,3 +95,31 @@ def test_scan_without_detections_is_a_valid_empty_result(tmp_path):
     assert result.vertebrae == ()
     assert set(result.timings_ms) >= {"drr", "localization_net", "peaks", "fusion"}
     assert result.models == {"localization": "test-localization", "identification": "test-identification"}
+
+
+def test_fp16_variants_only_on_cuda_and_missing_ones_are_named(tmp_path):
+    protocol = Protocol(pixel_mm=4.0, n_views=4)
+    write_pair(tmp_path, metadata("localization", protocol), metadata("identification", protocol))
+    # on the CPU the fp32 files run even when fp16 is asked for (no fp16 files are needed)
+    assert Models(tmp_path, device="cpu", fp16=True).loc_info.path.name == LOCALIZATION_FILE
+    with pytest.raises(VertedgeError, match=r"localization\.fp16\.onnx: no fp16 variant"):
+        _pick(tmp_path, LOCALIZATION_FILE, fp16=True)
+
+
+def test_cuda_provider_that_cannot_start_falls_back_on_auto_only(tmp_path, monkeypatch):
+    import vertedge.pipeline as pipeline
+
+    protocol = Protocol(pixel_mm=4.0, n_views=4)
+    write_pair(tmp_path, metadata("localization", protocol), metadata("identification", protocol))
+
+    def models_without_cuda(folder, device, fp16=False):
+        if device == "cuda":  # what _session raises when ONNX Runtime lists CUDA but cannot start it
+            raise CudaProviderError("ONNX Runtime could not start its CUDA provider")
+        return Models(folder, device, fp16)
+
+    monkeypatch.setattr(pipeline, "choose_device", lambda requested: ("cuda", "CUDA on a test GPU"))
+    monkeypatch.setattr(pipeline, "Models", models_without_cuda)
+    labeler = Labeler(tmp_path, device="auto")
+    assert labeler.device == "cpu" and labeler.device_note.startswith("running on CPU: ONNX Runtime could not")
+    with pytest.raises(VertedgeError, match="--device cuda: ONNX Runtime could not start"):
+        Labeler(tmp_path, device="cuda")

@@ -7,6 +7,8 @@ import pytest
 
 from vertedge.peaks import Peaks, candidates, find_peaks
 
+from .conftest import cuda_gpu
+
 AMPLITUDE = 10.0
 THRESHOLD = 3.0
 
@@ -112,3 +114,22 @@ def test_candidates_capped_per_view_keep_highest() -> None:
 def test_rejects_wrong_rank() -> None:
     with pytest.raises(ValueError):
         find_peaks(np.zeros((32, 32), np.float32), THRESHOLD, 5.0)
+
+
+@pytest.mark.gpu
+@cuda_gpu
+@pytest.mark.parametrize("cap", [5, 1 << 15], ids=["capped", "uncapped"])
+def test_candidates_and_peaks_of_device_heatmaps_equal_host_ones(cap: int) -> None:
+    import cupy
+
+    rng = np.random.default_rng(2)
+    blobs = _spine_blobs(rng, n_views=4, n_per_view=6, spacing_px=15.0)
+    heat = _render_blobs((4, 140, 80), blobs, 3.0) + rng.normal(0, 2.0, (4, 140, 80)).astype(np.float32)
+    host = candidates(heat, THRESHOLD, max_candidates=cap)
+    device = candidates(cupy.asarray(heat), THRESHOLD, max_candidates=cap)
+    for h, d in zip(host, device):
+        assert isinstance(d, cupy.ndarray)
+        np.testing.assert_array_equal(d.get(), h)
+    a, b = find_peaks(heat, THRESHOLD, 6.0), find_peaks(cupy.asarray(heat), THRESHOLD, 6.0)
+    np.testing.assert_array_equal(b.view, a.view)
+    np.testing.assert_allclose(b.rc, a.rc, rtol=0, atol=1e-9)

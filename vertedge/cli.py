@@ -149,6 +149,7 @@ def run(
     views: Annotated[Optional[int], typer.Option("--views", "-k", min=2, max=360, help="Views K (default: the models').")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the fp16 models (about 1 ms faster, slightly less accurate).")] = False,
     png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip scans whose NAME.vertebrae.json exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each result object as one JSON line on stdout.")] = False,
@@ -164,7 +165,7 @@ def run(
     from .pipeline import Labeler
 
     log = _Log(verbose=verbose, quiet=quiet)
-    labeler = Labeler(models, device=device, n_views=views)
+    labeler = Labeler(models, device=device, n_views=views, fp16=fp16)
     if device == "auto" and labeler.device == "cpu":
         log.info(labeler.device_note)
     inputs = expand_inputs(list(scans))

@@ -3,3 +3,7 @@
 
 class VertedgeError(Exception):
     """A user-facing failure: its message is one line naming the file and the reason."""
+
+
+class CudaProviderError(VertedgeError):
+    """ONNX Runtime lists its CUDA provider but could not start it (CUDA or cuDNN libraries missing)."""

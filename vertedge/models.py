@@ -9,6 +9,7 @@ applied, channel 0 background, channel 1 + j the VerSe label `classes[j]`. Metad
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import VertedgeError
+from .errors import CudaProviderError, VertedgeError
 from .geometry import Protocol
 from .xp import array_module
 
@@ -66,18 +67,51 @@ class ModelInfo:
         )
 
 
-def _pick(folder: Path, file: str, device: str) -> Path:
-    """The fp16 variant (NAME.fp16.onnx) on CUDA when it is there, else the fp32 model."""
+# Measured on an H200 (benchmarks/RESULTS.md). cuDNN's exhaustive search times every convolution
+# algorithm again for each new input shape, and the detector's shape follows the scan: ~0.4 s on the
+# first scan of each new size; the heuristic choice costs ~40 ms there and is as fast once warm.
+# TF32 convolutions: 3.2 + 4.4 ms for both nets instead of 4.8 + 5.9 ms, outputs ~2e-3 from the
+# CPU's, the same labels and centroids within 0.01 mm.
+CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "1"}
+# The fp16 models under the heuristic choice make cuDNN's frontend log "No execution plans support
+# the graph" errors (it then falls back, with the same results): they search exhaustively instead.
+CUDA_FP16_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+
+
+def _pick(folder: Path, file: str, fp16: bool) -> Path:
+    """The model file: its fp16 variant (NAME.fp16.onnx) when asked for, else the fp32 one."""
+    if not fp16:
+        return folder / file
     half = folder / file.replace(".onnx", ".fp16.onnx")
-    return half if device == "cuda" and half.is_file() else folder / file
+    if not half.is_file():
+        raise VertedgeError(f"{half}: no fp16 variant of {file} in {folder}")
+    return half
 
 
-def providers_for(device: str) -> list[str]:
-    """ONNX Runtime execution providers for 'cpu' or 'cuda'."""
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+def providers_for(device: str, fp16: bool = False) -> list[Any]:
+    """ONNX Runtime execution providers (with options) for 'cpu' or 'cuda', and fp32 or fp16 models."""
+    if device == "cuda":
+        options = CUDA_FP16_PROVIDER_OPTIONS if fp16 else CUDA_PROVIDER_OPTIONS
+        return [("CUDAExecutionProvider", dict(options)), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
-def _session(path: Path, device: str) -> tuple[Any, ModelInfo]:
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the NVIDIA pip packages beside onnxruntime-gpu, where there are any.
+
+    onnxruntime-gpu links them by soname; installed as pip packages (onnxruntime-gpu[cuda,cudnn])
+    they are not on the loader's path unless loaded first. System-wide CUDA needs no preload, and
+    an onnxruntime without `preload_dlls` (CPU builds, before 1.21) has nothing to do here.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload(msvc=False)
+
+
+def _session(path: Path, device: str, fp16: bool = False) -> tuple[Any, ModelInfo]:
     """Open one ONNX Runtime session and parse its metadata."""
     try:
         import onnxruntime as ort
@@ -87,13 +121,21 @@ def _session(path: Path, device: str) -> tuple[Any, ModelInfo]:
         ) from e
     if not path.is_file():
         raise VertedgeError(f"{path}: model file not found")
+    if device == "cuda":
+        _preload_cuda_libraries()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers_for(device))
+        session = ort.InferenceSession(str(path), options, providers=providers_for(device, fp16))
     except Exception as e:  # onnxruntime raises its own untyped errors for corrupt files
         raise VertedgeError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        # ONNX Runtime falls back to the CPU with only a log line: make it a decision instead
+        raise CudaProviderError(
+            "ONNX Runtime could not start its CUDA provider (CUDA 13 / cuDNN 9 libraries not found; "
+            "pip install 'onnxruntime-gpu[cuda,cudnn]')"
+        )
     meta = dict(session.get_modelmeta().custom_metadata_map)
     return session, ModelInfo.from_metadata(path, meta)
 
@@ -136,7 +178,8 @@ class _Net:
 class Models:
     """Both ONNX sessions, built once and reused for every scan."""
 
-    def __init__(self, models_dir: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(self, models_dir: str | Path | None = None, device: str = "cpu", fp16: bool = False) -> None:
+        """Open both models of `models_dir` (default: the shipped ones); `fp16` takes effect on CUDA only."""
         folder = Path(models_dir) if models_dir is not None else default_models_dir()
         if not (folder / LOCALIZATION_FILE).is_file() or not (folder / IDENTIFICATION_FILE).is_file():
             where = "in this installation" if models_dir is None else f"in {folder}"
@@ -145,8 +188,9 @@ class Models:
                 "(train them with `python -m train` and `python -m export`, or pass --models DIR)"
             )
         self.device = device
-        loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, device), device)
-        ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, device), device)
+        half = fp16 and device == "cuda"  # ONNX Runtime's CPU kernels have no fast fp16 convolutions
+        loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, half), device, half)
+        ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, half), device, half)
         self._loc, self._id = _Net(loc, "heatmap"), _Net(ident, "prob")
         if (self.loc_info.task, self.id_info.task) != ("localization", "identification"):
             raise VertedgeError(f"{folder}: model tasks are {self.loc_info.task}/{self.id_info.task}")

@@ -6,7 +6,7 @@ The pipeline only composes the stage modules and times each stage.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ import numpy as np
 from . import drr
 from .boxes import box_means, square_half_px
 from .device import choose_device
+from .errors import CudaProviderError, VertedgeError
 from .fusion import Fused, fuse
 from .geometry import Views, make_views, pixel_mm_at_depth, project
 from .labels import name as label_name
@@ -83,15 +84,22 @@ class Result:
 
 
 class _Timer:
-    """Collects wall-clock milliseconds per named stage."""
+    """Collects wall-clock milliseconds per named stage.
 
-    def __init__(self) -> None:
+    GPU work is asynchronous: with `sync` (the device stream's synchronize) each stage waits for
+    its own kernels, so a stage's time is not billed to the next one that happens to wait.
+    """
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
         self.ms: dict[str, float] = {}
+        self._sync = sync
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
+        if self._sync is not None:
+            self._sync()
         self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
 
 
@@ -142,11 +150,30 @@ class Labeler:
     """Holds both models (and the GPU kernels when used); call it on a Volume per scan."""
 
     def __init__(
-        self, models_dir: str | Path | None = None, device: str = "auto", n_views: int | None = None
+        self,
+        models_dir: str | Path | None = None,
+        device: str = "auto",
+        n_views: int | None = None,
+        fp16: bool = False,
     ) -> None:
+        """Choose the device and open the models; `fp16` runs the fp16 models on CUDA."""
         self.device, self.device_note = choose_device(device)
-        self.models = Models(models_dir, self.device)
+        try:
+            self.models = Models(models_dir, self.device, fp16)
+        except CudaProviderError as e:
+            if device != "auto":
+                raise VertedgeError(f"--device cuda: {e}") from e
+            self.device, self.device_note = "cpu", f"running on CPU: {e}"
+            self.models = Models(models_dir, "cpu")
         self.protocol = self.models.protocol.with_views(n_views)
+
+    def _device_sync(self) -> Callable[[], None] | None:
+        """The current CUDA stream's synchronize on CUDA, else None (host work is synchronous)."""
+        if self.device != "cuda":
+            return None
+        import cupy
+
+        return cupy.cuda.get_current_stream().synchronize
 
     def _render(self, volume: Volume, views: Views) -> Any:
         """Normalized DRRs (K, H, W) float32, on the chosen device (a CuPy array on CUDA)."""
@@ -158,7 +185,7 @@ class Labeler:
 
     def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
         """Find and label the vertebrae of one scan."""
-        timer = _Timer()
+        timer = _Timer(self._device_sync())
         protocol = self.protocol
         with timer("drr"):
             views = make_views(volume, protocol)
