@@ -238,13 +238,14 @@ def evaluate(
 @app.command()
 def info() -> None:
     """What this installation can use: ONNX Runtime providers, GPU, CUDA, shipped models."""
-    from .device import cuda_status, onnx_providers
+    from .device import cuda_status, cuda_versions, onnx_providers
     from .models import Models
 
     providers = onnx_providers()
     print(f"onnxruntime providers: {', '.join(providers) if providers else 'onnxruntime not installed'}")
     ok, what = cuda_status()
-    print(f"CUDA: {what if ok else 'not usable: ' + what}")
+    versions = cuda_versions()
+    print(f"CUDA: {what if ok else 'not usable: ' + what}" + (f" (CUDA {versions})" if versions else ""))
     try:
         m = Models(device="cpu")
         print(f"models: {m.ids['localization']}, {m.ids['identification']}")

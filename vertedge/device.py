@@ -16,6 +16,18 @@ def onnx_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def cuda_versions() -> str | None:
+    """'runtime 13.2, driver 13.0' (CUDA versions CuPy sees), or None without CuPy or a driver."""
+    try:
+        import cupy
+
+        versions = cupy.cuda.runtime.runtimeGetVersion(), cupy.cuda.runtime.driverGetVersion()
+    except Exception:  # no CuPy, a broken one, or no driver: there is nothing to report
+        return None
+    runtime, driver = (f"{v // 1000}.{v % 1000 // 10}" for v in versions)
+    return f"runtime {runtime}, driver {driver}"
+
+
 def cuda_status() -> tuple[bool, str]:
     """(True, GPU name) when the whole CUDA path works, else (False, why not in one line)."""
     from .drr_cuda import cuda_available
