@@ -23,11 +23,17 @@ def _loop_means(maps, rc, half):
     return out
 
 
+def _random_squares(seed: int, shape: tuple[int, int, int, int], n: int, max_half: float):
+    """Random maps (K, C, H, W), n square centres per view (some outside the image) and half sides."""
+    rng = np.random.default_rng(seed)
+    k, _, h, w = shape
+    maps = rng.random(shape).astype(np.float32)
+    rc = np.stack([rng.uniform(-3, h + 3, (k, n)), rng.uniform(-3, w + 3, (k, n))], -1)
+    return maps, rc, rng.uniform(1.0, max_half, (k, n))
+
+
 def test_box_means_match_a_pixel_loop_including_clipped_squares():
-    rng = np.random.default_rng(0)
-    maps = rng.random((3, 4, 40, 50)).astype(np.float32)
-    rc = np.stack([rng.uniform(-3, 43, (3, 7)), rng.uniform(-3, 53, (3, 7))], -1)
-    half = rng.uniform(1.0, 6.5, (3, 7))
+    maps, rc, half = _random_squares(0, (3, 4, 40, 50), 7, 6.5)
     means, valid = box_means(maps, rc, half)
     np.testing.assert_allclose(means, _loop_means(maps, rc, half), rtol=1e-5)
     inside = (rc[..., 0] >= -0.5) & (rc[..., 0] <= 39.5) & (rc[..., 1] >= -0.5) & (rc[..., 1] <= 49.5)
@@ -44,10 +50,7 @@ def test_box_means_of_no_points():
 def test_box_means_of_device_maps_equal_host_ones():
     import cupy
 
-    rng = np.random.default_rng(1)
-    maps = rng.random((4, 6, 64, 48)).astype(np.float32)
-    rc = np.stack([rng.uniform(-3, 67, (4, 9)), rng.uniform(-3, 51, (4, 9))], -1)
-    half = rng.uniform(1.0, 8.0, (4, 9))
+    maps, rc, half = _random_squares(1, (4, 6, 64, 48), 9, 8.0)
     host, host_valid = box_means(maps, rc, half)
     device, device_valid = box_means(cupy.asarray(maps), rc, half)
     assert isinstance(device, np.ndarray)  # only the means come back

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertedge.fusion import Fused, fuse, intersect_rays, order_along_spine
+from vertedge.fusion import Fused, fuse, intersect_rays, on_spine, order_along_spine
 from vertedge.geometry import Protocol, Views, make_views, pixel_rays, project
 from vertedge.peaks import Peaks
 from vertedge.volume import Volume
@@ -201,3 +201,26 @@ def test_order_follows_a_strongly_tilted_spine_where_z_fails() -> None:
 def test_order_small_inputs() -> None:
     assert order_along_spine(np.zeros((0, 3))).tolist() == []
     assert order_along_spine(np.array([[0.0, 0.0, -5.0], [0.0, 0.0, 5.0]])).tolist() == [1, 0]
+
+
+# ---------------------------------------------------------------- on_spine
+
+
+def test_on_spine_keeps_a_scoliotic_spine_with_a_missed_vertebra() -> None:
+    truth = _spine(24)
+    truth[:, 0] *= 3.0  # strong scoliosis
+    chain = np.delete(truth, 10, axis=0)  # one vertebra not detected: a double gap
+    assert on_spine(chain, 25.0).all()
+
+
+def test_on_spine_drops_a_lateral_stray_inside_or_at_the_end_and_a_detached_pair() -> None:
+    truth = _spine(12)
+    beside = truth[5] + [60.0, 0.0, -8.0]  # between vertebrae 5 and 6, 60 mm to the side
+    chain = np.insert(truth, 6, beside, axis=0)
+    assert np.flatnonzero(~on_spine(chain, 25.0)).tolist() == [6]
+    below = truth[-1] + [45.0, 0.0, -30.0]
+    assert np.flatnonzero(~on_spine(np.vstack([truth, below]), 25.0)).tolist() == [12]
+    # two stray points in line with each other, cut off from the spine by a wide gap
+    step = truth[-1] - truth[-2]
+    pair = truth[-1] + [70.0, 0.0, 0.0] + np.array([1.0, 2.0])[:, None] * (step + [0.0, 0.0, -60.0])
+    assert np.flatnonzero(~on_spine(np.vstack([truth, pair]), 25.0)).tolist() == [12, 13]

@@ -30,6 +30,9 @@ from .peaks import Peaks
 
 DEFAULT_MAX_RESIDUAL_MM = 5.0  # vertebral bodies are >= ~12 mm apart, 2D errors are a few mm
 DEFAULT_MIN_SEPARATION_MM = 8.0  # closer fused points are one vertebra (cervical bodies ~15 mm apart)
+DEFAULT_MAX_OFF_SPINE_MM = 25.0  # a vertebra lies within a few mm of the line through its neighbours
+_MAX_GAP_FACTOR = 2.5  # consecutive vertebrae: one missed detection doubles a gap; more is a break
+_MIN_PIECE = 3  # points: fewer, cut off from the rest by a break, are stray detections
 DEFAULT_MIN_PAIR_ANGLE_DEG = 30.0  # lets K=10 views 36 deg apart pair with their neighbours
 _REFINE_ROUNDS = 3  # select rays, re-solve: converges in 2 rounds on test data, one spare
 _RELATIVE_SINGULAR = 1e-12  # rays closer to parallel than ~1e-6 rad do not fix a point
@@ -227,8 +230,14 @@ def fuse(
     max_residual_mm: float = DEFAULT_MAX_RESIDUAL_MM,
     min_separation_mm: float = DEFAULT_MIN_SEPARATION_MM,
     min_pair_angle_deg: float = DEFAULT_MIN_PAIR_ANGLE_DEG,
+    max_off_spine_mm: float = DEFAULT_MAX_OFF_SPINE_MM,
 ) -> Fused:
-    """3D centroids (world LPS mm, cranial -> caudal) of vertebrae detected in >= `min_views` views."""
+    """3D centroids (world LPS mm, cranial -> caudal) of vertebrae detected in >= `min_views` views.
+
+    Stray detections (a bright object beside the spine) are dropped (`on_spine`): points farther
+    than `max_off_spine_mm` from the line through their chain neighbours, and short runs of points
+    cut off from the rest of the chain by a gap much wider than the typical one.
+    """
     if min_views < 2:
         raise ValueError(f"min_views must be at least 2 (two rays fix a point), got {min_views}")
     k = views.n_views
@@ -244,7 +253,51 @@ def fuse(
         return _empty_fused(k)
     pts, sup, res, nv = (np.array(x) for x in zip(*accepted))
     order = order_along_spine(pts)
+    order = order[on_spine(pts[order], max_off_spine_mm)]
     return Fused(pts[order], res[order], nv[order].astype(np.int64), sup[order].astype(np.int64))
+
+
+def off_spine_mm(points_lps: np.ndarray) -> np.ndarray:
+    """(n,) distance mm of each point (n, 3), in chain order, from the line through its chain neighbours.
+
+    An inner point is measured against the line through the points before and after it, an end
+    point against the line through the next two; with fewer than 3 points every distance is 0.
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    n = len(p)
+    if n < 3:
+        return np.zeros(n)
+    a = np.concatenate([p[1:2], p[:-2], p[-2:-1]])
+    b = np.concatenate([p[2:3], p[2:], p[-3:-2]])
+    u = (b - a) / np.maximum(np.linalg.norm(b - a, axis=1, keepdims=True), 1e-9)
+    v = p - a
+    return np.linalg.norm(v - np.einsum("ni,ni->n", v, u)[:, None] * u, axis=1)
+
+
+def on_spine(points_lps: np.ndarray, max_off_mm: float) -> np.ndarray:
+    """(n,) bool: False for stray points among points (n, 3) in chain order.
+
+    First the chain is cut where a gap exceeds `_MAX_GAP_FACTOR` times the median gap, and pieces
+    of fewer than `_MIN_PIECE` points go (unless nothing else is left). Then points off the line
+    through their neighbours by more than `max_off_mm` go, the worst first, measuring the rest
+    again each time, so that a stray point does not make its true neighbours look off the line.
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    keep = np.ones(len(p), bool)
+    if len(p) >= 3:
+        gaps = np.linalg.norm(np.diff(p, axis=0), axis=1)
+        piece = np.r_[0, np.cumsum(gaps > _MAX_GAP_FACTOR * np.median(gaps))]
+        size = np.bincount(piece)[piece]
+        if (size >= _MIN_PIECE).any():
+            keep = size >= _MIN_PIECE
+    while keep.sum() >= 3:
+        idx = np.flatnonzero(keep)
+        off = off_spine_mm(p[idx])
+        worst = int(np.argmax(off))
+        if off[worst] <= max_off_mm:
+            break
+        keep[idx[worst]] = False
+    return keep
 
 
 def _tree_path_lengths(dist: np.ndarray) -> np.ndarray:
