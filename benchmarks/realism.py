@@ -1,0 +1,131 @@
+"""How the phantom's bone compares with real CT, in the volume and in the DRRs the nets see.
+
+Usage:
+    python benchmarks/realism.py [--seeds 0-29] [--real ../shared/data/real] [--json realism.json]
+
+Per lumbar vertebra (L1-L5, not cut by the field of view) of every real case and of every phantom
+seed that has one:
+  body_hu     mean HU within 8 mm of the body centroid (cancellous bone, some cortex);
+  ball_p90    90th / 99th percentile HU within 25 mm (cortex, posterior elements, soft tissue);
+  ball_p99
+  drr_ratio   in the runtime's normalized DRRs (the shipped models' protocol), the mean of the 3
+              pixels at the projected centroid over the mean of the two pixels 40 mm to either side
+              at the isocentre, median over views 0, 2 and 5: how far the spine stands out of the
+              soft tissue in what the nets see (1 = not at all).
+Medians per case (real) and over all seeds (phantom, with their 10th-90th percentile range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vertedge import drr
+from vertedge.geometry import Protocol, make_views, project
+from vertedge.metrics import read_points
+from vertedge.models import Models
+from vertedge.phantom import make_phantom
+from vertedge.volume import Volume, load_volume
+
+LUMBAR = range(20, 26)
+VIEWS = (0, 2, 5)
+SIDE_MM = 40.0
+
+
+def ball_hu(volume: Volume, centre: np.ndarray, radius_mm: float) -> np.ndarray:
+    """HU of the voxels whose centres lie within `radius_mm` of `centre` (world LPS mm)."""
+    span = np.ceil(radius_mm / np.asarray(volume.spacing)).astype(int) + 1
+    c = np.rint(volume.world_to_index(centre[None])[0]).astype(int)  # (i, j, k)
+    lo = np.maximum(c - span, 0)
+    hi = np.minimum(c + span + 1, volume.shape_ijk)
+    block = volume.hu[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+    kk, jj, ii = np.meshgrid(*(np.arange(a, b) for a, b in zip(lo[::-1], hi[::-1])), indexing="ij")
+    world = volume.index_to_world(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1).astype(float))
+    return block.ravel()[np.linalg.norm(world - centre, axis=1) <= radius_mm]
+
+
+def drr_ratios(volume: Volume, points: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """(n,) spine-over-side ratio of each point (n, 3) in the normalized DRRs (median over VIEWS)."""
+    views = make_views(volume, protocol)
+    images = drr.normalize(drr.render(volume, views, protocol), protocol)
+    rc, _ = project(views, points)
+    # magnification source_det / source_iso: a detector pixel covers pixel_mm / magnification at the isocentre
+    side = int(round(SIDE_MM * protocol.source_det_mm / (protocol.source_iso_mm * protocol.pixel_mm)))
+    _, rows, cols = images.shape
+    out = np.full((len(VIEWS), len(points)), np.nan)
+    for a, k in enumerate(VIEWS):
+        r, c = np.rint(rc[k]).astype(int).T
+        ok = (r >= 0) & (r < rows) & (c - side >= 0) & (c + side < cols)
+        centre = images[k, r[ok, None], c[ok, None] + np.arange(-1, 2)].mean(axis=1)
+        beside = 0.5 * (images[k, r[ok], c[ok] - side] + images[k, r[ok], c[ok] + side])
+        out[a, ok] = centre / np.maximum(beside, 1e-6)
+    return np.nanmedian(out, axis=0)
+
+
+def measure(volume: Volume, centroids: dict[int, np.ndarray], protocol: Protocol) -> list[dict[str, float]]:
+    """One record per lumbar vertebra of `centroids` (label -> world LPS mm)."""
+    labels = [k for k in sorted(centroids) if k in LUMBAR]
+    if not labels:
+        return []
+    points = np.array([centroids[k] for k in labels], float)
+    ratios = drr_ratios(volume, points, protocol)
+    records = []
+    for label, point, ratio in zip(labels, points, ratios):
+        ball = ball_hu(volume, point, 25.0)
+        records.append({
+            "label": label,
+            "body_hu": float(ball_hu(volume, point, 8.0).mean()),
+            "ball_p90": float(np.percentile(ball, 90)),
+            "ball_p99": float(np.percentile(ball, 99)),
+            "drr_ratio": float(ratio),
+        })
+    return records
+
+
+def summary(records: list[dict[str, float]]) -> dict[str, Any]:
+    """Median (and 10th-90th percentile) of each measure over records."""
+    keys = ("body_hu", "ball_p90", "ball_p99", "drr_ratio")
+    a = {k: np.array([r[k] for r in records]) for k in keys}
+    return {k: {"median": float(np.nanmedian(v)), "p10": float(np.nanpercentile(v, 10)), "p90": float(np.nanpercentile(v, 90))}
+            for k, v in a.items()} | {"n": len(records)}
+
+
+def main() -> None:
+    """Measure the real cases and the phantom seeds; print a table and save JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0-29")
+    ap.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "real")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    protocol = Models(device="cpu").protocol
+    report: dict[str, Any] = {"protocol": protocol.to_dict(), "real": {}, "phantom": {}}
+    for case in sorted(p for p in args.real.glob("*") if (p / "ct.nii.gz").is_file()):
+        truth, cut = read_points(case / "ground_truth.json")
+        records = measure(load_volume(case / "ct.nii.gz"), {k: v for k, v in truth.items() if k not in cut}, protocol)
+        if records:
+            report["real"][case.name] = summary(records) | {"vertebrae": records}
+    lo, hi = (int(v) for v in args.seeds.split("-"))
+    phantom_records = []
+    for seed in range(lo, hi + 1):
+        ph = make_phantom(seed)
+        phantom_records += measure(ph.volume, {k: c for k, c in ph.centroids.items() if not ph.cut[k]}, protocol)
+        print(f"seed {seed}: {len(phantom_records)} lumbar vertebrae so far", file=sys.stderr)
+    report["phantom"] = summary(phantom_records)
+    print("| source | lumbar vertebrae | body HU | 25 mm p90 HU | 25 mm p99 HU | DRR spine/side |")
+    print("|---|---|---|---|---|---|")
+    rows = [(name, s) for name, s in report["real"].items()] + [(f"phantom seeds {args.seeds}", report["phantom"])]
+    for name, s in rows:
+        cells = [f"{s[k]['median']:.0f} ({s[k]['p10']:.0f}-{s[k]['p90']:.0f})" for k in ("body_hu", "ball_p90", "ball_p99")]
+        r = s["drr_ratio"]
+        print(f"| {name} | {s['n']} | " + " | ".join(cells) + f" | {r['median']:.3f} ({r['p10']:.3f}-{r['p90']:.3f}) |")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
