@@ -40,6 +40,7 @@ from vertedge import drr
 from vertedge.boxes import square_half_px
 from vertedge.geometry import Protocol, make_views, pixel_mm_at_depth, project
 from vertedge.labels import SPINE_ORDER
+from vertedge.phantom import PHANTOM_VERSION
 from vertedge.volume import Volume
 
 CLASSES: tuple[int, ...] = tuple(SPINE_ORDER)  # id-net channel 1 + j is CLASSES[j]
@@ -177,9 +178,9 @@ def scan_variants(scan: Scan, protocol: Protocol, n_variants: int, rng: np.rando
 
 
 def cache_folder(cache_dir: str | os.PathLike[str] | None, protocol: Protocol) -> Path:
-    """Folder of one protocol's cached samples."""
+    """Folder of the cached samples of one protocol and phantom version."""
     base = Path(os.path.expanduser(str(cache_dir))) if cache_dir else DEFAULT_CACHE
-    return base / protocol_hash(protocol)
+    return base / f"{protocol_hash(protocol)}-phantom{PHANTOM_VERSION}"
 
 
 def _save_npz(path: Path, sample: dict[str, np.ndarray]) -> None:

@@ -29,6 +29,9 @@ from .labels import NAMES
 from .verse import write_verse_ctd
 from .volume import Volume, save_volume
 
+# Bumped whenever make_phantom(seed) changes its output; training caches are keyed by it, so DRRs
+# rendered from an older phantom are never mixed into training. 2: realistic bone density.
+PHANTOM_VERSION = 2
 REGIONS = ("full", "cervical", "thoracic", "lumbar", "cervicothoracic", "thoracolumbar")
 ORIENTATIONS = ("LPS", "RAS", "permuted")
 
@@ -493,9 +496,15 @@ def _build_spine(rng: np.random.Generator, prm: dict) -> tuple[list[_Level], lis
 
 
 def _bone(prm: dict) -> tuple[float, float]:
-    """(cancellous, cortical) HU for this seed's bone density."""
+    """(cancellous, cortical) HU for this seed's bone density.
+
+    Cancellous 55-285 HU, cortical shell 270-715 HU (density 0.15-1.5): osteoporotic to young
+    adult bone as clinical CT shows it (a thin cortex partial-volumed over a voxel or two). An
+    earlier 170-310 / 775-1200 HU made every phantom spine denser than the real cases in
+    ../shared/data and twice as conspicuous in the DRRs (benchmarks/realism.py).
+    """
     f = prm["bone_density"]
-    return 100.0 + 160.0 * f, 550.0 + 500.0 * f
+    return 30.0 + 170.0 * f, 220.0 + 330.0 * f
 
 
 def _body_shape(lv: _Level) -> BodyShape:
@@ -905,7 +914,7 @@ def _choose_params(rng: np.random.Generator, region: str | None, orientation: st
         "stature": float(rng.uniform(0.88, 1.12)), "habitus": float(rng.uniform(0.85, 1.2)),
         "obesity": float(rng.uniform(0.9, 1.35)), "fat_mm": float(rng.uniform(5, 35)),
         "head_scale": float(rng.uniform(0.92, 1.08)),
-        "bone_density": float(rng.uniform(0.45, 1.3)), "disc_hu": float(rng.uniform(70, 110)),
+        "bone_density": float(rng.uniform(0.15, 1.5)), "disc_hu": float(rng.uniform(70, 110)),
         "cartilage_hu": float(rng.uniform(100, 250)), "lung_offset": float(rng.uniform(-40, 40)),
         "lordosis_c": float(rng.uniform(5, 25)), "kyphosis": float(rng.uniform(20, 45)),
         "lordosis_l": float(rng.uniform(25, 50)), "sacral_tilt": float(rng.uniform(35, 55)),
