@@ -29,14 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from latency import spine_phantom, stats  # benchmarks/ is the script's folder, so on sys.path
 
 SHAPE = (512, 512, 600)
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    """Median, min and 95th percentile (ms)."""
-    a = np.asarray(samples)
-    return {k: round(float(f(a)), 3) for k, f in (("median_ms", np.median), ("min_ms", np.min), ("p95_ms", lambda x: np.percentile(x, 95)))}
 
 
 def event_times(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
@@ -64,14 +59,6 @@ def wall_times(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return stats(times)
-
-
-def spine(seed: int = 0, shape: tuple[int, int, int] = SHAPE):
-    """A full-spine phantom of `shape` voxels, 0.8 mm in-plane, slices covering ~650 mm."""
-    from vertedge.phantom import make_phantom
-
-    dz = float(np.clip(650.0 / shape[2], 0.6, 3.0))
-    return make_phantom(seed, "full", shape=shape, spacing=(0.8, 0.8, dz), orientation="LPS")
 
 
 def section_env() -> dict[str, Any]:
@@ -161,7 +148,7 @@ def section_drr(repeats: int) -> dict[str, Any]:
     from vertedge.geometry import make_views
     from vertedge.models import Models
 
-    vol = spine().volume
+    vol = spine_phantom(SHAPE).volume
     base = Models(device="cpu").protocol
     out: dict[str, Any] = {"volume": list(vol.shape_ijk), "int16_mib": round(vol.hu.nbytes / 2**20, 1)}
     out["upload"] = wall_times(lambda: (drr_cuda.upload_volume(vol), cupy.cuda.get_current_stream().synchronize()), 5)
@@ -228,7 +215,7 @@ def section_pipeline(repeats: int) -> dict[str, Any]:
     from vertedge.metrics import score
     from vertedge.pipeline import Labeler
 
-    ph = spine()
+    ph = spine_phantom(SHAPE)
     out: dict[str, Any] = {"volume": list(ph.volume.shape_ijk)}
     results = {}
     for name, fp16, device, n in (
@@ -253,7 +240,7 @@ def section_options(repeats: int) -> dict[str, Any]:
     from vertedge import models
     from vertedge.pipeline import Labeler
 
-    volume, other = spine().volume, spine(1, (400, 400, 420)).volume
+    volume, other = spine_phantom(SHAPE).volume, spine_phantom((400, 400, 420), seed=1).volume
     default = dict(models.CUDA_PROVIDER_OPTIONS)
     out: dict[str, Any] = {"default": default}
     try:
