@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latency import spine_phantom, stats  # benchmarks/ is the script's folder, so on sys.path
+from latency import spine_phantom, stats, wall_times  # benchmarks/ is the script's folder, so on sys.path
 
 SHAPE = (512, 512, 600)
 
@@ -47,17 +47,6 @@ def event_times(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
         stop.record()
         stop.synchronize()
         times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return stats(times)
-
-
-def wall_times(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
-    """Wall-clock time of `fn` (which must synchronize itself), after one warm-up call (ms)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
     return stats(times)
 
 

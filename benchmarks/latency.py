@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,17 @@ def stats(samples: list[float]) -> dict[str, float]:
     """Median, min and 95th percentile (ms)."""
     a = np.asarray(samples)
     return {k: round(float(f(a)), 3) for k, f in (("median_ms", np.median), ("min_ms", np.min), ("p95_ms", lambda x: np.percentile(x, 95)))}
+
+
+def wall_times(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """Wall-clock time of `fn` (GPU work must synchronize itself) over `repeats` calls after one warm-up (ms)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return stats(times)
 
 
 def measure_one(path: Path, views: int, device: str, models: str | None, repeats: int) -> dict[str, Any]:
@@ -118,13 +130,8 @@ def drr_scaling(path: Path, pixel_mms: list[float], repeats: int) -> list[dict[s
     for pixel_mm in pixel_mms:
         protocol = replace(base, pixel_mm=pixel_mm, max_rows=2048, max_cols=2048)
         views = make_views(volume, protocol)
-        render(volume, views, protocol)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            render(volume, views, protocol)
-            times.append((time.perf_counter() - t0) * 1e3)
-        out.append({"pixel_mm": pixel_mm, "detector": list(views.shape), "views": protocol.n_views, **stats(times)})
+        timing = wall_times(lambda: render(volume, views, protocol), repeats)  # noqa: B023 - called at once
+        out.append({"pixel_mm": pixel_mm, "detector": list(views.shape), "views": protocol.n_views, **timing})
     return out
 
 
@@ -145,13 +152,7 @@ def decode_peers(shape: tuple[int, int, int], repeats: int) -> dict[str, Any]:
         except ImportError:
             pass
         for name, read in readers.items():
-            read()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                read()
-                times.append((time.perf_counter() - t0) * 1e3)
-            out[name] = stats(times)
+            out[name] = wall_times(read, repeats)
     return out
 
 
