@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertedge.fusion import Fused, fuse, intersect_rays, on_spine, order_along_spine
+from vertedge.fusion import Fused, distinct_vertebrae, fuse, intersect_rays, on_spine, order_along_spine
 from vertedge.geometry import Protocol, Views, make_views, pixel_rays, project
 from vertedge.peaks import Peaks
 from vertedge.volume import Volume
@@ -224,3 +224,25 @@ def test_on_spine_drops_a_lateral_stray_inside_or_at_the_end_and_a_detached_pair
     step = truth[-1] - truth[-2]
     pair = truth[-1] + [70.0, 0.0, 0.0] + np.array([1.0, 2.0])[:, None] * (step + [0.0, 0.0, -60.0])
     assert np.flatnonzero(~on_spine(np.vstack([truth, pair]), 25.0)).tolist() == [12, 13]
+
+
+# ---------------------------------------------------------------- distinct_vertebrae
+
+
+def test_distinct_vertebrae_drops_the_weaker_of_a_split_pair_only() -> None:
+    truth = _spine(12)
+    n_views, residual = np.full(12, 9), np.full(12, 1.0)
+    assert distinct_vertebrae(truth, n_views, residual, 0.5).all()
+    # vertebra 4 found a second time 0.3 gaps below, in fewer views: that point goes, either order
+    twin = truth[4] + 0.3 * (truth[5] - truth[4])
+    chain = np.insert(truth, 5, twin, axis=0)
+    nv, res = np.insert(n_views, 5, 4), np.insert(residual, 5, 2.0)
+    assert np.flatnonzero(~distinct_vertebrae(chain, nv, res, 0.5)).tolist() == [5]
+    nv[[4, 5]] = 4, 9
+    assert np.flatnonzero(~distinct_vertebrae(chain, nv, res, 0.5)).tolist() == [4]
+    # a missed vertebra (a double gap) and a weak vertebra at the normal gap stay
+    sparse = np.delete(truth, 6, axis=0)
+    nv = np.full(11, 9)
+    nv[5] = 3
+    assert distinct_vertebrae(sparse, nv, np.ones(11), 0.5).all()
+    assert distinct_vertebrae(chain[:3], np.ones(3), np.ones(3), 0.5).all()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertedge.fusion import fuse
+from vertedge.fusion import Fused, fuse
 from vertedge.geometry import Protocol, Views, make_views, pixel_mm_at_depth, project
 from vertedge.labels import SPINE_ORDER
 from vertedge.phantom import make_phantom
 from vertedge.boxes import square_half_px
-from vertedge.pipeline import ID_SQUARE_MM, label, peaks_of
+from vertedge.pipeline import ID_SQUARE_MM, label, may_be_one_vertebra, peaks_of
 
 SIGMA_PX, AMPLITUDE, THRESHOLD = 2.0, 10.0, 3.0
 CLASSES = SPINE_ORDER
@@ -104,3 +104,9 @@ def test_duplicate_labels_keep_the_best_supported_row():
     )
     labels = np.array([20, 21, 21, 22, 22])
     np.testing.assert_array_equal(one_per_label(labels, fused), [0, 1, 3])
+
+
+def test_two_points_found_in_most_views_are_never_one_vertebra() -> None:
+    n_views = np.array([10, 9, 3, 10, 7, 6])
+    fused = Fused(np.zeros((6, 3)), np.zeros(6), n_views, np.zeros((6, 10), np.int64))
+    assert may_be_one_vertebra(fused, 10).tolist() == [False, True, True, False, True]

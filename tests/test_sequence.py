@@ -168,6 +168,20 @@ def test_decode_corrects_an_outlier_row() -> None:
     assert labels.tolist() == list(_labels(*names))
 
 
+def test_decode_same_ok_makes_two_solid_vertebrae_a_t13() -> None:
+    # The net calls a T13 "T12" as well: the cheapest normal-count reading is a duplicate T12.
+    V = 0.9 * _one_hot(["T11", "T12", "T12", "L1", "L2"]) + 0.01
+    V[2, ALL.index(LABELS["T13"])] = 0.05
+    labels, _ = decode(V, ALL)
+    assert labels.tolist() == list(_labels("T11", "T12", "T12", "L1", "L2"))
+    labels, _ = decode(V, ALL, same_ok=np.array([True, False, True, True]))
+    assert labels.tolist() == list(_labels("T11", "T12", "T13", "L1", "L2"))
+    Ps = np.stack([V, V])
+    assert identify(Ps, ALL, same_ok=np.array([True, False, True, True]))[0].tolist() == labels.tolist()
+    with pytest.raises(VertedgeError, match="same_ok"):
+        decode(V, ALL, same_ok=np.ones(5, bool))
+
+
 def _views(names: list[str], k: int, rng: np.random.Generator, noise: float = 0.1) -> np.ndarray:
     """k noisy probability maps (k, n, c) peaked on `names`."""
     P = _one_hot(names)[None] + noise * rng.random((k, len(names), len(ALL)))

@@ -33,6 +33,8 @@ DEFAULT_MIN_SEPARATION_MM = 8.0  # closer fused points are one vertebra (cervica
 DEFAULT_MAX_OFF_SPINE_MM = 25.0  # a vertebra lies within a few mm of the line through its neighbours
 _MAX_GAP_FACTOR = 2.5  # consecutive vertebrae: one missed detection doubles a gap; more is a break
 _MIN_PIECE = 3  # points: fewer, cut off from the rest by a break, are stray detections
+DEFAULT_MAX_DUPLICATE_GAP = 0.5  # x the local gap: closer neighbours are one vertebra seen twice
+_GAP_WINDOW = 3  # gaps on each side that set the local gap (vertebra height changes slowly)
 DEFAULT_MIN_PAIR_ANGLE_DEG = 30.0  # lets K=10 views 36 deg apart pair with their neighbours
 _REFINE_ROUNDS = 3  # select rays, re-solve: converges in 2 rounds on test data, one spare
 _RELATIVE_SINGULAR = 1e-12  # rays closer to parallel than ~1e-6 rad do not fix a point
@@ -231,12 +233,15 @@ def fuse(
     min_separation_mm: float = DEFAULT_MIN_SEPARATION_MM,
     min_pair_angle_deg: float = DEFAULT_MIN_PAIR_ANGLE_DEG,
     max_off_spine_mm: float = DEFAULT_MAX_OFF_SPINE_MM,
+    max_duplicate_gap: float = DEFAULT_MAX_DUPLICATE_GAP,
 ) -> Fused:
     """3D centroids (world LPS mm, cranial -> caudal) of vertebrae detected in >= `min_views` views.
 
     Stray detections (a bright object beside the spine) are dropped (`on_spine`): points farther
     than `max_off_spine_mm` from the line through their chain neighbours, and short runs of points
-    cut off from the rest of the chain by a gap much wider than the typical one.
+    cut off from the rest of the chain by a gap much wider than the typical one. A vertebra
+    found twice (a detection split in some views leaves a second, weaker point beside it) keeps
+    its better-seen point (`distinct_vertebrae`).
     """
     if min_views < 2:
         raise ValueError(f"min_views must be at least 2 (two rays fix a point), got {min_views}")
@@ -254,6 +259,7 @@ def fuse(
     pts, sup, res, nv = (np.array(x) for x in zip(*accepted))
     order = order_along_spine(pts)
     order = order[on_spine(pts[order], max_off_spine_mm)]
+    order = order[distinct_vertebrae(pts[order], nv[order], res[order], max_duplicate_gap)]
     return Fused(pts[order], res[order], nv[order].astype(np.int64), sup[order].astype(np.int64))
 
 
@@ -351,3 +357,38 @@ def order_along_spine(points_lps: np.ndarray) -> np.ndarray:
     if p[u, 2] < p[v, 2]:
         position = -position
     return np.argsort(position, kind="stable")
+
+
+def _local_gaps(gaps: np.ndarray) -> np.ndarray:
+    """(g,) median of the up to 2 * `_GAP_WINDOW` gaps around each of gaps (g,) mm, itself left out."""
+    g = len(gaps)
+    offsets = np.r_[-_GAP_WINDOW:0, 1 : _GAP_WINDOW + 1]
+    idx = np.arange(g)[:, None] + offsets
+    around = np.where((idx >= 0) & (idx < g), gaps[np.clip(idx, 0, g - 1)], np.nan)
+    return np.nanmedian(around, axis=1)
+
+
+def distinct_vertebrae(
+    points_lps: np.ndarray, n_views: np.ndarray, residual_mm: np.ndarray, max_gap: float
+) -> np.ndarray:
+    """(n,) bool: False for the weaker of chain neighbours closer than `max_gap` x the local gap.
+
+    Points (n, 3) mm are in chain order; consecutive vertebral bodies are a body height plus a
+    disc apart, which changes slowly along the spine, so two points at under half the gaps around
+    them are one vertebra. The pair closest relative to its surroundings goes first, losing the
+    point seen in fewer views (then the one with the larger residual); gaps are measured again
+    after each removal. Chains under 4 points stay whole (a local gap needs two other gaps).
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    keep = np.ones(len(p), bool)
+    while keep.sum() >= 4:
+        idx = np.flatnonzero(keep)
+        gaps = np.linalg.norm(np.diff(p[idx], axis=0), axis=1)
+        ratio = gaps / _local_gaps(gaps)
+        k = int(np.argmin(ratio))
+        if ratio[k] >= max_gap:
+            break
+        a, b = idx[k], idx[k + 1]
+        weaker = a if (n_views[a], -residual_mm[a]) < (n_views[b], -residual_mm[b]) else b
+        keep[weaker] = False
+    return keep

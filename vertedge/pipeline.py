@@ -28,6 +28,7 @@ from .volume import Volume
 from .xp import to_host
 
 ID_SQUARE_MM = 22.0  # side of the square whose class probabilities vote for a vertebra (paper Sec. 2.3)
+SOLID_VIEWS = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
 MIN_PEAK_DISTANCE_MM = 8.0  # at the isocentre: closer peaks are one vertebra (cervical bodies ~15 mm apart)
 
 
@@ -122,6 +123,19 @@ def peaks_of(heatmaps: np.ndarray, views: Views, threshold: float) -> Peaks:
     return find_peaks(heatmaps, threshold=threshold, min_distance_px=MIN_PEAK_DISTANCE_MM / iso_px_mm)
 
 
+def may_be_one_vertebra(fused: Fused, n_views: int) -> np.ndarray:
+    """(n - 1,) bool: may fused rows i, i + 1 be one vertebra found twice (the DP's "same" step)?
+
+    Not when both were found in at least a `SOLID_VIEWS` fraction of the `n_views` views: fusion never lets
+    two points share a detection, and `fusion.distinct_vertebrae` has already merged points closer
+    than half the local gap, so two solid points are two vertebrae. Without this the DP can read a
+    real vertebra as a duplicate to keep the anatomical count of a normal spine, which shifts
+    every label on one side of a T13 or L6 by one.
+    """
+    solid = fused.n_views >= SOLID_VIEWS * n_views
+    return ~(solid[1:] & solid[:-1])
+
+
 def label(
     fused: Fused, views: Views, prob: np.ndarray, classes: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +145,7 @@ def label(
     p, valid = box_means(prob[:, 1:], rc, half_px)
     # each row's class distribution, background left out
     p /= np.maximum(p.sum(-1, keepdims=True), 1e-9)
-    return identify(p, classes, valid=valid)
+    return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, views.n_views))
 
 
 def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:

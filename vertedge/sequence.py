@@ -9,7 +9,8 @@ row earns `beta * P[0, b]`, so a perfect one-hot ascending P scores `beta * n` a
 
 T13 and L6 are optional variants: T12 -> T13, T12 -> L1, T13 -> L1 and L5 -> L6 are all "next".
 Successors are anatomical, not positions in `classes`: with a class list lacking T5, T4 -> T6 is a
-skip. The dynamic programme is a max-plus recursion, one NumPy max per row, batched over leading
+skip. Where the caller knows two consecutive rows are two vertebrae (`same_ok`), "same" is not
+allowed between them. The dynamic programme is a max-plus recursion, one NumPy max per row, batched over leading
 axes so K views are scored at once.
 """
 
@@ -208,18 +209,35 @@ def sequence_loss(
     return float(sequence_losses(_two_d(P), classes, alpha, beta))
 
 
+def _as_steps(same_ok: np.ndarray | None, n: int) -> np.ndarray:
+    """(max(n - 1, 0),) bool: may rows i, i + 1 of n take the "same" step; all True when None."""
+    m = max(n - 1, 0)
+    if same_ok is None:
+        return np.ones(m, dtype=bool)
+    same_ok = np.asarray(same_ok, dtype=bool)
+    if same_ok.shape != (m,):
+        raise VertedgeError(f"sequence: same_ok of shape {same_ok.shape}; expected ({m},) for {n} rows")
+    return same_ok
+
+
 def _best_path(
-    P: np.ndarray, classes: tuple[int, ...], alpha: float, beta: float
+    P: np.ndarray, classes: tuple[int, ...], alpha: float, beta: float, same_ok: np.ndarray
 ) -> tuple[np.ndarray, float]:
-    """Column indices (n,) of the best sequence through P: (n, c), n >= 1, and its score (Eq. 1)."""
+    """Column indices (n,) of the best sequence through P: (n, c), n >= 1, and its score (Eq. 1).
+
+    `same_ok: (n - 1,) bool` False forbids the "same" step into row i + 1 (rows i, i + 1 are known
+    to be two vertebrae).
+    """
     n, c = P.shape
     weights, penalty = _transitions(classes, float(alpha), float(beta))
     weights = weights / beta  # in units of beta, as in _relative_scores
+    distinct = penalty.copy()
+    distinct[np.diag_indices(c)] = -np.inf
     back = np.zeros((n, c), dtype=int)
     opt = P[0].copy()
     cols = np.arange(c)
     for i in range(1, n):
-        cand = _candidates(opt, P[i], weights, penalty)
+        cand = _candidates(opt, P[i], weights, penalty if same_ok[i - 1] else distinct)
         back[i] = cand.argmax(axis=0)
         opt = cand[back[i], cols]
     path = np.empty(n, dtype=int)
@@ -230,19 +248,25 @@ def _best_path(
 
 
 def decode(
-    V: np.ndarray, classes: Sequence[int], alpha: float = ALPHA, beta: float = BETA
+    V: np.ndarray,
+    classes: Sequence[int],
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    same_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Best label sequence of V: (n, c), rows cranial->caudal -> ((n,) int VerSe labels, its score).
 
     Backtracks the recursion of Eq. 1 from the best class of the last row, so consecutive labels
-    are always an allowed step (same, next or skip one).
+    are always an allowed step (same, next or skip one); `same_ok: (n - 1,) bool` False forbids
+    "same" between rows i and i + 1.
     """
     classes = _check_classes(classes)
     P = _as_maps(_two_d(V), classes)
     _checked_rows(P, np.ones(P.shape[0], dtype=bool))
+    same_ok = _as_steps(same_ok, P.shape[0])
     if P.shape[0] == 0:
         return np.zeros(0, dtype=int), 0.0
-    path, score = _best_path(P, classes, alpha, beta)
+    path, score = _best_path(P, classes, alpha, beta, same_ok)
     return np.asarray(classes, dtype=int)[path], score
 
 
@@ -279,17 +303,19 @@ def identify(
     alpha: float = ALPHA,
     beta: float = BETA,
     valid: np.ndarray | None = None,
+    same_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) int and confidences (n,) float in [0, 1] for K maps Ps: (K, n, c) (Sec. 2.4).
 
-    Votes the views (Eq. 6), normalises each voted row to sum 1, decodes it with the DP; the
-    confidence of a row is its normalised voted probability of the decoded label.
+    Votes the views (Eq. 6), normalises each voted row to sum 1, decodes it with the DP (`same_ok`
+    as in `decode`); the confidence of a row is its normalised voted probability of the decoded label.
     """
     V, _ = vote(Ps, classes, alpha, beta, valid)
+    same_ok = _as_steps(same_ok, V.shape[0])
     mass = V.sum(axis=1, keepdims=True)
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
     classes = _check_classes(classes)
-    path, _ = _best_path(V, classes, alpha, beta)
+    path, _ = _best_path(V, classes, alpha, beta, same_ok)
     return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]
