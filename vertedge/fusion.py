@@ -16,7 +16,10 @@ Matching is per vertebra, not per view, so that no view is trusted alone:
    and the rest are re-fitted without the used detections; this stops when no hypothesis is seen
    in `min_views` views.
 A vertebra missed in some views keeps the others; a spurious blob in one view cannot reach
-`min_views` on its own; one detection never serves two vertebrae.
+`min_views` on its own; one detection never serves two vertebrae. The chosen points are then
+ordered along the spine, stray points off it are dropped (`on_spine`), and of two chain neighbours
+closer than half the local gap, a vertebra found twice, the better-seen one stays
+(`distinct_vertebrae`).
 """
 
 from __future__ import annotations
