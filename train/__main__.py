@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         d = cfg["data"]
         prerender(sources_from_config(d), protocol, cache_folder(d.get("cache"), protocol),
                   int(d["variants_per_scan"]), int(cfg.get("seed", 0)), float(d.get("crop_prob", 0.5)),
-                  workers=args.workers or int(d.get("render_workers", 1)), log=_log)
+                  float(d.get("min_keep", 0.35)), workers=args.workers or int(d.get("render_workers", 1)), log=_log)
     if args.command == "eval":
         from .evaluate import evaluate_2d_models, evaluate_3d, evaluate_real
 

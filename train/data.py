@@ -190,7 +190,7 @@ def _save_npz(path: Path, sample: dict[str, np.ndarray]) -> None:
 
 
 def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: int, seed: int,
-                    crop_prob: float = 0.5) -> int:
+                    crop_prob: float = 0.5, min_keep: float = 0.35) -> int:
     """Render `n_variants` of one source ('phantom:<seed>' or 'verse:<ct>::<ctd>') into `folder`.
 
     Skips variants already there; returns how many were written.
@@ -210,7 +210,7 @@ def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: i
         raise ValueError(f"unknown source {source!r}")
     rng = np.random.default_rng([seed, int(hashlib.sha1(tag.encode()).hexdigest()[:8], 16)])
     written = 0
-    for path, sample in zip(paths, scan_variants(scan, protocol, n_variants, rng, crop_prob)):
+    for path, sample in zip(paths, scan_variants(scan, protocol, n_variants, rng, crop_prob, min_keep)):
         if not path.exists():
             _save_npz(path, sample)
             written += 1
@@ -218,20 +218,20 @@ def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: i
 
 
 def _render_worker(args: tuple) -> tuple[str, int, float]:
-    source, protocol_json, folder, n_variants, seed, crop_prob = args
+    source, protocol_json, folder, n_variants, seed, crop_prob, min_keep = args
     import numba
 
     numba.set_num_threads(1)
     t = time.time()
     n = render_to_cache(source, Protocol.from_dict(json.loads(protocol_json)), Path(folder),
-                        n_variants, seed, crop_prob)
+                        n_variants, seed, crop_prob, min_keep)
     return source, n, time.time() - t
 
 
 def prerender(sources: list[str], protocol: Protocol, folder: Path, n_variants: int, seed: int = 0,
-              crop_prob: float = 0.5, workers: int = 1, log=print) -> None:
-    """Render every source into the cache (multiprocessing with `workers` processes)."""
-    args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob) for s in sources]
+              crop_prob: float = 0.5, min_keep: float = 0.35, workers: int = 1, log=print) -> None:
+    """Render every source into the cache (multiprocessing with `workers` processes); crops keep >= `min_keep` of a scan."""
+    args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob, min_keep) for s in sources]
     t0 = time.time()
     if workers <= 1:
         results = map(_render_worker, args)
