@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latency import spine_phantom, stats, wall_times  # benchmarks/ is the script's folder, so on sys.path
+from latency import (  # benchmarks/ is the script's folder, so on sys.path
+    spine_phantom,
+    stats,
+    wall_times,
+)
 
 SHAPE = (512, 512, 600)
 

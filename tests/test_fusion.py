@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertedge.fusion import Fused, distinct_vertebrae, fuse, intersect_rays, on_spine, order_along_spine
+from vertedge.fusion import (
+    Fused,
+    distinct_vertebrae,
+    fuse,
+    intersect_rays,
+    on_spine,
+    order_along_spine,
+)
 from vertedge.geometry import Protocol, Views, make_views, pixel_rays, project
 from vertedge.peaks import Peaks
 from vertedge.volume import Volume

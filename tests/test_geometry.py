@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertedge.geometry import Protocol, make_views, pixel_rays, pixel_mm_at_depth, project
+from vertedge.geometry import (
+    Protocol,
+    make_views,
+    pixel_mm_at_depth,
+    pixel_rays,
+    project,
+)
 
 from .conftest import air_volume, rotation
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vertedge.boxes import square_half_px
 from vertedge.fusion import Fused, fuse
 from vertedge.geometry import Protocol, Views, make_views, pixel_mm_at_depth, project
 from vertedge.labels import SPINE_ORDER
 from vertedge.phantom import make_phantom
-from vertedge.boxes import square_half_px
 from vertedge.pipeline import ID_SQUARE_MM, label, may_be_one_vertebra, peaks_of
 
 SIGMA_PX, AMPLITUDE, THRESHOLD = 2.0, 10.0, 3.0

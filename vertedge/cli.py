@@ -92,7 +92,13 @@ class _Progress:
     """A progress bar on a terminal, one plain line per scan otherwise."""
 
     def __init__(self, total: int, log: _Log) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.total, self.done, self.log = total, 0, log
         self.bar = None

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .drr import CONTENT_HU
 from .errors import VertedgeError
 from .geometry import Protocol, Views
-from .drr import CONTENT_HU
 from .volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
