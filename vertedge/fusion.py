@@ -362,7 +362,7 @@ def order_along_spine(points_lps: np.ndarray) -> np.ndarray:
     return np.argsort(position, kind="stable")
 
 
-def _local_gaps(gaps: np.ndarray) -> np.ndarray:
+def local_gaps(gaps: np.ndarray) -> np.ndarray:
     """(g,) median of the up to 2 * `_GAP_WINDOW` gaps around each of gaps (g,) mm, itself left out."""
     g = len(gaps)
     offsets = np.r_[-_GAP_WINDOW:0, 1 : _GAP_WINDOW + 1]
@@ -387,7 +387,7 @@ def distinct_vertebrae(
     while keep.sum() >= 4:
         idx = np.flatnonzero(keep)
         gaps = np.linalg.norm(np.diff(p[idx], axis=0), axis=1)
-        ratio = gaps / _local_gaps(gaps)
+        ratio = gaps / local_gaps(gaps)
         k = int(np.argmin(ratio))
         if ratio[k] >= max_gap:
             break
