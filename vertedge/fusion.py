@@ -362,13 +362,19 @@ def order_along_spine(points_lps: np.ndarray) -> np.ndarray:
     return np.argsort(position, kind="stable")
 
 
-def local_gaps(gaps: np.ndarray) -> np.ndarray:
-    """(g,) median of the up to 2 * `_GAP_WINDOW` gaps around each of gaps (g,) mm, itself left out."""
-    g = len(gaps)
+def relative_gaps(points_lps: np.ndarray) -> np.ndarray:
+    """(n - 1,) each chain gap of points (n, 3) mm over the median of up to `_GAP_WINDOW` gaps on each side.
+
+    The gap itself is left out of its median; NaN for chains under 4 points, where a local gap
+    would rest on fewer than two other gaps.
+    """
+    gaps = np.linalg.norm(np.diff(np.asarray(points_lps, dtype=np.float64), axis=0), axis=1)
+    if len(gaps) < 3:
+        return np.full(len(gaps), np.nan)
     offsets = np.r_[-_GAP_WINDOW:0, 1 : _GAP_WINDOW + 1]
-    idx = np.arange(g)[:, None] + offsets
-    around = np.where((idx >= 0) & (idx < g), gaps[np.clip(idx, 0, g - 1)], np.nan)
-    return np.nanmedian(around, axis=1)
+    idx = np.arange(len(gaps))[:, None] + offsets
+    around = np.where((idx >= 0) & (idx < len(gaps)), gaps[np.clip(idx, 0, len(gaps) - 1)], np.nan)
+    return gaps / np.nanmedian(around, axis=1)
 
 
 def distinct_vertebrae(
@@ -386,8 +392,7 @@ def distinct_vertebrae(
     keep = np.ones(len(p), bool)
     while keep.sum() >= 4:
         idx = np.flatnonzero(keep)
-        gaps = np.linalg.norm(np.diff(p[idx], axis=0), axis=1)
-        ratio = gaps / local_gaps(gaps)
+        ratio = relative_gaps(p[idx])
         k = int(np.argmin(ratio))
         if ratio[k] >= max_gap:
             break

@@ -18,7 +18,7 @@ from . import drr
 from .boxes import box_means, square_half_px
 from .device import choose_device
 from .errors import CudaProviderError, VertedgeError
-from .fusion import Fused, fuse, local_gaps
+from .fusion import Fused, fuse, relative_gaps
 from .geometry import Views, make_views, pixel_mm_at_depth, project
 from .labels import name as label_name
 from .models import Models
@@ -29,7 +29,8 @@ from .xp import to_host
 
 ID_SQUARE_MM = 22.0  # side of the square whose class probabilities vote for a vertebra (paper Sec. 2.3)
 SOLID_VIEWS = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
-FULL_GAP = 0.85  # x the local gap: points this far apart, both seen in half the views, are two vertebrae
+SEEN_VIEWS = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
+FULL_GAP = 0.85  # x the local gap: points this far apart, both seen in SEEN_VIEWS, are two vertebrae
 MIN_PEAK_DISTANCE_MM = 8.0  # at the isocentre: closer peaks are one vertebra (cervical bodies ~15 mm apart)
 
 
@@ -129,19 +130,16 @@ def may_be_one_vertebra(fused: Fused, n_views: int) -> np.ndarray:
 
     Not when both were found in at least a `SOLID_VIEWS` fraction of the `n_views` views (fusion
     never lets two points share a detection, and `fusion.distinct_vertebrae` has already merged
-    points closer than half the local gap), nor when both were found in half the views and lie a
+    points closer than half the local gap), nor when both were found in `SEEN_VIEWS` and lie a
     full vertebral gap apart (`FULL_GAP` x the gaps around them). A point seen in fewer views may
     be a stray blob (dental metal above C1), which the DP must stay free to absorb. Without this
     the DP can read a real vertebra as a duplicate to keep the anatomical count of a normal spine,
     which shifts every label on one side of a T13 or L6 by one.
     """
     solid = fused.n_views >= SOLID_VIEWS * n_views
-    seen = fused.n_views >= 0.5 * n_views
-    two = solid[1:] & solid[:-1]
-    if len(fused) >= 4:  # local gaps need two other gaps, as in distinct_vertebrae
-        gaps = np.linalg.norm(np.diff(fused.points_lps, axis=0), axis=1)
-        two |= (gaps >= FULL_GAP * local_gaps(gaps)) & seen[1:] & seen[:-1]
-    return ~two
+    seen = fused.n_views >= SEEN_VIEWS * n_views
+    full = relative_gaps(fused.points_lps) >= FULL_GAP  # NaN (False) on chains too short to tell
+    return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]))
 
 
 def label(
