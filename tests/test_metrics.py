@@ -167,7 +167,7 @@ def _volume() -> Volume:
                   direction=np.eye(3))
 
 
-CTD = [{"direction": ["L", "P", "S"]}, {"label": 20, "X": 4.0, "Y": 6.0, "Z": 9.0}]
+CTD = [{"direction": ["L", "P", "S"]}, {"label": 20, "X": 2.0, "Y": 3.0, "Z": 3.0}]
 
 
 def test_read_verse_ctd_needs_image(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_read_verse_ctd_needs_image(tmp_path: Path) -> None:
 def test_read_verse_ctd_with_volume_or_path(tmp_path: Path) -> None:
     path = _write(tmp_path / "sub-01_ctd.json", CTD)
     volume = _volume()
-    # VerSe X, Y, Z are mm along the image axes from voxel 0: world = origin + (X, Y, Z) here.
+    # VerSe X, Y, Z are voxel indices: world = origin + spacing * (X, Y, Z) here.
     points, cut = read_points(path, volume)
     assert cut == set() and np.allclose(points[20], [14, 26, 39])
     save_volume(volume, tmp_path / "ct.nii.gz")

@@ -46,13 +46,13 @@ def test_files_parse_and_verse_round_trips(result_and_volume, tmp_path):
     assert set(ours) == set(truth)
 
 
-def test_verse_file_is_in_image_axis_millimetres(result_and_volume, tmp_path):
+def test_verse_file_is_in_voxel_indices(result_and_volume, tmp_path):
     result, volume, truth = result_and_volume
     write_result(result, volume, tmp_path, "scan")
     entries = json.loads((tmp_path / "scan_ctd.json").read_text())
     assert entries[0] == {"direction": list(volume.axcodes())}
     first = entries[1]
-    expected = volume.world_to_index(truth[first["label"]]) * volume.spacing
+    expected = volume.world_to_index(truth[first["label"]])
     np.testing.assert_allclose([first["X"], first["Y"], first["Z"]], expected, atol=1e-3)
 
 

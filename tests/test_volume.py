@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -59,25 +61,117 @@ def test_axcodes_of_lps_and_ras():
     assert air_volume((4, 5, 6), (1, 1, 1), rotation("z", 10)).axcodes() == ("L", "P", "S")
 
 
-def test_dicom_series_folder_loads_in_the_world_frame(structured_volume, tmp_path):
-    image = to_sitk(structured_volume.reoriented((0, 1, 2), (False, False, False)))
-    image = sitk.Cast(image, sitk.sitkInt16)
+STORED_TYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
+# (scl_slope, scl_inter); None: not set. uint8 needs a slope > 1 to span -1024 to 1500 HU.
+SCALINGS = {"none": None, "integer": (1.0, -1024.0), "fractional": (0.5, -1024.5)}
+UINT8_SCALINGS = {"none": None, "integer": (10.0, -1024.0), "fractional": (9.5, -1000.5)}
+
+
+def _write_nifti(path, stored, scaling, spacing=(1.0, 1.2, 2.0)):
+    """Write `stored` ((i, j, k) order) as NIfTI with its own datatype and `scaling`; returns the HU it holds."""
+    image = nib.Nifti1Image(stored, np.diag([*spacing, 1.0]))
+    image.header.set_data_dtype(stored.dtype)
+    slope, inter = scaling or (1.0, 0.0)
+    if scaling is not None:
+        image.header.set_slope_inter(slope, inter)
+    nib.save(image, path)
+    written = nib.load(path).dataobj
+    assert written.dtype == stored.dtype and (written.slope, written.inter) == (slope, inter)
+    return stored * slope + inter
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("scaling", list(SCALINGS))
+@pytest.mark.parametrize("dtype", STORED_TYPES, ids=lambda t: np.dtype(t).name)
+def test_nifti_of_any_stored_type_and_scaling_loads_in_hu(tmp_path, dtype, scaling, suffix):
+    slope_inter = (UINT8_SCALINGS if dtype == np.uint8 else SCALINGS)[scaling]
+    slope, inter = slope_inter or (1.0, 0.0)
+    limits = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(np.float32)
+    lo = max(np.ceil((-1024 - inter) / slope), limits.min)
+    hi = min(np.floor((1500 - inter) / slope), limits.max)
+    stored = np.random.default_rng(0).integers(lo, hi, (16, 14, 12), endpoint=True).astype(dtype)
+    stored.flat[[0, -1]] = lo, hi
+    if np.issubdtype(dtype, np.floating):
+        stored += dtype(0.25)  # not only integers
+    path = tmp_path / f"ct{suffix}"
+    expected = _write_nifti(path, stored, slope_inter)
+    if expected.min() > -200:  # unsigned and unscaled: no negative HU, so not a CT in HU
+        with pytest.raises(VertedgeError, match="not a CT in Hounsfield units"):
+            load_volume(path)
+        return
+    volume = load_volume(path)
+    np.testing.assert_allclose(volume.hu.transpose(2, 1, 0), expected, rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(volume.spacing, [1.0, 1.2, 2.0], rtol=1e-6)
+    if suffix == ".nii.gz":  # a truly truncated file is still refused
+        data = path.read_bytes()
+        (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) * 2 // 3])
+        with pytest.raises(VertedgeError, match="truncated"):
+            load_volume(tmp_path / "cut.nii.gz")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("scaling", [None, (1.0, -1024.0)])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda t: np.dtype(t).name)
+def test_nifti_with_nan_or_infinity_is_refused(tmp_path, dtype, value, scaling, suffix):
+    slope, inter = scaling or (1.0, 0.0)
+    hu = np.full((10, 9, 8), -1000.0)
+    hu[3:7, 3:6, 2:6] = 700
+    stored = ((hu - inter) / slope).astype(dtype)
+    stored[5, 4, 3] = value  # ITK reads it as 0 (before scaling)
+    path = tmp_path / f"ct{suffix}"
+    _write_nifti(path, stored, scaling)
+    with pytest.raises(VertedgeError, match="NaN or infinite"):
+        load_volume(path)
+
+
+@pytest.mark.parametrize("spacing", [0.001, 0.1, 100.0])
+def test_implausible_spacing_is_refused_in_plain_numbers(structured_volume, tmp_path, spacing):
+    volume = replace(structured_volume, spacing=np.array([spacing, spacing, 2.0]))
+    save_volume(volume, tmp_path / "ct.nii.gz")
+    with pytest.raises(VertedgeError, match="implausible voxel spacing") as e:
+        load_volume(tmp_path / "ct.nii.gz")
+    assert f"{spacing:g} x {spacing:g} x 2 mm" in str(e.value) and "np." not in str(e.value)
+
+
+def test_finest_clinical_spacing_is_accepted(structured_volume, tmp_path):
+    volume = replace(structured_volume, spacing=np.array([0.2, 0.25, 0.5]))
+    save_volume(volume, tmp_path / "ct.nii.gz")
+    np.testing.assert_allclose(load_volume(tmp_path / "ct.nii.gz").spacing, [0.2, 0.25, 0.5], rtol=1e-6)
+
+
+def _write_dicom_series(volume, folder, skip=()):
+    """Write `volume` as a CT DICOM series, one file per k slice, leaving out the slices in `skip`."""
+    image = sitk.Cast(to_sitk(volume), sitk.sitkInt16)
     direction = "\\".join(str(v) for v in np.array(image.GetDirection()).reshape(3, 3)[:, :2].T.ravel())
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
+    folder.mkdir(exist_ok=True)
+    for k in sorted(set(range(image.GetDepth())) - set(skip)):
         s = image[:, :, k]
         s.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")  # series instance UID
         s.SetMetaData("0020|0037", direction)
         s.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
         s.SetMetaData("0020|0013", str(k))
         s.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(s)
-    back = load_volume(tmp_path)
+    return folder
+
+
+def test_dicom_series_folder_loads_in_the_world_frame(structured_volume, tmp_path):
+    back = load_volume(_write_dicom_series(structured_volume, tmp_path))
     assert back.hu.shape == structured_volume.hu.shape
     np.testing.assert_array_equal(back.hu, structured_volume.hu)
     np.testing.assert_allclose(back.affine, structured_volume.affine, atol=1e-3)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused_in_one_line(structured_volume, tmp_path, capfd):
+    folder = _write_dicom_series(structured_volume, tmp_path / "series", skip=[20])
+    with pytest.raises(VertedgeError, match=r"uneven slice spacing.*gaps of 2\.5 to 5 mm") as e:
+        load_volume(folder)
+    assert "\n" not in str(e.value)
+    assert capfd.readouterr().err == ""  # ITK's multi-line warning is kept off stderr
 
 
 def _write_bad_inputs(tmp_path, good_path):
@@ -104,6 +198,14 @@ def _write_bad_inputs(tmp_path, good_path):
     (tmp_path / "nodicom").mkdir()
     (tmp_path / "nodicom" / "notes.txt").write_text("no images here")
     bad["no DICOM series"] = tmp_path / "nodicom"
+    good = load_volume(good_path)
+    save_volume(replace(good, spacing=np.array([0.1, 0.1, 0.1])), tmp_path / "fine.nii.gz")
+    bad["spacing 0.1 mm"] = tmp_path / "fine.nii.gz"
+    stored = good.hu.transpose(2, 1, 0).astype(np.float32)
+    stored[1, 2, 3] = np.nan
+    _write_nifti(tmp_path / "nan.nii.gz", stored, None)
+    bad["NaN in NIfTI"] = tmp_path / "nan.nii.gz"
+    bad["DICOM slice missing"] = _write_dicom_series(good, tmp_path / "gap", skip=[good.shape_ijk[2] // 2])
     return bad
 
 
@@ -122,7 +224,13 @@ def test_every_bad_input_raises_the_tools_error_naming_the_file(bad_inputs):
         assert str(path) in message and "\n" not in message, kind
 
 
-@pytest.mark.parametrize("kind", ["missing", "not an image", "corrupt gzip", "truncated", "2D", "4D", "empty", "constant", "no DICOM series"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing", "not an image", "corrupt gzip", "truncated", "2D", "4D", "empty", "constant", "no DICOM series",
+        "spacing 0.1 mm", "NaN in NIfTI", "DICOM slice missing",
+    ],
+)
 def test_cli_bad_input_one_line_no_traceback_no_output(bad_inputs, tmp_path, kind, capsys, monkeypatch):
     from vertedge import cli
 
@@ -130,7 +238,7 @@ def test_cli_bad_input_one_line_no_traceback_no_output(bad_inputs, tmp_path, kin
     monkeypatch.setattr("sys.argv", ["vertedge", "drr", str(bad_inputs[kind]), "-o", str(out)])
     with pytest.raises(SystemExit) as e:
         cli.main()
-    assert e.value.code != 0
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("vertedge: error: ") and "Traceback" not in err
     assert not out.exists()
@@ -144,6 +252,7 @@ def test_console_script_reports_bad_input_on_one_line(tmp_path):
         [sys.executable, "-m", "vertedge", "drr", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o")],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"vertedge: error: {tmp_path / 'missing.nii.gz'}: no such file or folder"]

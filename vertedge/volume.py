@@ -9,17 +9,28 @@ Conventions (ITK/SimpleITK, DICOM):
 from __future__ import annotations
 
 import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .errors import VertedgeError
 
+# The finest clinical CT reconstructions (ultra-high-resolution and photon-counting scanners) have
+# about 0.2 mm voxels; a finer spacing is a unit error (metres or centimetres written as mm), and
+# a 512-voxel row at 0.1 mm (51 mm) cannot hold a spine anyway.
+MIN_SPACING_MM = 0.2
 MAX_SPACING_MM = 20.0
+# A DICOM series whose slice gaps differ by more than this fraction of the median gap is refused:
+# ITK stacks slices at even steps, so a missing slice would shift everything beyond it.
+MAX_SLICE_GAP_DEVIATION = 0.1
 MIN_PLAUSIBLE_LOW_HU = -200.0  # the lowest voxel of a CT is at most this (fat, lung or air)
 MAX_PLAUSIBLE_HIGH_HU = 100.0  # the highest voxel of a CT is at least this (tissue, bone)
 
@@ -146,15 +157,22 @@ def save_volume(volume: Volume, path: str | os.PathLike[str]) -> None:
         sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=True)
 
 
-def dicom_series_files(folder: Path) -> list[str]:
-    """Files of the DICOM series with the most files directly in `folder` (empty if none)."""
-    # GDCM writes "No Series were found" straight to stderr; an empty answer says the same
+@contextmanager
+def _itk_warnings_silenced() -> Iterator[None]:
+    """Keep ITK's and GDCM's warnings (multi-line text on stderr) quiet for the duration."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def dicom_series_files(folder: Path) -> list[str]:
+    """Files of the DICOM series with the most files directly in `folder` (empty if none)."""
+    # GDCM writes "No Series were found" straight to stderr; an empty answer says the same
+    with _itk_warnings_silenced():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     return max(
         (list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series),
         key=len,
@@ -171,9 +189,57 @@ def _read(p: Path, name: str) -> sitk.Image:
         _check_header(_Header.of_series(files), name)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
-        return reader.Execute()
-    _check_header(_Header.of_file(p), name)
+        reader.MetaDataDictionaryArrayUpdateOn()  # keep each slice's position for the spacing check
+        # ITK warns of uneven spacing in several lines and reads on; _check_slice_gaps refuses in one
+        with _itk_warnings_silenced():
+            image = reader.Execute()
+        _check_slice_gaps(reader, len(files), name)
+        return image
+    header = _Header.of_file(p)
+    _check_header(header, name)
+    if sitk.ImageFileReader.GetImageIOFromFileName(str(p)) == "NiftiImageIO":
+        _check_nifti_stored(p, name)
+    elif p.suffix == ".gz":  # other formats are read as stored (e.g. .gipl.gz, .mgh.gz)
+        _check_gzip_complete(p, int(np.prod(header.size)) * header.pixel_bytes, name)
     return sitk.ReadImage(str(p))
+
+
+def _check_nifti_stored(path: Path, name: str) -> None:
+    """Refuse a NIfTI whose stored voxels are truncated or not finite.
+
+    ITK hands scaled NIfTI (scl_slope/scl_inter) over as float32 and NaN or infinity as 0, so
+    both checks look at the data as stored (nibabel reads the header; the voxels only when they
+    are stored as floats, the only type that can hold NaN).
+    """
+    try:
+        stored = nib.load(path).dataobj  # header only: a lazy proxy of the stored array
+        data_file = Path(stored.file_like)  # the .img(.gz) of a .hdr/.img pair
+        if data_file.suffix == ".gz":
+            _check_gzip_complete(data_file, int(np.prod(stored.shape)) * stored.dtype.itemsize, name)
+        if stored.dtype.kind == "f":
+            _check_finite(stored.get_unscaled(), name)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as e:
+        raise VertedgeError(f"{name}: cannot read the voxel data (truncated or corrupt)") from e
+
+
+def _check_slice_gaps(reader: sitk.ImageSeriesReader, n_slices: int, name: str) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along the slice normal.
+
+    Positions are ImagePositionPatient (0020,0032) projected on the normal of the first slice's
+    ImageOrientationPatient (0020,0037), in mm; a series without them is left to ITK.
+    """
+    tags = ("0020|0032", "0020|0037")
+    if n_slices < 3 or not all(reader.HasMetaDataKey(k, t) for k in range(n_slices) for t in tags):
+        return
+    cosines = np.array(reader.GetMetaData(0, tags[1]).split("\\"), float)
+    normal = np.cross(cosines[:3], cosines[3:])
+    positions = np.array([reader.GetMetaData(k, tags[0]).split("\\") for k in range(n_slices)], float)
+    gaps = np.diff(np.sort(positions @ normal))
+    if gaps.min() <= 0 or gaps.max() - gaps.min() > MAX_SLICE_GAP_DEVIATION * np.median(gaps):
+        raise VertedgeError(
+            f"{name}: uneven slice spacing in the DICOM series (gaps of {gaps.min():.3g} to "
+            f"{gaps.max():.3g} mm; a missing or repeated slice?)"
+        )
 
 
 @dataclass(frozen=True)
@@ -185,7 +251,7 @@ class _Header:
     components: int
     spacing: tuple[float, ...]
     direction: tuple[float, ...]
-    pixel_bytes: int  # bytes per voxel as stored
+    pixel_bytes: int  # bytes per voxel in ITK's buffer: as stored, but float32 for a scaled NIfTI
 
     @classmethod
     def of_file(cls, path: Path) -> _Header:
@@ -235,10 +301,10 @@ def _check_header(h: _Header, name: str) -> None:
     if min(h.size) == 0 or max(h.size) == 1:
         raise VertedgeError(f"{name}: empty volume ({dims} voxels)")
     spacing = np.array(h.spacing)
-    if not np.all(np.isfinite(spacing)) or spacing.min() <= 0 or spacing.max() > MAX_SPACING_MM:
+    if not np.all(np.isfinite(spacing)) or spacing.min() < MIN_SPACING_MM or spacing.max() > MAX_SPACING_MM:
         raise VertedgeError(
-            f"{name}: implausible voxel spacing {tuple(np.round(spacing, 3))} mm "
-            f"(expected 0 < spacing <= {MAX_SPACING_MM:g} mm)"
+            f"{name}: implausible voxel spacing {' x '.join(f'{s:.4g}' for s in h.spacing)} mm "
+            f"(a CT has {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm)"
         )
     if abs(abs(np.linalg.det(np.reshape(h.direction, (3, 3)))) - 1) > 1e-3:
         raise VertedgeError(f"{name}: the direction cosines are not a rotation")
@@ -255,8 +321,8 @@ def _check_header(h: _Header, name: str) -> None:
 def _check_values(volume: Volume, name: str) -> None:
     """Refuse voxel values that cannot be a CT in HU: non-finite, constant, no fat/air or no tissue."""
     hu = volume.hu
-    if hu.dtype.kind == "f" and not np.isfinite(hu).all():
-        raise VertedgeError(f"{name}: the volume holds NaN or infinite values")
+    if hu.dtype.kind == "f":
+        _check_finite(hu, name)
     lo, hi = float(hu.min()), float(hu.max())
     if lo == hi:
         raise VertedgeError(f"{name}: constant volume (every voxel is {lo:g}); not a CT")
@@ -269,15 +335,23 @@ def _check_values(volume: Volume, name: str) -> None:
         )
 
 
-def _check_gzip_complete(path: Path, image: sitk.Image) -> None:
-    """Refuse a truncated .gz: ITK decodes one silently, but its trailer then disagrees with the image size."""
+def _check_finite(values: np.ndarray, name: str) -> None:
+    """Refuse NaN or infinite voxel values."""
+    if not np.isfinite(values).all():
+        raise VertedgeError(f"{name}: the volume holds NaN or infinite values")
+
+
+def _check_gzip_complete(path: Path, data_bytes: int, name: str) -> None:
+    """Refuse a truncated .gz holding `data_bytes` of voxels as stored (before any scaling).
+
+    ITK decodes a truncated stream silently, but the gzip trailer then disagrees with the size.
+    """
     with open(path, "rb") as f:
         f.seek(-4, os.SEEK_END)
         isize = int.from_bytes(f.read(4), "little")  # uncompressed size mod 2**32 (RFC 1952)
-    data_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
     header_bytes = (isize - data_bytes) % 2**32
-    if not 0 <= header_bytes <= 1 << 20:  # a header (348 B for NIfTI) plus extensions, not more
-        raise VertedgeError(f"{path}: the gzip stream is truncated or corrupt")
+    if not 0 <= header_bytes <= 1 << 20:  # a header (352 B for NIfTI) plus extensions, not more
+        raise VertedgeError(f"{name}: the gzip stream is truncated or corrupt")
 
 
 def load_volume(path: str | os.PathLike[str]) -> Volume:
@@ -293,8 +367,6 @@ def load_volume(path: str | os.PathLike[str]) -> Volume:
         raise VertedgeError(
             f"{name}: cannot read this {kind} as an image (corrupt, truncated or not an image format)"
         ) from e
-    if p.suffix == ".gz":
-        _check_gzip_complete(p, image)
     try:
         volume = from_sitk(image, source=str(p.resolve()))
     except RuntimeError as e:  # ITK reads some truncated files lazily
