@@ -197,3 +197,71 @@ def test_drr_renders_what_the_models_see_unless_asked_for_the_papers_protocol(tm
     assert shipped != Protocol().with_views(2)
     code, _, err = run_cli(monkeypatch, capsys, "drr", scan, "-o", str(tmp_path / "x"), "--protocol", "other")
     assert code == 2 and err == "vertedge: error: --protocol other: choose models or paper\n"
+
+
+# --- eval -----------------------------------------------------------------------------------------
+
+
+def _truth_json(path, points: dict[int, list[float]], cut: set[int] = frozenset()) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [{"label": k, "world_lps_mm": v, "cut_by_field_of_view": k in cut} for k, v in points.items()]
+    path.write_text(json.dumps({"vertebrae": entries}))
+
+
+def _result_json(path, points: dict[int, list[float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [{"label": k, "world_lps_mm": v} for k, v in points.items()]
+    path.write_text(json.dumps({"vertebrae": entries, "models": {"localization": "x"}, "timings_ms": {}}))
+
+
+TRUTH = {20: [0, 0, 100], 21: [0, 0, 70], 22: [0, 0, 40]}
+
+
+def test_eval_pairs_case_folders_with_run_outputs_per_scan_and_counts_extra_predictions(tmp_path, monkeypatch, capsys):
+    _truth_json(tmp_path / "gt" / "c1" / "ground_truth.json", TRUTH)
+    _truth_json(tmp_path / "gt" / "c2" / "ground_truth.json", TRUTH, cut={22})
+    _truth_json(tmp_path / "gt" / "c3" / "ground_truth.json", TRUTH)
+    # as `vertedge run gt/` names gt/c1/ct.nii.gz and gt/c2/ct.nii.gz
+    _result_json(tmp_path / "pred" / "c1_ct.vertebrae.json", {**TRUTH, 19: [0, 0, 130], 23: [0, 0, 10]})
+    _result_json(tmp_path / "pred" / "c2_ct.vertebrae.json", {20: TRUTH[21], 21: TRUTH[20], 22: [0, 0, 90]})
+    _result_json(tmp_path / "pred" / "lone.vertebrae.json", TRUTH)
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path / "pred"), str(tmp_path / "gt"))
+    assert code == 0, err
+    assert "no prediction for (not scored): c3" in err and "no ground truth for (not scored): lone" in err
+    rows = {c[0]: c[1:] for c in ([x.strip() for x in line.split("|")] for line in out.splitlines()) if len(c) == 6}
+    assert rows["c1"] == ["3", "3", "100.00", "0.00", "T12, L4"]
+    assert rows["c2"] == ["2", "0", "0.00", "30.00", "-"]  # L3 is cut: not scored, and not extra
+    overall = next(line for line in out.splitlines() if line.startswith("all"))
+    assert [c.strip() for c in overall.split("|")][1:] == ["5", "60.00", "12.00", "2"]
+    assert "extra predictions (labels with no ground-truth vertebra): 2 in 1 of 2 scan(s)" in out
+
+
+def test_eval_refuses_swapped_arguments(tmp_path, monkeypatch, capsys):
+    _truth_json(tmp_path / "gt" / "c1" / "ground_truth.json", TRUTH)
+    _result_json(tmp_path / "pred" / "c1_ct.vertebrae.json", TRUTH)
+    pred_file, gt_file = tmp_path / "pred" / "c1_ct.vertebrae.json", tmp_path / "gt" / "c1" / "ground_truth.json"
+    for args in ((gt_file, pred_file), (tmp_path / "gt", tmp_path / "pred")):
+        code, out, err = run_cli(monkeypatch, capsys, "eval", *map(str, args))
+        assert code == 2 and err.count("\n") == 1 and "swapped arguments?" in err and out == ""
+    code, _, _ = run_cli(monkeypatch, capsys, "eval", str(pred_file), str(gt_file))
+    assert code == 0
+
+
+def test_eval_pairs_the_real_cases_with_the_names_a_batch_gives_them(tmp_path, monkeypatch, capsys):
+    from vertedge.batch import expand_inputs, unique_names
+
+    from .conftest import SHARED_DATA
+
+    real = SHARED_DATA / "real"
+    if not real.is_dir():
+        pytest.skip(f"no real data at {real}")
+    cases = sorted(p.parent.name for p in real.glob("*/ground_truth.json"))
+    names = unique_names(expand_inputs([real]))
+    assert len(names) == len(cases)
+    for name, case in zip(names, cases):  # a perfect prediction under each name the batch gives
+        truth = json.loads((real / case / "ground_truth.json").read_text())
+        _result_json(tmp_path / f"{name}.vertebrae.json", {v["label"]: v["world_lps_mm"] for v in truth["vertebrae"]})
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path), str(real))
+    assert code == 0 and "not scored" not in err
+    rows = [line.split("|")[0].strip() for line in out.splitlines()[2 : 2 + len(cases)]]
+    assert rows == cases

@@ -318,15 +318,32 @@ def demo(
 @app.command("eval")
 def evaluate(
     pred: Annotated[Path, typer.Argument(help="Prediction file or folder (*.vertebrae.json or VerSe *_ctd.json).")],
-    gt: Annotated[Path, typer.Argument(help="Ground-truth file or folder (*_gt.json, ground_truth.json or VerSe *_ctd.json).")],
+    gt: Annotated[
+        Path,
+        typer.Argument(help="Ground-truth file or folder (*_gt.json, CASE/ground_truth.json or VerSe *_ctd.json)."),
+    ],
     image: Annotated[Optional[Path], typer.Option(help="The scan, needed to read VerSe *_ctd.json files.")] = None,
 ) -> None:
-    """Id-Rate and L-Error (VerSe definitions), per region and overall, for one pair or two folders."""
-    from .metrics import evaluate_paths, format_table
+    """Id-Rate, L-Error (VerSe definitions) and extra predictions, per scan, per region and overall.
 
-    scores, pairs = evaluate_paths(pred, gt, image)
-    err.print(f"{pairs} scan(s) scored")
-    print(format_table(scores))
+    Two folders are paired by scan name: a truth CASE (CASE_gt.json, CASE/ground_truth.json) takes
+    the prediction named CASE, or CASE_<scan> as `vertedge run` names the scans of CASE/ folders.
+    """
+    from .metrics import evaluate_paths, format_cases, format_table
+
+    result = evaluate_paths(pred, gt, image)
+    if result.truth_without_prediction:
+        log.warning(f"no prediction for (not scored): {', '.join(result.truth_without_prediction)}")
+    if result.prediction_without_truth:
+        log.warning(f"no ground truth for (not scored): {', '.join(result.prediction_without_truth)}")
+    log.info(f"{len(result.cases)} scan(s) scored")
+    print(format_cases(result.cases))
+    print()
+    print(format_table(result.pooled))
+    print(
+        f"extra predictions (labels with no ground-truth vertebra): {result.pooled.n_extra['all']} "
+        f"in {sum(bool(s.extra_predictions) for _, s in result.cases)} of {len(result.cases)} scan(s)"
+    )
 
 
 @app.command()
