@@ -182,13 +182,13 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def finished_result(out_dir: Path, name: str, print_: str, png: bool) -> dict[str, Any] | None:
-    """The result of an earlier run when its whole set is there and was made from input `print_`."""
+def finished_result(out_dir: Path, name: str, input_fingerprint: str, png: bool) -> dict[str, Any] | None:
+    """The result of an earlier run when its whole set is there and was made from the input with `input_fingerprint`."""
     paths = result_paths(out_dir, name, png)
     if not all(p.is_file() for p in paths):
         return None
     doc = _read_json(paths[0])
-    if not isinstance(doc, dict) or doc.get("input", {}).get("fingerprint") != print_:
+    if not isinstance(doc, dict) or doc.get("input", {}).get("fingerprint") != input_fingerprint:
         return None
     return doc
 
