@@ -117,13 +117,46 @@ def test_to_dict_is_strict_json() -> None:
 
 
 def test_format_table() -> None:
-    lines = format_table(score(_pts(L1=(0, 0, 1), L2=(0, 0, 30)), GT)).splitlines()
-    assert lines[0].split("|")[0].strip() == "region"
+    lines = format_table(score(_pts(L1=(0, 0, 1), L2=(0, 0, 30), C7=(0, 0, 200)), GT)).splitlines()
+    assert lines[0].split("|")[0].strip() == "region" and lines[0].split("|")[-1].strip() == "extra"
     cells = [[c.strip() for c in line.split("|")] for line in lines[2:]]
     rows = {c[0]: c[1:] for c in cells}
-    assert rows["cervical"] == ["0", "-", "-"]
-    assert rows["lumbar"] == ["3", "66.67", "0.50"]
-    assert rows["all"] == ["3", "66.67", "0.50"]
+    assert rows["cervical"] == ["0", "-", "-", "1"]
+    assert rows["lumbar"] == ["3", "66.67", "0.50", "0"]
+    assert rows["all"] == ["3", "66.67", "0.50", "1"]
+
+
+def test_extra_predictions_are_labels_without_a_ground_truth_vertebra() -> None:
+    t12 = LABELS["T12"]
+    gt = {**GT, t12: np.array([0.0, 0, -30])}  # T12 cut: not scored, but there
+    pred = _pts(T11=(0, 0, -60), T12=(0, 0, -30), L1=(0, 0, 0), L2=(0, 0, 30), L3=(0, 0, 60), L4=(0, 0, 90))
+    s = score(pred, gt, exclude={t12})
+    assert [e["name"] for e in s.extra_predictions] == ["T11", "L4"]
+    assert s.n_extra == {"cervical": 0, "thoracic": 1, "lumbar": 1, "all": 2}
+    assert s.id_rate["all"] == 100.0  # extra predictions do not change the VerSe scores
+    assert pool([s, score(GT, GT)]).n_extra["all"] == 2
+
+
+def test_pairing_by_case_name() -> None:
+    from vertedge.metrics import pair_cases
+
+    preds = ["c1_ct", "c1_b_ct", "c2", "c2_ct", "c3_x", "c3_y", "c4", "other"]
+    truths = ["c1", "c1_b", "c2", "c3", "c5"]
+    # the longest case a name starts with owns it; an exact name wins; two candidates: no pair
+    assert pair_cases(preds, truths) == {"c1": "c1_ct", "c1_b": "c1_b_ct", "c2": "c2"}
+    assert pair_cases(["case10_ct"], ["case1"]) == {}
+
+
+def test_role_of_a_file_is_read_from_its_content(tmp_path: Path) -> None:
+    result = {"vertebrae": [{"label": 20, "world_lps_mm": [1, 2, 3]}], "models": {}, "timings_ms": {}}
+    truth = {"vertebrae": [{"label": 20, "world_lps_mm": [1, 2, 3], "cut_by_field_of_view": False}]}
+    plain = {"vertebrae": [{"label": 20, "world_lps_mm": [1, 2, 3]}]}
+    with pytest.raises(VertedgeError, match="a.json: this is a vertedge result, given as a ground truth"):
+        read_points(_write(tmp_path / "a.json", result), role="truth")
+    with pytest.raises(VertedgeError, match="b.json: this is a ground truth, given as a vertedge result"):
+        read_points(_write(tmp_path / "b.json", truth), role="prediction")
+    for doc, role in ((result, "prediction"), (truth, "truth"), (plain, "truth"), (plain, "prediction")):
+        assert set(read_points(_write(tmp_path / "c.json", doc), role=role)[0]) == {20}
 
 
 # --- reading centroid files ---------------------------------------------------------------------

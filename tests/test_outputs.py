@@ -75,3 +75,63 @@ def test_scan_names():
 
     assert scan_name(Path("a/sub-01_ct.nii.gz")) == "sub-01_ct"
     assert scan_name(Path("b/scan.nrrd")) == "scan"
+
+
+def test_a_failed_write_keeps_the_earlier_set_and_leaves_no_new_file(result_and_volume, tmp_path, monkeypatch):
+    import dataclasses
+
+    import vertedge.outputs
+
+    result, volume, _ = result_and_volume
+    write_result(result, volume, tmp_path, "scan", png=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vertedge.outputs, "write_png", disk_full)
+    with pytest.raises(OSError):  # a new result (one vertebra fewer) whose PNG cannot be written
+        write_result(dataclasses.replace(result, vertebrae=result.vertebrae[1:]), volume, tmp_path, "scan", png=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file either
+
+
+def test_the_marker_appears_last_and_a_half_renamed_set_is_removed(result_and_volume, tmp_path, monkeypatch):
+    import os
+
+    result, volume, _ = result_and_volume
+    renamed = []
+    replace = os.replace
+
+    def recording_replace(src, dst):
+        renamed.append(os.path.basename(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    paths = write_result(result, volume, tmp_path, "scan", png=True)
+    outer = [n for n in renamed if not n.startswith(".part-")]
+    assert outer[-1] == "scan.vertebrae.json" and sorted(outer) == sorted(p.name for p in paths)
+
+    def interrupted_replace(src, dst):
+        if os.path.basename(dst) == "scan_ctd.json":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_result(result, volume, tmp_path, "scan")
+    assert list(tmp_path.iterdir()) == []  # the old marker went first; nothing half-done is left
+
+
+def test_a_set_without_png_removes_an_earlier_runs_png(result_and_volume, tmp_path):
+    result, volume, _ = result_and_volume
+    write_result(result, volume, tmp_path, "scan", png=True)
+    write_result(result, volume, tmp_path, "scan")
+    assert not (tmp_path / "scan.png").exists()
+
+
+def test_result_names_the_input_file_not_its_path(result_and_volume):
+    import dataclasses
+
+    _, volume, _ = result_and_volume
+    volume = dataclasses.replace(volume, meta={"source": "/home/DOE^JOHN/ct.nii.gz"})
+    assert input_description(volume)["source"] == "ct.nii.gz"

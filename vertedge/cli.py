@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import shlex
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,11 +19,38 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain click help: typer's rich panels print a type such as <bool> after every flag
+    rich_markup_mode=None,
     help="Vertebra localization and identification in CT from multi-view DRRs.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+log = logging.getLogger("vertedge")
 EXAMPLE_SEED = 4  # a held-out seed: training uses seeds from 1000 up
 EXAMPLE_REGION = "thoracolumbar"
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (GPU N)."
+
+
+def _print_version(show: bool) -> None:
+    """--version: the installed package's version, from its metadata."""
+    if show:
+        try:
+            print(f"vertedge {version('vertedge')}")
+        except PackageNotFoundError:
+            print("vertedge (not installed: no package metadata)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show Python tracebacks instead of one-line errors (anywhere on the line).")
+    ] = False,
+) -> None:
+    """Vertebra localization and identification in CT from multi-view DRRs."""
+    _setup_logging(verbose=0, quiet=False)
 
 
 @app.command()
@@ -50,16 +80,35 @@ def phantom(
 def drr(
     scan: Annotated[Path, typer.Argument(help="CT file or DICOM series folder.")],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
-    views: Annotated[int, typer.Option("--views", "-k", min=1, max=360, help="Number of views K.")] = 10,
+    views: Annotated[
+        int | None, typer.Option("--views", "-k", min=1, max=360, help="Number of views K (default: the protocol's).")
+    ] = None,
+    protocol_name: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            metavar="models|paper",
+            help="models: what the models see (the protocol in their metadata); paper: Wu et al.'s (2 mm pixels, 1024 px).",
+        ),
+    ] = "models",
+    models: Annotated[Path | None, typer.Option(help="Folder with the models whose protocol to render (default: the shipped ones).")] = None,
 ) -> None:
     """Render K cone-beam DRRs of a scan: view_XX.png, view_XX.npy (line integrals), views.json."""
+    from .batch import check_out_dir
     from .drr import normalize, render
     from .geometry import Protocol, make_views
+    from .models import Models
     from .outputs import write_drr_views
     from .volume import load_volume
 
+    if protocol_name not in ("models", "paper"):
+        raise VertedgeError(f"--protocol {protocol_name}: choose models or paper")
+    if protocol_name == "paper" and models is not None:
+        raise VertedgeError("--models applies to --protocol models only")
+    check_out_dir(out_dir)
+    base = Models(models, device="cpu").protocol if protocol_name == "models" else Protocol()
     volume = load_volume(scan)
-    protocol = Protocol().with_views(views)
+    protocol = base.with_views(views)
     geometry = make_views(volume, protocol)
     with err.status(f"rendering {views} views of {geometry.shape[0]}x{geometry.shape[1]} pixels"):
         line_integrals = render(volume, geometry, protocol)
@@ -67,31 +116,26 @@ def drr(
     err.print(f"{len(written)} files in {out_dir}")
 
 
-class _Log:
-    """Messages on stderr at the chosen level: -q warnings and errors only, -v details."""
+class _ConsoleHandler(logging.Handler):
+    """Log records as plain lines on the stderr console (above a progress bar while one shows)."""
 
-    def __init__(self, verbose: int = 0, quiet: bool = False) -> None:
-        self.level = -1 if quiet else verbose
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        err.print(prefix + self.format(record), markup=False, highlight=False)
 
-    def info(self, message: str) -> None:
-        if self.level >= 0:
-            err.print(message)
 
-    def debug(self, message: str) -> None:
-        if self.level >= 1:
-            err.print(message)
-
-    def warn(self, message: str) -> None:
-        err.print(f"warning: {message}")
-
-    def error(self, message: str) -> None:
-        err.print(f"error: {message}")
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """The `vertedge` loggers' level: warnings and errors with -q, details (debug) with -v, else info."""
+    logger = logging.getLogger("vertedge")
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.handlers = [_ConsoleHandler()]
+    logger.propagate = False
 
 
 class _Progress:
     """A progress bar on a terminal, one plain line per scan otherwise."""
 
-    def __init__(self, total: int, log: _Log) -> None:
+    def __init__(self, total: int) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -100,9 +144,9 @@ class _Progress:
             TimeRemainingColumn,
         )
 
-        self.total, self.done, self.log = total, 0, log
+        self.total, self.done = total, 0
         self.bar = None
-        if err.is_terminal and log.level >= 0 and total > 1:
+        if err.is_terminal and log.isEnabledFor(logging.INFO) and total > 1:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
             self.task = self.bar.add_task("scans", total=total)
 
@@ -122,7 +166,8 @@ class _Progress:
         elif self.total > 1:
             took = f", {outcome.seconds:.1f} s" if outcome.seconds is not None else ""
             found = f", {outcome.n_vertebrae} vertebrae" if outcome.n_vertebrae is not None else ""
-            self.log.info(f"[{self.done}/{self.total}] {outcome.name}: {outcome.status}{found}{took}")
+            status = "skipped (done earlier)" if outcome.status == "skipped" else outcome.status
+            log.info(f"[{self.done}/{self.total}] {outcome.name}: {status}{found}{took}")
 
 
 def _print_summary(outcomes) -> None:
@@ -148,16 +193,31 @@ def _print_vertebrae(result) -> None:
     Console().print(table)
 
 
+def _resume_command() -> str:
+    """This command line with --skip-existing, to resume an interrupted batch."""
+    args = sys.argv[1:]
+    return shlex.join(["vertedge", *args, *([] if "--skip-existing" in args else ["--skip-existing"])])
+
+
 @app.command()
 def run(
-    scans: Annotated[list[Path], typer.Argument(help="CT files, DICOM series folders, or folders of them.")],
+    scans: Annotated[list[Path], typer.Argument(metavar="SCAN", help="CT files, DICOM series folders, or folders of them.")],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("."),
     views: Annotated[Optional[int], typer.Option("--views", "-k", min=2, max=360, help="Views K (default: the models').")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the fp16 models (about 1 ms faster, slightly less accurate).")] = False,
     png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip scans whose NAME.vertebrae.json exists.")] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing",
+            help="Skip scans whose whole result set is there and was made from the same input (with --png: and NAME.png).",
+        ),
+    ] = False,
+    full_paths: Annotated[
+        bool, typer.Option("--full-paths", help="Store the input's absolute path in the results (default: its file name).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each result object as one JSON line on stdout.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
@@ -166,54 +226,82 @@ def run(
 
     One scan that fails exits 2 with one line. Several scans (or a folder) run as a batch: a
     failed scan is reported and skipped, summary.json lists all, and the exit code is 1 if any failed.
+    Ctrl-C stops a batch with its summary written (exit 130); --skip-existing resumes it.
     """
-    from .batch import expand_inputs, run_batch, write_summary
+    from .batch import check_out_dir, expand_inputs, run_batch, write_summary
+    from .device import gpu_packages_installed
     from .pipeline import Labeler
 
-    log = _Log(verbose=verbose, quiet=quiet)
+    _setup_logging(verbose, quiet)
+    check_out_dir(out_dir)
     labeler = Labeler(models, device=device, n_views=views, fp16=fp16)
-    if device == "auto" and labeler.device == "cpu":
-        log.info(labeler.device_note)
+    if labeler.device == "cpu" and device != "cpu":
+        # a CPU install has no CUDA to miss; a GPU install falling back is worth a line
+        log.log(logging.WARNING if gpu_packages_installed() else logging.DEBUG, labeler.device_note)
+    else:
+        log.debug(labeler.device_note)
+    if fp16 and labeler.device == "cpu":
+        log.warning("--fp16 is ignored on the CPU (it selects the fp16 models on CUDA)")
+    log.debug(f"models {labeler.models.ids['localization']}, {labeler.models.ids['identification']}; protocol {labeler.protocol.to_json()}")
     inputs = expand_inputs(list(scans))
-    single = len(scans) == 1 and len(inputs) == 1 and inputs[0] == scans[0]
+    single = len(scans) == 1 and len(inputs) == 1 and inputs[0].path == scans[0] and inputs[0].series_id is None
     if not inputs:
         raise VertedgeError(f"{', '.join(map(str, scans))}: no scans found")
 
-    def report(outcome, result) -> None:
-        if as_json and result is not None:
-            print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
-        elif result is not None and single:
-            _print_vertebrae(result)
-        if outcome.status == "failed" and single:
-            raise VertedgeError(outcome.message)
-        if outcome.message and outcome.status != "failed":
-            log.warn(f"{outcome.scan}: {outcome.message}")
-        elif outcome.status == "failed":
-            log.error(outcome.message)
-        progress.advance(outcome)
-
-    with _Progress(len(inputs), log) as progress:
-        outcomes = run_batch(labeler, inputs, out_dir, png=png, skip_existing=skip_existing, on_result=report)
+    finished = []
+    try:
+        with _Progress(len(inputs)) as progress:
+            for outcome, result in run_batch(
+                labeler, inputs, out_dir, png=png, skip_existing=skip_existing, full_paths=full_paths
+            ):
+                finished.append(outcome)
+                if as_json and result is not None:
+                    print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
+                elif result is not None and single:
+                    _print_vertebrae(result)
+                if outcome.status == "failed" and single:
+                    raise VertedgeError(outcome.message)
+                if outcome.status == "failed":
+                    log.error(outcome.message)
+                elif outcome.message and outcome.status == "ok":
+                    log.warning(f"{outcome.scan}: {outcome.message}")
+                progress.advance(outcome)
+    except KeyboardInterrupt:
+        if single:
+            log.warning("interrupted: no output written")
+        else:
+            summary = write_summary(out_dir, finished)
+            log.warning(
+                f"interrupted: {len(finished)} of {len(inputs)} scans finished (listed in {summary}); "
+                f"resume with: {_resume_command()}"
+            )
+        raise typer.Exit(130) from None
+    except BaseException:
+        if not single:  # whatever stops the batch, the scans that finished are listed
+            write_summary(out_dir, finished)
+        raise
     if not single:
-        summary = write_summary(out_dir, outcomes)
+        summary = write_summary(out_dir, finished)
         if not as_json:
-            _print_summary(outcomes)
+            _print_summary(finished)
         log.info(f"summary in {summary}")
-        if any(o.status == "failed" for o in outcomes):
+        if any(o.status == "failed" for o in finished):
             raise typer.Exit(1)
 
 
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("vertedge-demo"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Run the shipped models on the built-in example scan and score them against its truth."""
+    from .batch import check_out_dir
     from .metrics import format_table, score
     from .outputs import write_result
     from .phantom import make_phantom, save_phantom
     from .pipeline import Labeler
 
+    check_out_dir(out_dir)
     labeler = Labeler(device=device)
     with err.status(f"building the example scan (phantom seed {EXAMPLE_SEED})"):
         example = make_phantom(EXAMPLE_SEED, EXAMPLE_REGION)
@@ -230,15 +318,32 @@ def demo(
 @app.command("eval")
 def evaluate(
     pred: Annotated[Path, typer.Argument(help="Prediction file or folder (*.vertebrae.json or VerSe *_ctd.json).")],
-    gt: Annotated[Path, typer.Argument(help="Ground-truth file or folder (*_gt.json, ground_truth.json or VerSe *_ctd.json).")],
+    gt: Annotated[
+        Path,
+        typer.Argument(help="Ground-truth file or folder (*_gt.json, CASE/ground_truth.json or VerSe *_ctd.json)."),
+    ],
     image: Annotated[Optional[Path], typer.Option(help="The scan, needed to read VerSe *_ctd.json files.")] = None,
 ) -> None:
-    """Id-Rate and L-Error (VerSe definitions), per region and overall, for one pair or two folders."""
-    from .metrics import evaluate_paths, format_table
+    """Id-Rate, L-Error (VerSe definitions) and extra predictions, per scan, per region and overall.
 
-    scores, pairs = evaluate_paths(pred, gt, image)
-    err.print(f"{pairs} scan(s) scored")
-    print(format_table(scores))
+    Two folders are paired by scan name: a truth CASE (CASE_gt.json, CASE/ground_truth.json) takes
+    the prediction named CASE, or CASE_<scan> as `vertedge run` names the scans of CASE/ folders.
+    """
+    from .metrics import evaluate_paths, format_cases, format_table
+
+    result = evaluate_paths(pred, gt, image)
+    if result.truth_without_prediction:
+        log.warning(f"no prediction for (not scored): {', '.join(result.truth_without_prediction)}")
+    if result.prediction_without_truth:
+        log.warning(f"no ground truth for (not scored): {', '.join(result.prediction_without_truth)}")
+    log.info(f"{len(result.cases)} scan(s) scored")
+    print(format_cases(result.cases))
+    print()
+    print(format_table(result.pooled))
+    print(
+        f"extra predictions (labels with no ground-truth vertebra): {result.pooled.n_extra['all']} "
+        f"in {sum(bool(s.extra_predictions) for _, s in result.cases)} of {len(result.cases)} scan(s)"
+    )
 
 
 @app.command()
@@ -263,8 +368,8 @@ def info() -> None:
 def main() -> None:
     """Console entry point: a VertedgeError becomes one line on stderr and exit code 2."""
     debug = "--debug" in sys.argv
-    if debug:
-        sys.argv.remove("--debug")
+    if debug:  # accepted anywhere on the line; the app's own option must come before the command
+        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     try:
         app()
     except VertedgeError as e:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from .errors import VertedgeError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 def onnx_providers() -> list[str]:
@@ -14,6 +16,11 @@ def onnx_providers() -> list[str]:
     except ImportError:
         return []
     return list(ort.get_available_providers())
+
+
+def gpu_packages_installed() -> bool:
+    """Whether this is a GPU install (CuPy or ONNX Runtime's CUDA provider present), working or not."""
+    return importlib.util.find_spec("cupy") is not None or "CUDAExecutionProvider" in onnx_providers()
 
 
 def cuda_versions() -> str | None:
@@ -40,15 +47,52 @@ def cuda_status() -> tuple[bool, str]:
     return True, what
 
 
+def parse_device(requested: str) -> tuple[str, int | None]:
+    """('auto' | 'cpu' | 'cuda', GPU index or None) of a --device value: auto, cpu, cuda or cuda:N."""
+    kind, colon, index = requested.strip().lower().partition(":")
+    if kind == "cuda" and (not colon or index.isdigit()):
+        return kind, int(index) if colon else None
+    if kind in ("auto", "cpu") and not colon:
+        return kind, None
+    raise VertedgeError(f"--device {requested}: choose one of {', '.join(DEVICES)} (N: the GPU's index)")
+
+
+def select_gpu(index: int) -> str:
+    """Make GPU `index` the current CUDA device of this thread; its name.
+
+    The DRR kernels (CuPy) run on the current device and `models.Models` gives ONNX Runtime the
+    same one (`current_gpu`), so both follow this choice.
+    """
+    import cupy
+
+    count = cupy.cuda.runtime.getDeviceCount()
+    if not 0 <= index < count:
+        raise VertedgeError(f"--device cuda:{index}: no such GPU (this machine has {count}: 0 to {count - 1})")
+    cupy.cuda.Device(index).use()
+    name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def current_gpu() -> int:
+    """Index of this thread's current CUDA device (CuPy's)."""
+    import cupy
+
+    return int(cupy.cuda.runtime.getDevice())
+
+
 def choose_device(requested: str) -> tuple[str, str]:
-    """Resolve 'auto' | 'cpu' | 'cuda' to 'cpu' or 'cuda', with a one-line note on the choice."""
-    if requested not in DEVICES:
-        raise VertedgeError(f"--device {requested}: choose one of {', '.join(DEVICES)}")
-    if requested == "cpu":
+    """Resolve 'auto' | 'cpu' | 'cuda' | 'cuda:N' to 'cpu' or 'cuda', with a one-line note on the choice.
+
+    'cuda:N' also makes GPU N the current device (`select_gpu`).
+    """
+    kind, index = parse_device(requested)
+    if kind == "cpu":
         return "cpu", "CPU requested"
     ok, what = cuda_status()
     if ok:
+        if index is not None:
+            what = f"{select_gpu(index)} (GPU {index})"
         return "cuda", f"CUDA on {what}"
-    if requested == "cuda":
-        raise VertedgeError(f"--device cuda: CUDA is not usable here: {what}")
+    if kind == "cuda":
+        raise VertedgeError(f"--device {requested}: CUDA is not usable here: {what}")
     return "cpu", f"running on CPU: CUDA is not usable here: {what}"

@@ -4,8 +4,10 @@
   prediction (among all predictions) and lies within 20 mm of it.
 - L-Error is the mean Euclidean distance (mm) between a ground-truth centroid and the prediction
   with the same label, over the vertebrae present in both.
-Both per region (cervical, thoracic, lumbar) and overall; ground-truth vertebrae cut by the field
-of view are left out. Points are world LPS mm centroids keyed by VerSe label.
+- An extra prediction (a false positive) is a predicted label the ground truth has no vertebra
+  for (a vertebra cut by the field of view is one the ground truth has).
+All per region (cervical, thoracic, lumbar) and overall; ground-truth vertebrae cut by the field
+of view are left out of Id-Rate and L-Error. Points are world LPS mm centroids keyed by VerSe label.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ REGIONS = ("cervical", "thoracic", "lumbar", "all")
 
 @dataclass(frozen=True)
 class Scores:
-    """Id-Rate (%) and L-Error (mm) per region ("cervical", "thoracic", "lumbar", "all").
+    """Id-Rate (%), L-Error (mm) and extra predictions per region ("cervical", "thoracic", "lumbar", "all").
 
     NaN where a region has no ground-truth vertebra (Id-Rate) or no matched one (L-Error).
     """
@@ -41,6 +43,14 @@ class Scores:
     n_gt: dict[str, int]
     n_identified: dict[str, int]
     per_vertebra: list[dict[str, Any]]
+    extra_predictions: list[dict[str, Any]] = field(default_factory=list)  # label, name, pred_lps
+
+    @property
+    def n_extra(self) -> dict[str, int]:
+        """Extra predictions (labels without a ground-truth vertebra) per region."""
+        return {
+            reg: sum(reg == "all" or region(e["label"]) == reg for e in self.extra_predictions) for reg in REGIONS
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; NaN becomes None."""
@@ -95,8 +105,17 @@ def _vertebra_rows(
     return rows
 
 
-def _summarise(rows: Sequence[dict[str, Any]]) -> Scores:
-    """Per-region Id-Rate and L-Error from per-vertebra records."""
+def _extra_rows(pred: dict[int, np.ndarray], gt: dict[int, np.ndarray]) -> list[dict[str, Any]]:
+    """One record per predicted label the ground truth has no vertebra for (label order)."""
+    return [
+        {"label": int(k), "name": name(k), "pred_lps": np.asarray(pred[k], float).reshape(3).tolist()}
+        for k in sorted(int(k) for k in pred)
+        if k not in {int(g) for g in gt}
+    ]
+
+
+def _summarise(rows: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] = ()) -> Scores:
+    """Per-region Id-Rate and L-Error from per-vertebra records, with the extra predictions."""
     id_rate, l_error, n_gt, n_identified = {}, {}, {}, {}
     for reg in REGIONS:
         mine = [r for r in rows if reg == "all" or region(r["label"]) == reg]
@@ -105,19 +124,21 @@ def _summarise(rows: Sequence[dict[str, Any]]) -> Scores:
         n_gt[reg], n_identified[reg] = len(mine), hits
         id_rate[reg] = 100.0 * hits / len(mine) if mine else math.nan
         l_error[reg] = float(np.mean(dists)) if dists else math.nan
-    return Scores(id_rate, l_error, n_gt, n_identified, list(rows))
+    return Scores(id_rate, l_error, n_gt, n_identified, list(rows), list(extra))
 
 
 def score(
     pred: dict[int, np.ndarray], gt: dict[int, np.ndarray], exclude: Iterable[int] = frozenset()
 ) -> Scores:
     """Scores of one scan; `pred`, `gt`: VerSe label -> world LPS mm (3,); `exclude`: cut labels."""
-    return _summarise(_vertebra_rows(pred, gt, exclude))
+    return _summarise(_vertebra_rows(pred, gt, exclude), _extra_rows(pred, gt))
 
 
 def pool(scores: Sequence[Scores]) -> Scores:
     """Scores over scans: Id-Rate = identified / GT vertebrae; L-Error over all matched ones."""
-    return _summarise([row for s in scores for row in s.per_vertebra])
+    return _summarise(
+        [row for s in scores for row in s.per_vertebra], [e for s in scores for e in s.extra_predictions]
+    )
 
 
 def _read_json(path: str | os.PathLike[str]) -> Any:
@@ -165,17 +186,42 @@ def _read_vertebrae(
     return points, cut
 
 
+ROLES = {"prediction": "a vertedge result", "truth": "a ground truth"}
+
+
+def _role(doc: dict[str, Any]) -> str | None:
+    """'prediction' or 'truth' where the content says which (None for a plain vertebra list).
+
+    A result carries its `models` and `timings_ms`; a ground truth marks `cut_by_field_of_view`.
+    """
+    if "models" in doc or "timings_ms" in doc:
+        return "prediction"
+    entries = doc.get("vertebrae")
+    if isinstance(entries, list) and any(isinstance(e, dict) and "cut_by_field_of_view" in e for e in entries):
+        return "truth"
+    return None
+
+
 def read_points(
-    path: str | os.PathLike[str], image: str | os.PathLike[str] | Volume | None = None
+    path: str | os.PathLike[str],
+    image: str | os.PathLike[str] | Volume | None = None,
+    role: str | None = None,
 ) -> tuple[dict[int, np.ndarray], set[int]]:
     """Centroids (label -> world LPS mm (3,)) and labels cut by the field of view of a JSON file.
 
     Reads `<name>.vertebrae.json` and `ground_truth.json` (`{"vertebrae": [{"label",
     "world_lps_mm", "cut_by_field_of_view"?}]}`) and VerSe `_ctd.json` files; a VerSe file holds
     image-axis millimetres, so it needs its `image` (a path or a Volume) to reach world space.
+    With `role` ('prediction' or 'truth'), a file whose content shows the other role is refused.
     """
     doc = _read_json(path)
     if isinstance(doc, dict) and "vertebrae" in doc:
+        found = _role(doc)
+        if role is not None and found is not None and found != role:
+            raise VertedgeError(
+                f"{path}: this is {ROLES[found]}, given as {ROLES[role]} "
+                "(swapped arguments? the order is PREDICTION TRUTH)"
+            )
         return _read_vertebrae(doc, path)
     if isinstance(doc, list):
         if image is None:
@@ -195,13 +241,29 @@ def _cell(value: float, fmt: str) -> str:
 
 
 def format_table(scores: Scores) -> str:
-    """Plain-text table: region | n | Id-Rate % | L-Error mm, one line per region and overall."""
-    header = f"{'region':<9} | {'n':>4} | {'Id-Rate %':>9} | {'L-Error mm':>10}"
+    """Plain-text table: region | n | Id-Rate % | L-Error mm | extra, one line per region and overall."""
+    header = f"{'region':<9} | {'n':>4} | {'Id-Rate %':>9} | {'L-Error mm':>10} | {'extra':>5}"
     lines = [header, "-" * len(header)]
     for reg in REGIONS:
         lines.append(
             f"{reg:<9} | {scores.n_gt[reg]:>4} | {_cell(scores.id_rate[reg], '.2f'):>9} | "
-            f"{_cell(scores.l_error_mm[reg], '.2f'):>10}"
+            f"{_cell(scores.l_error_mm[reg], '.2f'):>10} | {scores.n_extra[reg]:>5}"
+        )
+    return "\n".join(lines)
+
+
+def format_cases(cases: Sequence[tuple[str, Scores]]) -> str:
+    """Plain-text table, one row per scan: n, identified, Id-Rate %, L-Error mm, extra predictions."""
+    width = max([4, *(len(c) for c, _ in cases)])
+    header = (
+        f"{'scan':<{width}} | {'n':>4} | {'identified':>10} | {'Id-Rate %':>9} | {'L-Error mm':>10} | extra"
+    )
+    lines = [header, "-" * len(header)]
+    for case, s in cases:
+        extra = ", ".join(e["name"] for e in s.extra_predictions) or "-"
+        lines.append(
+            f"{case:<{width}} | {s.n_gt['all']:>4} | {s.n_identified['all']:>10} | "
+            f"{_cell(s.id_rate['all'], '.2f'):>9} | {_cell(s.l_error_mm['all'], '.2f'):>10} | {extra}"
         )
     return "\n".join(lines)
 
@@ -210,42 +272,94 @@ PRED_SUFFIXES = (".vertebrae.json", "_ctd.json")
 GT_SUFFIXES = ("_gt.json", "_ctd.json", "ground_truth.json")
 
 
-def _case_name(path: Path, suffixes: Sequence[str]) -> str | None:
-    """The scan name a result or truth file belongs to; `ground_truth.json` is named by its folder."""
-    for suffix in suffixes:
-        if path.name.endswith(suffix):
-            stem = path.name[: -len(suffix)].rstrip("_.")
-            return stem or path.parent.name
-    return None
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores per scan and pooled, and the files that found no partner."""
+
+    cases: list[tuple[str, Scores]]  # (scan name, its scores), by name
+    pooled: Scores
+    truth_without_prediction: list[str]  # scan names
+    prediction_without_truth: list[str]  # scan names
 
 
-def _files_by_case(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
-    """Map scan name -> file for every matching file below `folder` (the first suffix wins)."""
+def _case_name(path: Path, suffix: str) -> str:
+    """The scan name a truth file belongs to; `ground_truth.json` is named by its folder."""
+    stem = path.name[: -len(suffix)].rstrip("_.")
+    return stem or path.parent.name
+
+
+def _prediction_name(path: Path, folder: Path, suffix: str) -> str:
+    """A prediction's scan name: its file's, after the folders below `folder` (`c1/ct.vertebrae.json`: `c1_ct`)."""
+    return "_".join((*path.parent.relative_to(folder).parts, path.name[: -len(suffix)]))
+
+
+def _files_by_case(folder: Path, suffixes: Sequence[str], prediction: bool) -> dict[str, Path]:
+    """Map scan name -> file for every matching file below `folder`; an earlier suffix is preferred."""
     found: dict[str, Path] = {}
-    for suffix in reversed(suffixes):
+    for suffix in suffixes:
+        mine: dict[str, Path] = {}
         for path in sorted(folder.rglob(f"*{suffix}")):
-            case = _case_name(path, suffixes)
-            if case is not None:
-                found[case] = path
+            case = _prediction_name(path, folder, suffix) if prediction else _case_name(path, suffix)
+            if case in mine:
+                raise VertedgeError(f"{mine[case]}, {path}: two files for scan '{case}'")
+            mine[case] = path
+        for case, path in mine.items():
+            found.setdefault(case, path)
     return found
+
+
+def pair_cases(predictions: Sequence[str], truths: Sequence[str]) -> dict[str, str]:
+    """truth case -> its prediction: the one named as the case, else the one named `CASE_...`.
+
+    A prediction belongs to the longest case name it starts with (`CASE_` + the scan's own name,
+    as `vertedge run` names scans found in `CASE/` folders); a case claimed by several predictions,
+    none named exactly as it, stays unpaired.
+    """
+    owned: dict[str, list[str]] = {}
+    for p in predictions:
+        owners = [c for c in truths if p == c or p.startswith(c + "_")]
+        if owners:
+            owned.setdefault(max(owners, key=len), []).append(p)
+    pairs = {}
+    for case, preds in owned.items():
+        if case in preds:
+            pairs[case] = case
+        elif len(preds) == 1:
+            pairs[case] = preds[0]
+    return pairs
 
 
 def evaluate_paths(
     pred: str | os.PathLike[str], gt: str | os.PathLike[str], image: str | os.PathLike[str] | None = None
-) -> tuple[Scores, int]:
-    """Scores of one prediction file against one truth file, or of two folders paired by scan name."""
+) -> Evaluation:
+    """Scores of one prediction file against one truth file, or of two folders paired by scan name.
+
+    The arguments' order is checked by content (`read_points` with a role) and, for folders, by
+    which kinds of files each holds.
+    """
     pred, gt = Path(pred), Path(gt)
     if pred.is_dir() != gt.is_dir():
         raise VertedgeError(f"{pred}, {gt}: give two files or two folders")
     if not pred.is_dir():
-        truth, cut = read_points(gt, image)
-        return score(read_points(pred, image)[0], truth, exclude=cut), 1
-    preds, truths = _files_by_case(pred, PRED_SUFFIXES), _files_by_case(gt, GT_SUFFIXES)
-    cases = sorted(set(preds) & set(truths))
-    if not cases:
+        truth, cut = read_points(gt, image, role="truth")
+        scores = score(read_points(pred, image, role="prediction")[0], truth, exclude=cut)
+        return Evaluation([(pred.name, scores)], pool([scores]), [], [])
+    preds = _files_by_case(pred, PRED_SUFFIXES, prediction=True)
+    truths = _files_by_case(gt, GT_SUFFIXES, prediction=False)
+    if not preds and _files_by_case(pred, ("_gt.json", "ground_truth.json"), prediction=False):
+        raise VertedgeError(
+            f"{pred}: holds ground-truth files and no predictions (swapped arguments? the order is PREDICTION TRUTH)"
+        )
+    pairs = pair_cases(list(preds), list(truths))
+    if not pairs:
         raise VertedgeError(f"{pred}, {gt}: no scan has both a prediction and a ground truth")
-    per_case = []
-    for case in cases:
-        truth, cut = read_points(truths[case], image)
-        per_case.append(score(read_points(preds[case], image)[0], truth, exclude=cut))
-    return pool(per_case), len(cases)
+    cases = []
+    for case in sorted(pairs):
+        truth, cut = read_points(truths[case], image, role="truth")
+        cases.append((case, score(read_points(preds[pairs[case]], image, role="prediction")[0], truth, exclude=cut)))
+    return Evaluation(
+        cases,
+        pool([s for _, s in cases]),
+        sorted(set(truths) - set(pairs)),
+        sorted(set(preds) - set(pairs.values())),
+    )

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .device import current_gpu
 from .errors import CudaProviderError, VertedgeError
 from .geometry import Protocol
 from .xp import array_module
@@ -88,11 +89,11 @@ def _pick(folder: Path, file: str, fp16: bool) -> Path:
     return half
 
 
-def providers_for(device: str, fp16: bool = False) -> list[Any]:
-    """ONNX Runtime execution providers (with options) for 'cpu' or 'cuda', and fp32 or fp16 models."""
+def providers_for(device: str, fp16: bool = False, device_id: int = 0) -> list[Any]:
+    """ONNX Runtime execution providers (with options) for 'cpu' or 'cuda' (GPU `device_id`), and fp32 or fp16 models."""
     if device == "cuda":
         options = CUDA_FP16_PROVIDER_OPTIONS if fp16 else CUDA_PROVIDER_OPTIONS
-        return [("CUDAExecutionProvider", dict(options)), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {**options, "device_id": str(device_id)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -111,8 +112,8 @@ def _preload_cuda_libraries() -> None:
         preload(msvc=False)
 
 
-def _session(path: Path, device: str, fp16: bool = False) -> tuple[Any, ModelInfo]:
-    """Open one ONNX Runtime session and parse its metadata."""
+def _session(path: Path, device: str, fp16: bool = False, device_id: int = 0) -> tuple[Any, ModelInfo]:
+    """Open one ONNX Runtime session (on GPU `device_id` for 'cuda') and parse its metadata."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -127,7 +128,7 @@ def _session(path: Path, device: str, fp16: bool = False) -> tuple[Any, ModelInf
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers_for(device, fp16))
+        session = ort.InferenceSession(str(path), options, providers=providers_for(device, fp16, device_id))
     except Exception as e:  # onnxruntime raises its own untyped errors for corrupt files
         raise VertedgeError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
@@ -179,7 +180,10 @@ class Models:
     """Both ONNX sessions, built once and reused for every scan."""
 
     def __init__(self, models_dir: str | Path | None = None, device: str = "cpu", fp16: bool = False) -> None:
-        """Open both models of `models_dir` (default: the shipped ones); `fp16` takes effect on CUDA only."""
+        """Open both models of `models_dir` (default: the shipped ones); `fp16` takes effect on CUDA only.
+
+        On CUDA the sessions run on the current CUDA device (`device.select_gpu`), as the DRR kernels do.
+        """
         folder = Path(models_dir) if models_dir is not None else default_models_dir()
         if not (folder / LOCALIZATION_FILE).is_file() or not (folder / IDENTIFICATION_FILE).is_file():
             where = "in this installation" if models_dir is None else f"in {folder}"
@@ -189,9 +193,10 @@ class Models:
             )
         self.device = device
         half = fp16 and device == "cuda"  # ONNX Runtime's CPU kernels have no fast fp16 convolutions
-        loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, half), device, half)
-        ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, half), device, half)
-        self._loc, self._id = _Net(loc, "heatmap"), _Net(ident, "prob")
+        gpu = current_gpu() if device == "cuda" else 0
+        loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, half), device, half, gpu)
+        ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, half), device, half, gpu)
+        self._loc, self._id = _Net(loc, "heatmap", gpu), _Net(ident, "prob", gpu)
         if (self.loc_info.task, self.id_info.task) != ("localization", "identification"):
             raise VertedgeError(f"{folder}: model tasks are {self.loc_info.task}/{self.id_info.task}")
         if self.loc_info.protocol != self.id_info.protocol:

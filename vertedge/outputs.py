@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +108,39 @@ def overview_png(result: Result) -> np.ndarray:
     return np.concatenate(panels, axis=1)
 
 
-def write_result(result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False) -> list[Path]:
-    """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer) and optionally NAME.png."""
+def result_paths(out_dir: Path, name: str, png: bool = False) -> list[Path]:
+    """The files of one scan's result set; the first, NAME.vertebrae.json, marks the set as complete."""
     out_dir = Path(out_dir)
     paths = [out_dir / f"{name}.vertebrae.json", out_dir / f"{name}_ctd.json", out_dir / f"{name}.mrk.json"]
-    write_json(paths[0], result.to_dict())
-    write_verse_ctd(paths[1], result.centroids(), volume)
-    write_json(paths[2], slicer_markups(result))
-    if png:
-        paths.append(out_dir / f"{name}.png")
-        write_png(paths[-1], overview_png(result))
+    return paths + [out_dir / f"{name}.png"] if png else paths
+
+
+def write_result(result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False) -> list[Path]:
+    """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer) and optionally NAME.png.
+
+    The set appears whole or not at all: every file is first written to a temporary sibling, then
+    the old marker (NAME.vertebrae.json) is removed, the others are renamed into place and the new
+    marker last. Interrupted while renaming, the set's files are removed; so a marker always
+    stands beside a complete set of one run. A NAME.png from an earlier run goes when none is asked for.
+    """
+    paths = result_paths(out_dir, name, png)
+    marker = paths[0]
+    try:
+        # ExitStack renames in reverse order of entry: the marker, entered first, is renamed last
+        with ExitStack() as stack:
+            tmp = [stack.enter_context(atomic_path(p)) for p in paths]
+            write_json(tmp[0], result.to_dict())
+            write_verse_ctd(tmp[1], result.centroids(), volume)
+            write_json(tmp[2], slicer_markups(result))
+            if png:
+                write_png(tmp[3], overview_png(result))
+            for stale in (marker, *result_paths(out_dir, name, png=True)[len(paths) :]):
+                stale.unlink(missing_ok=True)
+    except BaseException:
+        if not marker.exists():  # some files renamed, the marker not: no half set stays behind
+            for p in paths[1:]:
+                p.unlink(missing_ok=True)
+        raise
     return paths
 
 

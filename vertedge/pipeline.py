@@ -107,9 +107,12 @@ class _Timer:
 
 
 def input_description(volume: Volume) -> dict[str, Any]:
-    """The scan's grid and frame, for the result's metadata."""
+    """The scan's grid and frame, for the result's metadata.
+
+    `source` is the input's file (or folder) name only: a full path can carry a patient's name.
+    """
     return {
-        "source": volume.meta.get("source", ""),
+        "source": Path(volume.meta.get("source", "")).name,
         "shape_ijk": list(volume.shape_ijk),
         "spacing_mm": [round(float(s), 6) for s in volume.spacing],
         "origin_lps_mm": [round(float(o), 6) for o in volume.origin],

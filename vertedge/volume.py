@@ -168,22 +168,27 @@ def _itk_warnings_silenced() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def dicom_series_files(folder: Path) -> list[str]:
-    """Files of the DICOM series with the most files directly in `folder` (empty if none)."""
+def dicom_series_ids(folder: Path) -> list[str]:
+    """GDCM's ids (the SeriesInstanceUIDs) of the DICOM series directly in `folder` (empty if none)."""
     # GDCM writes "No Series were found" straight to stderr; an empty answer says the same
     with _itk_warnings_silenced():
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def dicom_series_files(folder: Path, series_id: str | None = None) -> list[str]:
+    """Files of DICOM series `series_id` directly in `folder`, by default of the one with the most files."""
+    ids = dicom_series_ids(folder) if series_id is None else [series_id]
     return max(
-        (list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series),
+        (list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in ids),
         key=len,
         default=[],
     )
 
 
-def _read(p: Path, name: str) -> sitk.Image:
-    """Check the header of a file or DICOM folder, then read its voxels."""
+def _read(p: Path, name: str, series_id: str | None = None) -> sitk.Image:
+    """Check the header of a file or DICOM folder (its series `series_id`), then read its voxels."""
     if p.is_dir():
-        files = dicom_series_files(p)
+        files = dicom_series_files(p, series_id)
         if not files:
             raise VertedgeError(f"{name}: no DICOM series in this folder")
         _check_header(_Header.of_series(files), name)
@@ -354,14 +359,18 @@ def _check_gzip_complete(path: Path, data_bytes: int, name: str) -> None:
         raise VertedgeError(f"{name}: the gzip stream is truncated or corrupt")
 
 
-def load_volume(path: str | os.PathLike[str]) -> Volume:
-    """Read a 3D CT (NIfTI, NRRD, MHA, ... or a DICOM series folder) into a Volume in HU."""
+def load_volume(path: str | os.PathLike[str], series_id: str | None = None) -> Volume:
+    """Read a 3D CT (NIfTI, NRRD, MHA, ... or a DICOM series folder) into a Volume in HU.
+
+    A folder holding several DICOM series gives the one named by `series_id` (see
+    `dicom_series_ids`), by default the one with the most files.
+    """
     p = Path(path)
     name = str(path)
     if not p.exists():
         raise VertedgeError(f"{name}: no such file or folder")
     try:
-        image = _read(p, name)
+        image = _read(p, name, series_id)
     except (RuntimeError, OSError) as e:
         kind = "folder" if p.is_dir() else "file"
         raise VertedgeError(
