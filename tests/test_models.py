@@ -75,6 +75,33 @@ def test_model_without_protocol_is_refused(tmp_path):
         Models(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "heatmap, says",
+    [
+        (None, "vertedge.heatmap lacks threshold"),  # no vertedge.heatmap at all
+        ({"sigma_px": 2.0, "amplitude": 10.0}, "vertedge.heatmap lacks threshold"),
+        ({"threshold": "high"}, "unreadable vertedge metadata"),
+        ([3.0], "unreadable vertedge metadata"),
+    ],
+)
+def test_localization_model_without_a_heatmap_threshold_is_refused_at_load(tmp_path, heatmap, says):
+    loc = metadata("localization", Protocol())
+    del loc["vertedge.heatmap"]
+    if heatmap is not None:
+        loc["vertedge.heatmap"] = json.dumps(heatmap)
+    write_pair(tmp_path, loc, metadata("identification", Protocol()))
+    with pytest.raises(VertedgeError, match=says) as refused:
+        Models(tmp_path)
+    assert str(tmp_path / LOCALIZATION_FILE) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_identification_model_needs_no_heatmap_metadata(tmp_path):
+    ident = metadata("identification", Protocol())
+    del ident["vertedge.heatmap"]  # the runtime reads it from the localization model only
+    write_pair(tmp_path, metadata("localization", Protocol()), ident)
+    assert Models(tmp_path).id_info.heatmap == {}
+
+
 def test_pair_with_different_protocols_is_refused(tmp_path):
     write_pair(tmp_path, metadata("localization", Protocol()), metadata("identification", Protocol(pixel_mm=3.0)))
     with pytest.raises(VertedgeError, match="different DRR protocols"):

@@ -5,7 +5,11 @@
 
 from .errors import VertedgeError
 from .geometry import Protocol, Views, make_views, pixel_rays, project
+from .numba_cache import use_user_cache
 from .volume import Volume, load_volume, save_volume
+
+# Before any submodule imports numba and defines its cached kernels (none of the above does).
+use_user_cache()
 
 __version__ = "0.1.0"
 

@@ -36,10 +36,14 @@ def cuda_versions() -> str | None:
 
 
 def cuda_status() -> tuple[bool, str]:
-    """(True, GPU name) when the whole CUDA path works, else (False, why not in one line)."""
+    """(True, GPU name) when the whole CUDA path works, else (False, why not in one line).
+
+    The DRR kernels are compiled here (NVRTC; CuPy keeps the result), so that a broken runtime
+    compiler is a reason to use the CPU rather than a crash at the first render.
+    """
     from .drr_cuda import cuda_available
 
-    ok, what = cuda_available()
+    ok, what = cuda_available(compile_kernels=True)
     if not ok:
         return False, what
     if "CUDAExecutionProvider" not in onnx_providers():

@@ -17,7 +17,11 @@ import numba
 import numpy as np
 
 from .geometry import Protocol, Views
+from .numba_cache import announce_compilation
 from .volume import Volume
+
+# Every run labels through this module, so this says when any vertedge kernel compiles.
+announce_compilation()
 
 # Voxels at or below this are air, padding or air noise (mu <= 0.5 mu_water): the march skips the
 # box they fill. Real content below it outside the body (foam pads, blankets) is negligible.

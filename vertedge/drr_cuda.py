@@ -71,7 +71,8 @@ def cuda_available(compile_kernels: bool = False) -> tuple[bool, str]:
             for kernel in _KERNELS.values():
                 _module(False).get_function(kernel)
         except Exception as e:
-            return False, f"cannot compile the DRR kernels ({type(e).__name__}: {e})".splitlines()[0]
+            first_line = str(e).partition("\n")[0]  # CuPy's CompileException carries NVRTC's whole log
+            return False, f"cannot compile the DRR kernels ({type(e).__name__}: {first_line})"
     return True, name
 
 

@@ -26,6 +26,8 @@ from .xp import array_module
 LOCALIZATION_FILE = "localization.onnx"
 IDENTIFICATION_FILE = "identification.onnx"
 REQUIRED_KEYS = ("vertedge.task", "vertedge.protocol", "vertedge.classes", "vertedge.model_id")
+# What the runtime reads from `vertedge.heatmap`, per task: peak finding needs the localization's threshold.
+REQUIRED_HEATMAP_KEYS = {"localization": ("threshold",)}
 
 
 def default_models_dir() -> Path:
@@ -47,24 +49,30 @@ class ModelInfo:
 
     @classmethod
     def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:
-        """Parse ONNX metadata; a model without the DRR protocol or class list is refused."""
+        """Parse ONNX metadata; a model lacking anything the runtime reads for its task is refused."""
         missing = [k for k in REQUIRED_KEYS if k not in meta]
         if missing:
             raise VertedgeError(f"{path}: not a vertedge model (metadata lacks {', '.join(missing)})")
+        task = meta["vertedge.task"]
         try:
             protocol = Protocol.from_dict(json.loads(meta["vertedge.protocol"]))
             classes = tuple(int(c) for c in json.loads(meta["vertedge.classes"]))
-            heatmap = json.loads(meta.get("vertedge.heatmap", "{}"))
-        except (ValueError, TypeError) as e:
+            heatmap = {k: float(v) for k, v in json.loads(meta.get("vertedge.heatmap", "{}")).items()}
+        except (ValueError, TypeError, AttributeError) as e:  # AttributeError: JSON that is not an object
             raise VertedgeError(f"{path}: unreadable vertedge metadata ({e})") from e
+        lacking = [k for k in REQUIRED_HEATMAP_KEYS.get(task, ()) if k not in heatmap]
+        if lacking:
+            raise VertedgeError(
+                f"{path}: not a usable {task} model (metadata vertedge.heatmap lacks {', '.join(lacking)})"
+            )
         return cls(
             path=path,
-            task=meta["vertedge.task"],
+            task=task,
             protocol=protocol,
             classes=classes,
             model_id=meta["vertedge.model_id"],
             version=meta.get("vertedge.model_version", ""),
-            heatmap={k: float(v) for k, v in heatmap.items()},
+            heatmap=heatmap,
         )
 
 
