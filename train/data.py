@@ -10,7 +10,7 @@ Sources of scans:
   the held-out evaluation seeds and are refused here);
 - real data in the VerSe layout: `<root>/rawdata/sub-*/*_ct.nii.gz` with
   `<root>/derivatives/sub-*/*_ctd.json` (read with `vertedge.verse.read_verse_ctd`, so the file's
-  axis codes must match the image; labels outside `SPINE_ORDER`, e.g. 26 sacrum, are dropped).
+  axis codes may differ from the image's; labels outside `SPINE_ORDER`, e.g. 26 sacrum, are dropped).
 
 Scan-level augmentation (before rendering, so it goes into the cache): a random start angle
 (`Protocol.start_angle_deg` in [0, 360/K)) and a random field-of-view crop along the S-I axis (the

@@ -211,7 +211,7 @@ def read_points(
 
     Reads `<name>.vertebrae.json` and `ground_truth.json` (`{"vertebrae": [{"label",
     "world_lps_mm", "cut_by_field_of_view"?}]}`) and VerSe `_ctd.json` files; a VerSe file holds
-    image-axis millimetres, so it needs its `image` (a path or a Volume) to reach world space.
+    continuous voxel indices, so it needs its `image` (a path or a Volume) to reach world space.
     With `role` ('prediction' or 'truth'), a file whose content shows the other role is refused.
     """
     doc = _read_json(path)
