@@ -10,8 +10,8 @@ L-R, rolled about S-I, both at once (oblique), air padded in-plane, a spine-cent
 field of view, S-I crops down to a third, thick slices, noise, and the same voxels stored in a
 permuted and flipped grid. Every pose change resamples the patient into the stored scan's
 axis-aligned grid (air outside it), as a scanner does, and moves the ground truth with the
-patient: `x' = R (x - c) + c` about the spine centre `c`. The variations are those of
-`train.variations`, which the training augmentation draws from too.
+patient: `x' = R (x - c) + c` about the spine centre `c`. The variations live in
+`train.variations`, so that a training augmentation can draw from the same code.
 
 Per case and variation: Id-Rate and L-Error (VerSe rules, `vertedge.metrics`; vertebrae cut by
 the field of view are not scored) and every prediction's correctness: a prediction is right when
