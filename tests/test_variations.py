@@ -69,5 +69,3 @@ def test_rotation_turns_the_patient_and_its_truth_together() -> None:
     a, _ = turned.si_axis()
     np.testing.assert_allclose(turned.direction, vol.direction)  # still an axis-aligned grid
     assert turned.shape_ijk[a] == vol.shape_ijk[a]  # with the scan's S-I range
-
-

@@ -1,8 +1,8 @@
 """Everyday variations of a CT scan: pose, field of view, slice thickness and noise.
 
-Shared by the training augmentation (`train.data`) and the robustness benchmark
-(`benchmarks/robustness.py`), so that what the models are trained to withstand is exactly what they
-are measured on. Every function takes a `vertedge.volume.Volume` and returns a new one in the same
+The robustness benchmark (`benchmarks/robustness.py`) measures with these; they live beside the
+training code so that a training augmentation can draw from exactly what the models are measured
+on. Every function takes a `vertedge.volume.Volume` and returns a new one in the same
 world frame (LPS mm): a structure keeps its world position unless the patient itself is turned
 (`rotated`, whose truth moves by `turn_points`). Voxels a variation adds are air (`AIR_HU`).
 No torch here.
@@ -149,8 +149,10 @@ def rotated(volume: Volume, rot: np.ndarray, centre_lps: np.ndarray) -> Volume:
 
 def with_noise(volume: Volume, sigma_hu: float, rng: np.random.Generator) -> Volume:
     """White Gaussian noise of `sigma_hu` added to every voxel (float32 HU)."""
-    noise = rng.standard_normal(volume.hu.shape, dtype=np.float32) * np.float32(sigma_hu)
-    return replace(volume, hu=volume.hu.astype(np.float32) + noise)
+    noisy = rng.standard_normal(volume.hu.shape, dtype=np.float32)
+    noisy *= np.float32(sigma_hu)
+    noisy += volume.hu  # in place: one float32 volume, not three
+    return replace(volume, hu=noisy)
 
 
 def inside(volume: Volume, points_lps: np.ndarray, cut_margin_mm: float) -> tuple[np.ndarray, np.ndarray]:
