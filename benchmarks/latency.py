@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("decode", "drr", "localization_net", "peaks", "fusion", "identification_net", "voting", "write")
+STAGES = ("decode", "drr", "localization_net", "peaks", "fusion", "identification_net", "voting", "review", "write")
 
 
 def machine() -> dict[str, Any]:

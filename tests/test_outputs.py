@@ -135,3 +135,23 @@ def test_result_names_the_input_file_not_its_path(result_and_volume):
     _, volume, _ = result_and_volume
     volume = dataclasses.replace(volume, meta={"source": "/home/DOE^JOHN/ct.nii.gz"})
     assert input_description(volume)["source"] == "ct.nii.gz"
+
+
+def test_labels_that_need_review_are_marked_in_every_output(result_and_volume, tmp_path):
+    from dataclasses import replace
+
+    from vertedge.batch import result_note
+
+    result, volume, _ = result_and_volume
+    doubtful = replace(result.vertebrae[1], confidence=0.3, needs_review=True)
+    result = replace(result, vertebrae=(result.vertebrae[0], doubtful, result.vertebrae[2]))
+    write_result(result, volume, tmp_path, "scan", png=True)
+    doc = json.loads((tmp_path / "scan.vertebrae.json").read_text())
+    assert [v["needs_review"] for v in doc["vertebrae"]] == [False, True, False]
+    points = json.loads((tmp_path / "scan.mrk.json").read_text())["markups"][0]["controlPoints"]
+    assert [p["selected"] for p in points] == [True, False, True]
+    assert "needs review" in points[1]["description"] and "needs review" not in points[0]["description"]
+    note = result_note(result)
+    assert "L2" in note and "L1" not in note and "needs_review" in note and "\n" not in note
+    sure = replace(result, vertebrae=(result.vertebrae[0],))
+    assert result_note(sure) == ""

@@ -236,6 +236,18 @@ def _label_one(
     return result, written
 
 
+def result_note(result: Result) -> str:
+    """One line on what a user must know of a result: no spine, or labels to check; else ''."""
+    if not result.vertebrae:
+        return "no spine found: no vertebra detected"
+    doubtful = [v.name for v in result.vertebrae if v.needs_review]
+    if not doubtful:
+        return ""
+    which = f"all {len(doubtful)} labels" if len(doubtful) == len(result.vertebrae) else ", ".join(doubtful)
+    return (f"check {which} (needs_review: no count from C1 under the skull or from the sacrum reaches "
+            "them, or the identification is unsure)")
+
+
 def run_batch(
     labeler: Labeler,
     scans: list[Scan],
@@ -294,7 +306,7 @@ def run_batch(
             "ok",
             n_vertebrae=n,
             seconds=time.perf_counter() - t0,
-            message="" if n else "no spine found: no vertebra detected",
+            message=result_note(result),
             outputs=[str(p) for p in written],
         )
         yield outcome, result

@@ -52,16 +52,18 @@ SLICER_SCHEMA = (
 
 
 def slicer_markups(result: Result) -> dict[str, Any]:
-    """A 3D Slicer markups fiducial list (LPS, mm) of the labelled vertebrae."""
+    """A 3D Slicer markups fiducial list (LPS, mm) of the labelled vertebrae; those that need review unselected."""
     points = [
         {
             "id": str(i + 1),
             "label": v.name,
-            "description": f"VerSe label {v.label}, confidence {v.confidence:.3f}",
+            "description": f"VerSe label {v.label}, confidence {v.confidence:.3f}"
+            + (", needs review" if v.needs_review else ""),
             "associatedNodeID": "",
             "position": list(v.world_lps_mm),
             "orientation": [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0],
-            "selected": True,
+            # Slicer draws unselected points in another colour: the labels to check stand out
+            "selected": not v.needs_review,
             "locked": False,
             "visibility": True,
             "positionStatus": "defined",
@@ -91,7 +93,8 @@ def _lateral_view(views: Views) -> int:
 
 
 def overview_png(result: Result) -> np.ndarray:
-    """AP and lateral DRRs side by side (RGB uint8) with each vertebra's name at its projection."""
+    """AP and lateral DRRs side by side (RGB uint8) with each vertebra's name at its projection
+    (blue and "?" where it needs review)."""
     assert result.views is not None and result.images is not None
     views = result.views
     picks = [0, _lateral_view(views)]
@@ -102,8 +105,9 @@ def overview_png(result: Result) -> np.ndarray:
         panel = Image.fromarray(to_uint8(result.images[k])).convert("RGB")
         draw = ImageDraw.Draw(panel)
         for v, (r, c) in zip(result.vertebrae, rc[k]):
-            draw.ellipse([c - 3, r - 3, c + 3, r + 3], outline=(255, 60, 60), width=2)
-            draw.text((c + 6, r - 6), v.name, fill=(255, 220, 0))
+            colour = (80, 160, 255) if v.needs_review else (255, 60, 60)
+            draw.ellipse([c - 3, r - 3, c + 3, r + 3], outline=colour, width=2)
+            draw.text((c + 6, r - 6), v.name + ("?" if v.needs_review else ""), fill=(255, 220, 0))
         panels.append(np.asarray(panel))
     return np.concatenate(panels, axis=1)
 

@@ -1,4 +1,4 @@
-"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> vote.
+"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> vote -> review.
 
 The pipeline only composes the stage modules and times each stage.
 """
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import drr
+from .anchors import review
 from .boxes import box_means, square_half_px
 from .device import choose_device
 from .errors import CudaProviderError, VertedgeError
@@ -45,6 +46,7 @@ class Vertebra:
     confidence: float
     residual_mm: float
     n_views: int
+    needs_review: bool = False  # the scan gives no count from C1 or the sacrum to this label (anchors.py)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -56,6 +58,7 @@ class Vertebra:
             "confidence": round(self.confidence, 4),
             "residual_mm": round(self.residual_mm, 3),
             "n_views": self.n_views,
+            "needs_review": self.needs_review,
         }
 
 
@@ -225,18 +228,23 @@ class Labeler:
                 prob = self.models.identify(images)
             with timer("voting"):
                 labels, confidence = label(fused, views, prob, self.models.classes)
-                voxel = volume.world_to_index(fused.points_lps)
+                keep = one_per_label(labels, fused)
+            with timer("review"):
+                points = fused.points_lps[keep]
+                confidence, needs_review = review(volume, points, labels[keep], confidence[keep])
+                voxel = volume.world_to_index(points)
                 vertebrae = tuple(
                     Vertebra(
                         label=int(labels[i]),
                         name=label_name(int(labels[i])),
-                        world_lps_mm=tuple(float(x) for x in fused.points_lps[i]),  # type: ignore[arg-type]
-                        voxel_index=tuple(float(x) for x in voxel[i]),  # type: ignore[arg-type]
-                        confidence=float(confidence[i]),
+                        world_lps_mm=tuple(float(x) for x in points[j]),  # type: ignore[arg-type]
+                        voxel_index=tuple(float(x) for x in voxel[j]),  # type: ignore[arg-type]
+                        confidence=float(confidence[j]),
                         residual_mm=float(fused.residual_mm[i]),
                         n_views=int(fused.n_views[i]),
+                        needs_review=bool(needs_review[j]),
                     )
-                    for i in one_per_label(labels, fused)
+                    for j, i in enumerate(keep)
                 )
         return Result(
             vertebrae=vertebrae,

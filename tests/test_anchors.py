@@ -1,0 +1,135 @@
+"""Counting from the ends of the spine: labels are trusted only where a count from C1 or the sacrum reaches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from vertedge.anchors import UNSUPPORTED_CONFIDENCE, median_hu, review, room_mm, supported
+from vertedge.labels import LABELS
+from vertedge.volume import Volume
+
+from .conftest import SHARED_DATA, air_volume, rotation
+
+GAP = 35.0  # mm between lumbar body centroids
+LUMBAR = np.array([LABELS[n] for n in ("L1", "L2", "L3", "L4", "L5")])
+
+
+def lumbar_scan(below_l5_mm: float, beyond_hu: int, n: int = 5) -> tuple[Volume, np.ndarray]:
+    """A body of soft tissue holding `n` vertebrae along S-I, `GAP` apart, the last ("L5") at
+    z = -70 mm (points cranial -> caudal, world LPS mm), the scan ending `below_l5_mm` under it, and
+    a 30 mm block of `beyond_hu` one gap below it (the sacrum)."""
+    top, bottom = (n - 3) * GAP + 20.0, -(2 * GAP + below_l5_mm)
+    volume = air_volume((60, 60, int(round(top - bottom))), (2.0, 2.0, 1.0), None, (0.0, 0.0, (top + bottom) / 2))
+    points = np.array([[0.0, 0.0, (n - 3) * GAP - i * GAP] for i in range(n)])
+    world = volume.index_to_world(np.stack(np.meshgrid(*map(np.arange, volume.shape_ijk), indexing="ij"), -1))
+    world = world.transpose(2, 1, 0, 3)  # (k, j, i, 3) like hu
+    hu = np.where(np.linalg.norm(world[..., :2], axis=-1) < 50.0, 40, -1000)
+    sacrum = np.abs(world[..., 2] - (points[-1, 2] - GAP)) < 15.0
+    hu = np.where(sacrum & (np.linalg.norm(world[..., :2], axis=-1) < 25.0), beyond_hu, hu)
+    return dataclasses.replace(volume, hu=hu.astype(np.int16)), points
+
+
+def test_a_lumbar_spine_ending_on_the_sacrum_is_counted_from_it():
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
+    assert supported(volume, points, LUMBAR, np.full(5, 0.8)).all()
+    conf, flag = review(volume, points, LUMBAR, np.full(5, 0.8))
+    np.testing.assert_allclose(conf, 0.8)
+    assert not flag.any()
+
+
+@pytest.mark.parametrize(
+    "below_l5_mm, beyond_hu, why",
+    [(30.0, 250, "the scan ends before a further vertebra would be in view"),
+     (80.0, 40, "soft tissue, not the sacrum, lies beyond the last point")],
+)
+def test_no_terminus_no_trust(below_l5_mm, beyond_hu, why):
+    volume, points = lumbar_scan(below_l5_mm, beyond_hu)
+    conf, flag = review(volume, points, LUMBAR, np.full(5, 0.9))
+    assert flag.all(), why
+    assert (conf <= UNSUPPORTED_CONFIDENCE).all(), why
+
+
+def test_a_count_that_disagrees_with_the_terminus_is_not_trusted():
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
+    one_up = LUMBAR - 1  # T12-L4: the net read every level one too high
+    assert not supported(volume, points, one_up, np.full(5, 0.9)).any()
+    # ending on L4 is anatomy when a T13 is decoded above (24 presacral vertebrae)
+    with_t13 = np.array([LABELS[n] for n in ("T13", "L1", "L2", "L3", "L4")])
+    assert supported(volume, points, with_t13, np.full(5, 0.9)).tolist() == [False, True, True, True, True]
+    with_l6 = np.array([LABELS[n] for n in ("L2", "L3", "L4", "L5", "L6")])
+    assert supported(volume, points, with_l6, np.full(5, 0.9)).all()
+
+
+def test_the_count_stops_at_a_missed_vertebra_and_past_a_doubtful_one():
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
+    missed = np.delete(points, 1, axis=0)  # L2 not found: a gap of two levels between L1 and L3
+    labels = np.delete(LUMBAR, 1)
+    assert supported(volume, missed, labels, np.full(4, 0.9)).tolist() == [False, True, True, True]
+    doubtful = np.array([0.9, 0.9, 0.3, 0.9, 0.9])  # the net doubts L3: the count is not carried past it
+    assert supported(volume, points, LUMBAR, doubtful).tolist() == [False, False, True, True, True]
+    conf, flag = review(volume, points, LUMBAR, doubtful)
+    assert flag.tolist() == [True, True, True, False, False]
+    assert conf[:2].max() <= UNSUPPORTED_CONFIDENCE
+
+
+def test_a_count_from_the_sacrum_stops_at_the_thoracolumbar_junction():
+    """Above L1 lies T12 or T13: a variant the count cannot see, so the count ends at L1."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
+    labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
+    assert supported(volume, points, labels, np.full(7, 0.9)).tolist() == [False, False, *[True] * 5]
+
+
+def test_counted_down_from_c1_under_the_skull():
+    cervical = np.array([LABELS[f"C{i}"] for i in range(1, 8)])
+    volume = air_volume((40, 40, 200), (2.0, 2.0, 1.0), None, (0.0, 0.0, 0.0))
+    volume = dataclasses.replace(volume, hu=np.full_like(volume.hu, 30))  # neck and head: tissue everywhere
+    points = np.array([[0.0, 0.0, 40.0 - 18.0 * i] for i in range(7)])  # C1 at +40 mm, 60 mm below the top
+    assert supported(volume, points, cervical, np.full(7, 0.8)).all()
+    assert not supported(volume, points, cervical + 1, np.full(7, 0.8)).any()  # C2 under the skull: no
+    air_above = volume.hu.copy()
+    air_above[volume.hu.shape[0] - 55 :] = -1000  # air from 5 mm above "C1": what ends there is no skull
+    assert not supported(dataclasses.replace(volume, hu=air_above), points, cervical, np.full(7, 0.8)).any()
+
+
+def test_a_vertebra_at_the_edge_of_the_scan_is_never_trusted():
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
+    # L1 moved to 5 mm under the scan's top: cut by the field of view, whatever counts reach it
+    top = volume.index_to_world(np.array([0, 0, volume.shape_ijk[2] - 1]))[2] + 0.5
+    edge = points.copy()
+    edge[0, 2] = top - 5.0
+    reached = supported(volume, edge, LUMBAR, np.full(5, 0.9))
+    assert not reached[0] and reached[1:].all()
+
+
+def test_room_is_the_distance_to_the_scans_edge_in_any_grid():
+    volume = air_volume((50, 40, 60), (1.5, 1.5, 2.0), rotation("z", 15), (5.0, -20.0, 100.0))
+    down = np.array([0.0, 0.0, -1.0])
+    start = np.array([5.0, -20.0, 100.0])
+    # the grid's k axis is world z: from the centre to the bottom face is half of 60 x 2 mm
+    assert room_mm(volume, start, down) == pytest.approx(60.0, abs=1e-6)
+    oblique = np.array([0.6, 0.0, -0.8])
+    regrid = volume.reoriented((1, 2, 0), (True, False, True))
+    assert room_mm(regrid, start, oblique) == pytest.approx(room_mm(volume, start, oblique), abs=1e-6)
+    assert room_mm(volume, start + 1000.0, down) == 0.0
+
+
+def test_median_hu_reads_world_positions_and_air_outside():
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
+    sacrum = points[-1] + np.array([0.0, 0.0, -GAP])
+    assert median_hu(volume, sacrum, 8.0) == 250
+    assert median_hu(volume, points[0] + np.array([0.0, 0.0, 500.0]), 8.0) == -1024
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "real" / "tptbox_l3").is_dir(), reason="no ../shared/data")
+def test_a_110mm_crop_gets_no_confident_label():
+    """The TPTBox L3 sample shows neither end of the spine: every label needs review, at most 0.5."""
+    pytest.importorskip("onnxruntime")
+    from vertedge.pipeline import Labeler
+    from vertedge.volume import load_volume
+
+    result = Labeler(device="cpu")(load_volume(SHARED_DATA / "real" / "tptbox_l3" / "ct.nii.gz"))
+    assert result.vertebrae
+    assert all(v.needs_review and v.confidence <= UNSUPPORTED_CONFIDENCE for v in result.vertebrae)

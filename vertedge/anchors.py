@@ -1,0 +1,145 @@
+"""Counting from the ends of the spine: which labels the scan itself supports.
+
+The identification net names a level from the look of a vertebra and its neighbours. On a scan
+that shows nothing to count from (a crop with neither end of the column in view) that look is
+all there is, and on real scans it is often a level or more off at a confidence of 0.9. A reader
+counts instead: down from C1 under the skull, or up from the last lumbar vertebra on the sacrum.
+This module finds those ends in the scan and keeps a label's confidence only where a count from
+an end reaches it unbroken; every other label is capped at `UNSUPPORTED_CONFIDENCE` and flagged
+`needs_review`.
+
+An end of the detected chain is a *terminus* when the scan goes on beyond it (`ROOM_GAPS` local
+gaps along the chain, so a further vertebra would have been in full view) and one gap beyond it
+lies tissue (cranially: the skull base, not the air above a cropped scan) or bone (caudally: the
+sacrum, not the pelvic soft tissue that follows a stray point), and the gap into it is regular.
+The label decoded there must be the one anatomy puts there (C1; L5, L6, or L4 when a T13 is
+decoded), else the count and the net disagree and nothing is trusted from that end. From a
+consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), stops
+past the first vertebra whose own confidence is under `UNSUPPORTED_CONFIDENCE`, and never crosses
+the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
+one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). A vertebra
+at the edge of the field of view (within `EDGE_GAPS` of a gap) is cut: its centroid and label
+are never trusted.
+
+Points are world LPS mm, in chain order (cranial -> caudal); labels are VerSe labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fusion import relative_gaps
+from .labels import LABELS, region
+from .volume import Volume
+
+ROOM_GAPS = 1.5  # a terminus needs the scan to go on this many local gaps beyond the end vertebra
+EDGE_GAPS = 0.5  # an end vertebra closer than this many gaps to the scan's edge is cut
+PROBE_RADIUS_GAPS = 0.25  # radius of the ball sampled one gap beyond an end
+TISSUE_HU = -300.0  # above: tissue, not air or lung (beyond C1 lies the skull base)
+BONE_HU = 60.0  # above: the sacrum's cancellous bone, not the pelvic soft tissue or fat
+REGULAR_GAP = (0.6, 1.6)  # a gap within these multiples of its neighbours: no vertebra missed or doubled
+UNSUPPORTED_CONFIDENCE = 0.5  # the most a label no count reaches may claim
+AIR_HU = -1024.0
+
+_C1, _L4, _L5, _L6, _T13 = (LABELS[n] for n in ("C1", "L4", "L5", "L6", "T13"))
+
+
+def room_mm(volume: Volume, start_lps: np.ndarray, unit_lps: np.ndarray) -> float:
+    """Distance mm from `start_lps` (3,) along the unit vector `unit_lps` (3,) to the edge of the scan.
+
+    The scan is the box of its voxels, [-0.5, n - 0.5] in every index axis; 0 for a start outside it.
+    """
+    start = volume.world_to_index(start_lps)
+    step = volume.world_to_index(start_lps + unit_lps) - start  # index change per mm
+    hi = np.array(volume.shape_ijk) - 0.5
+    if np.any(start < -0.5) or np.any(start > hi):
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exits = np.where(step > 0, (hi - start) / step, np.where(step < 0, (-0.5 - start) / step, np.inf))
+    return float(exits.min())
+
+
+def median_hu(volume: Volume, centre_lps: np.ndarray, radius_mm: float) -> float:
+    """Median HU over a ball of `radius_mm` around `centre_lps` (3,) (nearest voxels; air outside the scan)."""
+    offsets = np.stack(np.meshgrid(*[np.linspace(-1.0, 1.0, 5)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    offsets = offsets[np.linalg.norm(offsets, axis=1) <= 1.0] * radius_mm
+    ijk = np.rint(volume.world_to_index(centre_lps + offsets)).astype(np.int64)
+    inside = np.all((ijk >= 0) & (ijk < np.array(volume.shape_ijk)), axis=1)
+    hu = np.full(len(ijk), AIR_HU)
+    i, j, k = ijk[inside].T
+    hu[inside] = volume.hu[k, j, i]
+    return float(np.median(hu))
+
+
+def _regular_gaps(points_lps: np.ndarray) -> np.ndarray:
+    """(n - 1,) bool: gaps within `REGULAR_GAP` of their neighbours (True where too few to tell)."""
+    rel = relative_gaps(points_lps)
+    return ~((rel < REGULAR_GAP[0]) | (rel > REGULAR_GAP[1]))  # NaN compares False: regular
+
+
+def _end_label_fits(labels: np.ndarray, cranial: bool) -> bool:
+    """Is the decoded label at a terminus the one anatomy puts there?"""
+    if cranial:
+        return int(labels[0]) == _C1
+    last = int(labels[-1])
+    return last in (_L5, _L6) or (last == _L4 and _T13 in labels)
+
+
+def _crosses_junction(a: int, b: int) -> bool:
+    """Does a count step from label `a` to label `b` cross the thoracolumbar junction or enter a T13?"""
+    return int(b) == _T13 or {region(a), region(b)} == {"thoracic", "lumbar"}
+
+
+def supported(volume: Volume, points_lps: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """(n,) bool: the labels a count from a terminus of the scan reaches (see the module docstring).
+
+    `points_lps` (n, 3) world LPS mm in chain order, `labels` (n,) VerSe, `confidence` (n,) in [0, 1].
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    n = len(p)
+    reached = np.zeros(n, bool)
+    if n < 2:
+        return reached
+    regular = _regular_gaps(p)
+    cut = np.zeros(n, bool)
+    for end, inward in ((0, 1), (n - 1, -1)):
+        out = p[end] - p[end + inward]
+        gap = float(np.linalg.norm(out))
+        out /= gap
+        room = room_mm(volume, p[end], out)
+        if room < EDGE_GAPS * gap:
+            cut[end] = True
+            continue
+        cranial = end == 0
+        beyond = median_hu(volume, p[end] + gap * out, PROBE_RADIUS_GAPS * gap)
+        if (
+            room < ROOM_GAPS * gap
+            or beyond <= (TISSUE_HU if cranial else BONE_HU)
+            or not regular[min(end, end + inward)]
+            or not _end_label_fits(labels, cranial)
+        ):
+            continue
+        i = end
+        reached[i] = True
+        while (
+            0 <= i + inward < n
+            and regular[min(i, i + inward)]
+            and confidence[i] >= UNSUPPORTED_CONFIDENCE
+            and not _crosses_junction(labels[i], labels[i + inward])
+        ):
+            i += inward
+            reached[i] = True
+    return reached & ~cut
+
+
+def review(
+    volume: Volume, points_lps: np.ndarray, labels: np.ndarray, confidence: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences (n,) and needs_review flags (n,) of labelled vertebrae (points in chain order).
+
+    A label no count from a terminus reaches keeps at most `UNSUPPORTED_CONFIDENCE`; a label
+    needs review when it is not reached or its confidence is under `UNSUPPORTED_CONFIDENCE`.
+    """
+    reached = supported(volume, points_lps, labels, confidence)
+    conf = np.where(reached, confidence, np.minimum(confidence, UNSUPPORTED_CONFIDENCE))
+    return conf, ~reached | (conf < UNSUPPORTED_CONFIDENCE)
