@@ -80,3 +80,17 @@ def test_cuda_and_cpu_give_the_same_vertebrae(labeled):
     assert [v.label for v in gpu.vertebrae] == [v.label for v in cpu.vertebrae]
     distance = np.linalg.norm(np.array([v.world_lps_mm for v in gpu.vertebrae]) - np.array([v.world_lps_mm for v in cpu.vertebrae]), axis=1)
     assert distance.max() < 0.5
+
+
+@pytest.mark.slow
+def test_labels_are_trusted_where_counted_from_the_sacrum_and_not_on_a_crop(labeled):
+    """The example (a thoracolumbar crop, neither end of the spine in view) has nothing to count
+    from: every label needs review at <= 0.5. A lumbar scan down to the sacrum is counted from it."""
+    _, labeler, crop = labeled
+    assert crop.vertebrae and all(v.needs_review and v.confidence <= 0.5 for v in crop.vertebrae)
+    lumbar = make_phantom(7, "lumbar")
+    result = labeler(lumbar.volume)
+    trusted = [v for v in result.vertebrae if not v.needs_review]
+    assert [v.name for v in trusted] == ["L1", "L2", "L3", "L4", "L5"]
+    for v in trusted:
+        assert np.linalg.norm(np.array(v.world_lps_mm) - lumbar.centroids[v.label]) < 5.0

@@ -187,9 +187,12 @@ def _print_vertebrae(result) -> None:
     """A table of the labelled vertebrae on stdout."""
     from rich.table import Table
 
-    table = Table("label", "name", "x (L)", "y (P)", "z (S)", "confidence", "views", box=None)
+    table = Table("label", "name", "x (L)", "y (P)", "z (S)", "confidence", "review", "views", box=None)
     for v in result.vertebrae:
-        table.add_row(str(v.label), v.name, *(f"{c:.1f}" for c in v.world_lps_mm), f"{v.confidence:.2f}", str(v.n_views))
+        table.add_row(
+            str(v.label), v.name, *(f"{c:.1f}" for c in v.world_lps_mm), f"{v.confidence:.2f}",
+            "yes" if v.needs_review else "", str(v.n_views),
+        )
     Console().print(table)
 
 
@@ -295,7 +298,7 @@ def demo(
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Run the shipped models on the built-in example scan and score them against its truth."""
-    from .batch import check_out_dir
+    from .batch import check_out_dir, result_note
     from .metrics import format_table, score
     from .outputs import write_result
     from .phantom import make_phantom, save_phantom
@@ -310,6 +313,8 @@ def demo(
         result = labeler(example.volume, keep_images=True)
     write_result(result, example.volume, out_dir, "example", png=True)
     _print_vertebrae(result)
+    if note := result_note(result):
+        log.warning(f"example: {note}")
     cut = {k for k, c in example.cut.items() if c}
     print(format_table(score(result.centroids(), example.centroids, exclude=cut)))
     err.print(f"outputs in {out_dir}")
