@@ -82,6 +82,17 @@ def test_a_count_from_the_sacrum_stops_at_the_thoracolumbar_junction():
     assert supported(volume, points, labels, np.full(7, 0.9)).tolist() == [False, False, *[True] * 5]
 
 
+@pytest.mark.parametrize("doubt", [1, 2])
+def test_a_count_from_the_sacrum_needs_a_sure_junction_where_the_scan_shows_it(doubt):
+    """Five lumbar vertebrae or six is told by the last rib-bearing one: when the net doubts T12
+    or L1, the count from the sacrum (which assumes five) is in doubt too."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
+    labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
+    confidence = np.full(7, 0.9)
+    confidence[doubt] = 0.4
+    assert not supported(volume, points, labels, confidence).any()
+
+
 def test_counted_down_from_c1_under_the_skull():
     cervical = np.array([LABELS[f"C{i}"] for i in range(1, 8)])
     volume = air_volume((40, 40, 200), (2.0, 2.0, 1.0), None, (0.0, 0.0, 0.0))

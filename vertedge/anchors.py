@@ -17,7 +17,10 @@ decoded), else the count and the net disagree and nothing is trusted from that e
 consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), stops
 past the first vertebra whose own confidence is under `UNSUPPORTED_CONFIDENCE`, and never crosses
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
-one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). A vertebra
+one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
+reason a count up from the sacrum, which assumes five lumbar vertebrae unless the net reads an L6,
+stands only where the net is sure of L1 and of the vertebra above it when the scan shows both: an
+unsure junction puts the number of lumbar vertebrae in doubt. A vertebra
 at the edge of the field of view (within `EDGE_GAPS` of a gap) is cut: its centroid and label
 are never trusted.
 
@@ -41,7 +44,7 @@ REGULAR_GAP = (0.6, 1.6)  # a gap within these multiples of its neighbours: no v
 UNSUPPORTED_CONFIDENCE = 0.5  # the most a label no count reaches may claim
 AIR_HU = -1024.0
 
-_C1, _L4, _L5, _L6, _T13 = (LABELS[n] for n in ("C1", "L4", "L5", "L6", "T13"))
+_C1, _L1, _L4, _L5, _L6, _T13 = (LABELS[n] for n in ("C1", "L1", "L4", "L5", "L6", "T13"))
 
 
 def room_mm(volume: Volume, start_lps: np.ndarray, unit_lps: np.ndarray) -> float:
@@ -90,6 +93,33 @@ def _crosses_junction(a: int, b: int) -> bool:
     return int(b) == _T13 or {region(a), region(b)} == {"thoracic", "lumbar"}
 
 
+def _count_from(
+    end: int, inward: int, labels: np.ndarray, confidence: np.ndarray, regular: np.ndarray
+) -> list[int]:
+    """Rows a count from the terminus row `end` reaches going `inward` (+1 caudally, -1 cranially)."""
+    count = [end]
+    i = end
+    while (
+        0 <= i + inward < len(labels)
+        and regular[min(i, i + inward)]
+        and confidence[i] >= UNSUPPORTED_CONFIDENCE
+        and not _crosses_junction(labels[i], labels[i + inward])
+    ):
+        i += inward
+        count.append(i)
+    return count
+
+
+def _junction_sure(count: list[int], labels: np.ndarray, confidence: np.ndarray) -> bool:
+    """May a count up from the sacrum stand? Where it reaches L1 below a vertebra the scan shows,
+    the net must be sure of both: the last rib-bearing vertebra above L1 is what tells five lumbar
+    vertebrae from six, which the count itself cannot see."""
+    top = count[-1]
+    if int(labels[top]) != _L1 or top == 0:
+        return True
+    return bool(min(confidence[top], confidence[top - 1]) >= UNSUPPORTED_CONFIDENCE)
+
+
 def supported(volume: Volume, points_lps: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     """(n,) bool: the labels a count from a terminus of the scan reaches (see the module docstring).
 
@@ -119,16 +149,10 @@ def supported(volume: Volume, points_lps: np.ndarray, labels: np.ndarray, confid
             or not _end_label_fits(labels, cranial)
         ):
             continue
-        i = end
-        reached[i] = True
-        while (
-            0 <= i + inward < n
-            and regular[min(i, i + inward)]
-            and confidence[i] >= UNSUPPORTED_CONFIDENCE
-            and not _crosses_junction(labels[i], labels[i + inward])
-        ):
-            i += inward
-            reached[i] = True
+        count = _count_from(end, inward, labels, confidence, regular)
+        if not cranial and not _junction_sure(count, labels, confidence):
+            continue
+        reached[count] = True
     return reached & ~cut
 
 
