@@ -63,16 +63,39 @@ def test_a_count_that_disagrees_with_the_terminus_is_not_trusted():
     assert supported(volume, points, with_l6, np.full(5, 0.9)).all()
 
 
+def neck_scan() -> tuple[Volume, np.ndarray]:
+    """Tissue everywhere (neck and head) and C1-C7 18 mm apart, C1 60 mm under the scan's top."""
+    volume = air_volume((40, 40, 200), (2.0, 2.0, 1.0), None, (0.0, 0.0, 0.0))
+    volume = dataclasses.replace(volume, hu=np.full_like(volume.hu, 30))
+    return volume, np.array([[0.0, 0.0, 40.0 - 18.0 * i] for i in range(7)])
+
+
+CERVICAL = np.array([LABELS[f"C{i}"] for i in range(1, 8)])
+
+
 def test_the_count_stops_at_a_missed_vertebra_and_past_a_doubtful_one():
+    volume, points = neck_scan()
+    missed = np.delete(points, 3, axis=0)  # C4 not found: a gap of two levels between C3 and C5
+    labels = np.delete(CERVICAL, 3)
+    assert supported(volume, missed, labels, np.full(6, 0.9)).tolist() == [True] * 3 + [False] * 3
+    doubtful = np.full(7, 0.9)
+    doubtful[2] = 0.3  # the net doubts C3: the count is not carried past it
+    assert supported(volume, points, CERVICAL, doubtful).tolist() == [True] * 3 + [False] * 4
+    conf, flag = review(volume, points, CERVICAL, doubtful)
+    assert flag.tolist() == [False, False, True, True, True, True, True]
+    assert conf[3:].max() <= UNSUPPORTED_CONFIDENCE
+
+
+def test_a_count_from_the_sacrum_that_stops_below_l1_stands_only_at_the_top_of_the_scan():
+    """Stopped below L1 (a missed or doubted vertebra) with more spine above, the count cannot be
+    checked against the thoracolumbar junction: six lumbar vertebrae would shift it all."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
     missed = np.delete(points, 1, axis=0)  # L2 not found: a gap of two levels between L1 and L3
-    labels = np.delete(LUMBAR, 1)
-    assert supported(volume, missed, labels, np.full(4, 0.9)).tolist() == [False, True, True, True]
-    doubtful = np.array([0.9, 0.9, 0.3, 0.9, 0.9])  # the net doubts L3: the count is not carried past it
-    assert supported(volume, points, LUMBAR, doubtful).tolist() == [False, False, True, True, True]
-    conf, flag = review(volume, points, LUMBAR, doubtful)
-    assert flag.tolist() == [True, True, True, False, False]
-    assert conf[:2].max() <= UNSUPPORTED_CONFIDENCE
+    assert not supported(volume, missed, np.delete(LUMBAR, 1), np.full(4, 0.9)).any()
+    doubtful = np.array([0.9, 0.9, 0.3, 0.9, 0.9])
+    assert not supported(volume, points, LUMBAR, doubtful).any()
+    top = np.array([LABELS[n] for n in ("L3", "L4", "L5")])  # the scan shows nothing above L3
+    assert supported(volume, points[2:], top, np.full(3, 0.9)).all()
 
 
 def test_a_count_from_the_sacrum_stops_at_the_thoracolumbar_junction():
@@ -94,15 +117,12 @@ def test_a_count_from_the_sacrum_needs_a_sure_junction_where_the_scan_shows_it(d
 
 
 def test_counted_down_from_c1_under_the_skull():
-    cervical = np.array([LABELS[f"C{i}"] for i in range(1, 8)])
-    volume = air_volume((40, 40, 200), (2.0, 2.0, 1.0), None, (0.0, 0.0, 0.0))
-    volume = dataclasses.replace(volume, hu=np.full_like(volume.hu, 30))  # neck and head: tissue everywhere
-    points = np.array([[0.0, 0.0, 40.0 - 18.0 * i] for i in range(7)])  # C1 at +40 mm, 60 mm below the top
-    assert supported(volume, points, cervical, np.full(7, 0.8)).all()
-    assert not supported(volume, points, cervical + 1, np.full(7, 0.8)).any()  # C2 under the skull: no
+    volume, points = neck_scan()
+    assert supported(volume, points, CERVICAL, np.full(7, 0.8)).all()
+    assert not supported(volume, points, CERVICAL + 1, np.full(7, 0.8)).any()  # C2 under the skull: no
     air_above = volume.hu.copy()
     air_above[volume.hu.shape[0] - 55 :] = -1000  # air from 5 mm above "C1": what ends there is no skull
-    assert not supported(dataclasses.replace(volume, hu=air_above), points, cervical, np.full(7, 0.8)).any()
+    assert not supported(dataclasses.replace(volume, hu=air_above), points, CERVICAL, np.full(7, 0.8)).any()
 
 
 def test_a_vertebra_at_the_edge_of_the_scan_is_never_trusted():

@@ -19,8 +19,9 @@ past the first vertebra whose own confidence is under `UNSUPPORTED_CONFIDENCE`, 
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
 one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
 reason a count up from the sacrum, which assumes five lumbar vertebrae unless the net reads an L6,
-stands only where the net is sure of L1 and of the vertebra above it when the scan shows both: an
-unsure junction puts the number of lumbar vertebrae in doubt. A vertebra
+stands only where it reaches the top of the labelled chain, or L1 with the net sure of L1 and of
+the vertebra above it: an unsure or unchecked junction puts the number of lumbar vertebrae in
+doubt. A vertebra
 at the edge of the field of view (within `EDGE_GAPS` of a gap) is cut: its centroid and label
 are never trusted.
 
@@ -111,13 +112,14 @@ def _count_from(
 
 
 def _junction_sure(count: list[int], labels: np.ndarray, confidence: np.ndarray) -> bool:
-    """May a count up from the sacrum stand? Where it reaches L1 below a vertebra the scan shows,
-    the net must be sure of both: the last rib-bearing vertebra above L1 is what tells five lumbar
-    vertebrae from six, which the count itself cannot see."""
+    """May a count up from the sacrum stand? Only if it reaches the top of the labelled chain, or
+    reaches L1 with the net sure of L1 and of the vertebra above it: the last rib-bearing vertebra
+    is what tells five lumbar vertebrae from six, which the count itself cannot see, and a count
+    stopped below L1 with more spine above cannot be checked against it."""
     top = count[-1]
-    if int(labels[top]) != _L1 or top == 0:
+    if top == 0:
         return True
-    return bool(min(confidence[top], confidence[top - 1]) >= UNSUPPORTED_CONFIDENCE)
+    return int(labels[top]) == _L1 and bool(min(confidence[top], confidence[top - 1]) >= UNSUPPORTED_CONFIDENCE)
 
 
 def supported(volume: Volume, points_lps: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
