@@ -109,7 +109,7 @@ COLUMNS = """
     series_id TEXT,               -- the DICOM SeriesInstanceUID when the folder holds several
     fingerprint TEXT NOT NULL,    -- vertedge.batch.fingerprint of the input ('' if unreadable)
     status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'ok', 'failed')),
-    attempts INTEGER NOT NULL,    -- attempts that ended (ok, failed, worker died), over all runs
+    attempts INTEGER NOT NULL,    -- attempts that ended (ok, failed, worker died) since registered
     seconds REAL,                 -- read + label + write of the last ok attempt
     n_vertebrae INTEGER,
     message TEXT NOT NULL,        -- why the last attempt failed; when ok, the result's note
@@ -145,7 +145,7 @@ class Entry:
 
 
 class Manifest:
-    """OUT/archive.sqlite, written by the driver alone, one transaction per change.
+    """OUT/archive.sqlite, written by the driver alone: each change committed at once, or all of a `batch`.
 
     While it is open, OUT/archive.lock is locked: a second archive job on the same folder is
     refused, since both would label the same scans.
@@ -160,6 +160,7 @@ class Manifest:
         except BlockingIOError:
             self._lock.close()
             raise VertedgeError(f"{out_dir}: another vertedge archive is writing to this folder") from None
+        self._batched = False
         try:
             self.db = sqlite3.connect(self.path)
             with self.db:
@@ -180,6 +181,20 @@ class Manifest:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit the changes made inside once, at the end: one disk sync for a whole archive's rows."""
+        self._batched = True
+        try:
+            yield
+        finally:
+            self._batched = False
+            self.db.commit()
+
+    def _commit(self) -> None:
+        if not self._batched:
+            self.db.commit()
+
     def entries(self) -> dict[str, Entry]:
         """Every row, by scan name."""
         cursor = self.db.execute(f"SELECT {', '.join(Entry.__dataclass_fields__)} FROM scans")
@@ -187,22 +202,20 @@ class Manifest:
 
     def register(self, name: str, scan: Scan, input_fingerprint: str) -> None:
         """A new pending row for `name`, replacing one about another input."""
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO scans (name, path, series_id, fingerprint, status, attempts, message, worker,"
-                " registered_at) VALUES (?, ?, ?, ?, 'pending', 0, '', '', ?)",
-                (name, os.path.abspath(scan.path), scan.series_id, input_fingerprint, _now()),
-            )
+        self.db.execute(
+            "INSERT OR REPLACE INTO scans (name, path, series_id, fingerprint, status, attempts, message, worker,"
+            " registered_at) VALUES (?, ?, ?, ?, 'pending', 0, '', '', ?)",
+            (name, os.path.abspath(scan.path), scan.series_id, input_fingerprint, _now()),
+        )
+        self._commit()
 
     def update(self, name: str, **values: Any) -> None:
         """Set some columns of one row."""
         unknown = set(values) - set(Entry.__dataclass_fields__)
         if unknown:
             raise ValueError(f"no such manifest columns: {sorted(unknown)}")
-        with self.db:
-            self.db.execute(
-                f"UPDATE scans SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?", (*values.values(), name)
-            )
+        self.db.execute(f"UPDATE scans SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?", (*values.values(), name))
+        self._commit()
 
 
 # --- what to do -----------------------------------------------------------------------------------
@@ -215,7 +228,7 @@ class Job:
     scan: Scan
     name: str
     fingerprint: str
-    attempts: int  # attempts that ended, over every run
+    attempts: int  # attempts that ended since its row was registered, over every run
 
 
 def plan(
@@ -228,35 +241,39 @@ def plan(
     failed scan with `retry_failed`; a failed scan is otherwise not labelled again.
     """
     entries = manifest.entries()
-    todo: list[Job] = []
-    earlier: list[Outcome] = []
-    for scan, name in zip(scans, unique_names(scans)):
-        fp = fingerprint_if_readable(scan)
-        done = finished_result(out_dir, name, fp, png) if fp else None
-        entry = entries.get(name)
-        if (
-            entry is None
-            or (entry.path, entry.series_id, entry.fingerprint) != (os.path.abspath(scan.path), scan.series_id, fp)
-            or (entry.status == "ok" and done is None)
-            or (entry.status == "failed" and retry_failed)
-        ):
-            manifest.register(name, scan, fp)
-            entry = None
-        if done is not None:
-            n = len(done.get("vertebrae", []))
-            ok = entry is not None and entry.status == "ok"
-            if not ok:  # written, not recorded: a worker killed right after writing, or `vertedge run`
-                manifest.update(name, status="ok", n_vertebrae=n, finished_at=_now())
-            outputs = [str(p) for p in result_paths(out_dir, name, png)]
-            seconds, message = (entry.seconds, entry.message) if ok and entry is not None else (None, "")
-            earlier.append(Outcome(str(scan), name, "skipped", n, seconds, message, outputs))
-        elif entry is not None and entry.status == "failed":
-            earlier.append(Outcome(str(scan), name, "failed", message=entry.message))
-        else:  # pending, or running when a driver was killed: its attempts so far all failed
-            if entry is not None and entry.status == "running":
-                manifest.update(name, status="pending")
-            todo.append(Job(scan, name, fp, 0 if entry is None else entry.attempts))
-    return todo, earlier
+    with manifest.batch():  # one commit: an archive's first run registers every scan
+        planned = [_plan_one(manifest, scan, name, entries.get(name), out_dir, png, retry_failed)
+                   for scan, name in zip(scans, unique_names(scans))]
+    return [p for p in planned if isinstance(p, Job)], [p for p in planned if isinstance(p, Outcome)]
+
+
+def _plan_one(
+    manifest: Manifest, scan: Scan, name: str, entry: Entry | None, out_dir: Path, png: bool, retry_failed: bool
+) -> Job | Outcome:
+    """What to do with one scan (`plan`): a job, or the outcome of an earlier run."""
+    fp = fingerprint_if_readable(scan)
+    done = finished_result(out_dir, name, fp, png) if fp else None
+    if (
+        entry is None
+        or (entry.path, entry.series_id, entry.fingerprint) != (os.path.abspath(scan.path), scan.series_id, fp)
+        or (entry.status == "ok" and done is None)
+        or (entry.status == "failed" and retry_failed)
+    ):
+        manifest.register(name, scan, fp)
+        entry = None
+    if done is not None:
+        n = len(done.get("vertebrae", []))
+        outputs = [str(p) for p in result_paths(out_dir, name, png)]
+        if entry is not None and entry.status == "ok":
+            return Outcome(str(scan), name, "skipped", n, entry.seconds, entry.message, outputs)
+        # written, not recorded: a worker killed right after writing, or `vertedge run` into OUT
+        manifest.update(name, status="ok", n_vertebrae=n, finished_at=_now())
+        return Outcome(str(scan), name, "skipped", n, outputs=outputs)
+    if entry is not None and entry.status == "failed":
+        return Outcome(str(scan), name, "failed", message=entry.message)
+    if entry is not None and entry.status == "running":  # its driver was killed: not an attempt
+        manifest.update(name, status="pending")
+    return Job(scan, name, fp, 0 if entry is None else entry.attempts)
 
 
 # --- on the cluster -------------------------------------------------------------------------------
@@ -345,6 +362,8 @@ def plan_actors(device: str, actors: int | None) -> tuple[int, bool]:
     gpu = gpus > 0 and device != "cpu"
     if device.startswith("cuda") and not gpus:
         raise VertedgeError(f"--device {device}: the Ray cluster has no GPU")
+    if device.startswith("cuda:"):  # Ray shows each labeller its own GPU only, as cuda:0
+        raise VertedgeError(f"--device {device}: Ray gives each labeller a GPU of its own; use --device cuda or auto")
     n = actors or (gpus if gpu else max(1, cpus // 2))
     if gpu and n > gpus:
         raise VertedgeError(f"--actors {n}: the Ray cluster has {gpus} GPUs, one per labeller")

@@ -376,7 +376,7 @@ def archive(
     if not inputs:
         raise VertedgeError(f"{', '.join(map(str, scans))}: no scans found")
     finished = []
-    started = time.perf_counter()  # set again when the labellers start
+    wall = 0.0  # seconds labelling
     with Manifest(out_dir) as manifest:
         todo, earlier = plan(manifest, inputs, out_dir, png, retry_failed)
         try:
@@ -397,14 +397,14 @@ def archive(
                             if done.outcome.status == "failed":
                                 log.error(f"{done.outcome.name}: failed {done.attempts} times: {done.outcome.message}")
                             progress.advance(done.outcome)
+                    wall = time.perf_counter() - started
         except KeyboardInterrupt:
-            write_summary(out_dir, [*earlier, *(f.outcome for f in finished)])
             log.warning(f"interrupted: {len(finished)} of {len(todo)} scans finished; the same command resumes")
             raise typer.Exit(130) from None
-        finally:
+        finally:  # whatever stops the job, the scans that finished are listed
             summary = write_summary(out_dir, [*earlier, *(f.outcome for f in finished)])
     failed_earlier = sum(o.status == "failed" for o in earlier)
-    _print_archive_report(run_report(finished, time.perf_counter() - started), len(inputs), len(earlier), failed_earlier)
+    _print_archive_report(run_report(finished, wall), len(inputs), len(earlier), failed_earlier)
     log.info(f"summary in {summary}, every scan in {manifest.path}")
     if failed_earlier or any(f.outcome.status == "failed" for f in finished):
         raise typer.Exit(1)
