@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,28 +35,23 @@ CORRUPT = "corrupt.nii.gz"
 RETRIES = 2
 
 
-@dataclass(frozen=True)
-class CountingLabeler:
+class CountingLabeler(Labeler):
     """What each actor builds: a CPU Labeler that notes every scan it labelled in `calls`, and kills
     its own worker on `DIES_ON` while `flag` exists (removing it first, so the retry lives)."""
 
-    calls: Path
-    flag: Path
+    def __init__(self, calls: Path, flag: Path) -> None:
+        super().__init__(device="cpu", n_views=VIEWS)
+        self.calls, self.flag = calls, flag
 
-    def __call__(self):
-        labeler = Labeler(device="cpu", n_views=VIEWS)
-
-        def label(volume, keep_images=False):
-            source = Path(volume.meta["source"]).name
-            if source == DIES_ON and self.flag.exists():
-                self.flag.unlink()
-                os._exit(1)
-            result = labeler(volume, keep_images)
-            with open(self.calls, "a") as f:  # one short append: whole lines from every process
-                f.write(source + "\n")
-            return result
-
-        return label
+    def __call__(self, volume, keep_images=False):
+        source = Path(volume.meta["source"]).name
+        if source == DIES_ON and self.flag.exists():
+            self.flag.unlink()
+            os._exit(1)
+        result = super().__call__(volume, keep_images)
+        with open(self.calls, "a") as f:  # one short append: whole lines from every process
+            f.write(source + "\n")
+        return result
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +97,7 @@ def archived(cluster, scans, tmp_path_factory):
     calls, flag = work / "calls.txt", work / "die-once"
     flag.touch()
     out = work / "out"
-    finished, earlier = _label(scans, out, CountingLabeler(calls, flag))
+    finished, earlier = _label(scans, out, partial(CountingLabeler, calls, flag))
     assert earlier == [] and not flag.exists()  # the labeller did die
     return out, calls, finished
 
