@@ -1,4 +1,4 @@
-"""The runtime stays lean: importing it pulls no torch and no GPU package."""
+"""The runtime stays lean: importing it pulls no torch, no GPU package and no Ray."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import vertedge
 from vertedge.numba_cache import COMPILE_NOTE
 
 
-def test_import_pulls_no_torch_and_no_gpu_package():
+def test_import_pulls_no_torch_no_gpu_package_and_no_ray():
     code = (
-        "import sys, vertedge, vertedge.cli, vertedge.pipeline, vertedge.batch, vertedge.drr_cuda, vertedge.device; "
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'cupy', 'onnx', 'train', 'export'}); "
+        "import sys, vertedge, vertedge.cli, vertedge.pipeline, vertedge.batch, vertedge.archive, vertedge.drr_cuda, "
+        "vertedge.device; "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'cupy', 'onnx', 'train', 'export', 'ray'}); "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -166,7 +166,7 @@ def fingerprint(scan: Scan) -> str:
     return "sha256:" + hashlib.sha256(doc.encode()).hexdigest()
 
 
-def _fingerprint_if_readable(scan: Scan) -> str:
+def fingerprint_if_readable(scan: Scan) -> str:
     """The scan's fingerprint, or '' when it cannot be listed (then it fails when read)."""
     try:
         return fingerprint(scan)
@@ -215,7 +215,16 @@ def _prefetched(scans: list[Scan]) -> Iterator[tuple[Scan, Future[Volume]]]:
                 f.cancel()
 
 
-def _label_one(
+def provenance(scan: Scan, input_fingerprint: str, full_paths: bool = False) -> dict[str, Any]:
+    """What a result records of its input: file name (absolute path with `full_paths`), fingerprint, series id."""
+    doc = {"source": str(Path(os.path.abspath(scan.path))) if full_paths else scan.path.name}
+    doc["fingerprint"] = input_fingerprint
+    if scan.series_id is not None:
+        doc["series_instance_uid"] = scan.series_id
+    return doc
+
+
+def label_one(
     labeler: Labeler, scan: Scan, volume: Volume, out_dir: Path, name: str, provenance: dict[str, Any], png: bool
 ) -> tuple[Result, list[Path]]:
     """Label one loaded scan and write its result set."""
@@ -265,7 +274,7 @@ def run_batch(
     name (its absolute path with `full_paths`), its fingerprint and its DICOM series id.
     """
     names = unique_names(scans)
-    prints = {n: _fingerprint_if_readable(s) for s, n in zip(scans, names)}
+    prints = {n: fingerprint_if_readable(s) for s, n in zip(scans, names)}
     earlier = earlier_outcomes(out_dir) if skip_existing else {}
     todo = []
     for scan, name in zip(scans, names):
@@ -289,13 +298,11 @@ def run_batch(
     todo_names = dict(todo)
     for scan, future in _prefetched([s for s, _ in todo]):
         name = todo_names[scan]
-        provenance = {"source": str(Path(os.path.abspath(scan.path))) if full_paths else scan.path.name}
-        provenance["fingerprint"] = prints[name]
-        if scan.series_id is not None:
-            provenance["series_instance_uid"] = scan.series_id
         t0 = time.perf_counter()
         try:
-            result, written = _label_one(labeler, scan, future.result(), out_dir, name, provenance, png)
+            result, written = label_one(
+                labeler, scan, future.result(), out_dir, name, provenance(scan, prints[name], full_paths), png
+            )
         except VertedgeError as e:
             yield Outcome(str(scan), name, "failed", seconds=time.perf_counter() - t0, message=str(e)), None
             continue

@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Optional
@@ -133,9 +134,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 class _Progress:
-    """A progress bar on a terminal, one plain line per scan otherwise."""
+    """A progress bar on a terminal, one plain line per scan otherwise; with `rates`, each also says
+    the scans per minute, the time left and the failures so far."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, rates: bool = False) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -144,11 +146,13 @@ class _Progress:
             TimeRemainingColumn,
         )
 
-        self.total, self.done = total, 0
+        self.total, self.done, self.failed = total, 0, 0
+        self.rates, self.started = rates, time.monotonic()
         self.bar = None
         if err.is_terminal and log.isEnabledFor(logging.INFO) and total > 1:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
-            self.task = self.bar.add_task("scans", total=total)
+            last = TextColumn("{task.fields[rates]}") if rates else TimeRemainingColumn()
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), last, console=err)
+            self.task = self.bar.add_task("scans", total=total, rates="")
 
     def __enter__(self) -> _Progress:
         if self.bar is not None:
@@ -159,15 +163,24 @@ class _Progress:
         if self.bar is not None:
             self.bar.stop()
 
+    def _rates(self) -> str:
+        """Scans per minute so far, the time left at that pace, and the failures."""
+        per_minute = self.done / max((time.monotonic() - self.started) / 60, 1e-9)
+        left = (self.total - self.done) / per_minute
+        eta = f"{left * 60:.0f} s" if left < 1 else f"{left:.0f} min" if left < 90 else f"{left / 60:.1f} h"
+        return f"{per_minute:.1f} scans/min, ETA {eta}, {self.failed} failed"
+
     def advance(self, outcome) -> None:
         self.done += 1
+        self.failed += outcome.status == "failed"
+        rates = self._rates() if self.rates else ""
         if self.bar is not None:
-            self.bar.advance(self.task)
+            self.bar.update(self.task, advance=1, rates=rates)
         elif self.total > 1:
             took = f", {outcome.seconds:.1f} s" if outcome.seconds is not None else ""
             found = f", {outcome.n_vertebrae} vertebrae" if outcome.n_vertebrae is not None else ""
             status = "skipped (done earlier)" if outcome.status == "skipped" else outcome.status
-            log.info(f"[{self.done}/{self.total}] {outcome.name}: {status}{found}{took}")
+            log.info(f"[{self.done}/{self.total}] {outcome.name}: {status}{found}{took}" + (f" ({rates})" if rates else ""))
 
 
 def _print_summary(outcomes) -> None:
@@ -290,6 +303,111 @@ def run(
         log.info(f"summary in {summary}")
         if any(o.status == "failed" for o in finished):
             raise typer.Exit(1)
+
+
+def _print_archive_report(report: dict, n_scans: int, n_earlier: int, n_failed_earlier: int) -> None:
+    """What a run of `vertedge archive` did: counts, pace, time per scan, each labeller's share, failures."""
+    from rich.table import Table
+
+    out = Console(width=200)
+    pace = f"; {report['scans_per_minute']:.1f} scans/min over {report['wall_seconds'] / 60:.1f} min" if report["ok"] else ""
+    out.print(
+        f"{n_scans} scans: {report['ok']} labelled, {report['failed']} failed in this run; {n_earlier} finished "
+        f"earlier ({n_failed_earlier} of them failed){pace}",
+        highlight=False,
+    )
+    if report["seconds"]:
+        spread = report["seconds"]
+        out.print(f"seconds per scan: median {spread['median']:.1f}, p90 {spread['p90']:.1f}, max {spread['max']:.1f}", highlight=False)
+    workers = Table("labeller", "scans", "scans/min", box=None)
+    for worker, share in report["workers"].items():
+        workers.add_row(worker, str(share["scans"]), f"{share['scans_per_minute']:.1f}")
+    if report["workers"]:
+        out.print(workers)
+    if report["failures"]:
+        failures = Table("failed scan", "why", box=None)
+        for name, why in report["failures"]:
+            failures.add_row(name, why)
+        out.print(failures)
+
+
+@app.command()
+def archive(
+    scans: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="SCAN",
+            help="CT files, DICOM series folders, folders of them, or lists of them (.txt: a path per line; .csv: the first column).",
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder; OUT/archive.sqlite records every scan.")],
+    ray_address: Annotated[
+        str,
+        typer.Option("--ray", metavar="local|ADDRESS", help="local: start a Ray cluster on this machine; else the address of a running one."),
+    ] = "local",
+    cpus: Annotated[Optional[int], typer.Option(min=2, help="With --ray local: the CPUs it may use (default: all).")] = None,
+    actors: Annotated[
+        Optional[int], typer.Option(min=1, help="Labellers (default: one per GPU of the cluster, else one per two CPUs).")
+    ] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Attempts after the first before a scan is recorded failed.")] = 2,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again the scans an earlier run recorded failed.")] = False,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
+    models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
+    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr, the workers' own output too.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+) -> None:
+    """Label a whole archive on a Ray cluster: the outputs of `vertedge run` per scan, resumable.
+
+    CPU tasks read the scans, labellers (Ray actors, one GPU each when the cluster has GPUs) label
+    them. A scan that fails is tried again --retries times, then recorded failed; the job goes on.
+    Rerun the same command after a crash: it labels what is not finished, nothing twice. Exit code
+    1 if any scan failed. Needs Ray: pip install "vertedge[cluster]".
+    """
+    from functools import partial
+
+    from .archive import Manifest, archive_scans, connect, label_archive, plan, plan_actors, run_report
+    from .batch import check_out_dir, write_summary
+    from .pipeline import Labeler
+
+    _setup_logging(verbose, quiet)
+    check_out_dir(out_dir)
+    inputs = archive_scans(list(scans))
+    if not inputs:
+        raise VertedgeError(f"{', '.join(map(str, scans))}: no scans found")
+    finished = []
+    wall = 0.0  # seconds labelling
+    with Manifest(out_dir) as manifest:
+        todo, earlier = plan(manifest, inputs, out_dir, png, retry_failed)
+        try:
+            if todo:
+                with connect(ray_address, cpus, worker_logs=verbose > 0):
+                    n, gpu = plan_actors(device, actors)
+                    log.info(
+                        f"{len(inputs)} scans: {len(earlier)} finished earlier, {len(todo)} to label by {n} "
+                        f"labeller{'s' * (n > 1)} on {'GPU' if gpu else 'CPU'}"
+                    )
+                    started = time.perf_counter()
+                    with _Progress(len(todo), rates=True) as progress:
+                        for done in label_archive(
+                            todo, manifest, out_dir, partial(Labeler, models, device=device),
+                            actors=n, gpu=gpu, retries=retries, png=png,
+                        ):
+                            finished.append(done)
+                            if done.outcome.status == "failed":
+                                log.error(f"{done.outcome.name}: failed {done.attempts} times: {done.outcome.message}")
+                            progress.advance(done.outcome)
+                    wall = time.perf_counter() - started
+        except KeyboardInterrupt:
+            log.warning(f"interrupted: {len(finished)} of {len(todo)} scans finished; the same command resumes")
+            raise typer.Exit(130) from None
+        finally:  # whatever stops the job, the scans that finished are listed
+            summary = write_summary(out_dir, [*earlier, *(f.outcome for f in finished)])
+    failed_earlier = sum(o.status == "failed" for o in earlier)
+    _print_archive_report(run_report(finished, wall), len(inputs), len(earlier), failed_earlier)
+    log.info(f"summary in {summary}, every scan in {manifest.path}")
+    if failed_earlier or any(f.outcome.status == "failed" for f in finished):
+        raise typer.Exit(1)
 
 
 @app.command()
