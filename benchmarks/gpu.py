@@ -230,25 +230,23 @@ def section_pipeline(repeats: int) -> dict[str, Any]:
 
 def section_options(repeats: int) -> dict[str, Any]:
     """Net times under each CUDA provider option set: warm, and the first call on a new detector shape."""
-    from vertedge import models
+    from dataclasses import replace
+
+    from vertedge.options import DEFAULT_OPTIONS
     from vertedge.pipeline import Labeler
 
     volume, other = spine_phantom(SHAPE).volume, spine_phantom((400, 400, 420), seed=1).volume
-    default = dict(models.CUDA_PROVIDER_OPTIONS)
-    out: dict[str, Any] = {"default": default}
-    try:
-        for search in ("HEURISTIC", "EXHAUSTIVE", "DEFAULT"):
-            for tf32 in ("0", "1"):
-                models.CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": search, "use_tf32": tf32}
-                labeler = Labeler(device="cuda")
-                stages, _ = run_labeler(labeler, volume, repeats)
-                first = labeler(other)
-                out[f"{search} tf32={tf32}"] = {
-                    "warm_ms": {k: stages[k]["median_ms"] for k in ("localization_net", "identification_net", "total")},
-                    "new_shape_first_call_ms": {k: round(first.timings_ms[k], 1) for k in ("localization_net", "identification_net")},
-                }
-    finally:
-        models.CUDA_PROVIDER_OPTIONS = default
+    out: dict[str, Any] = {"default": DEFAULT_OPTIONS.cuda_provider_options(fp16=False)}
+    for search in ("HEURISTIC", "EXHAUSTIVE", "DEFAULT"):
+        for tf32 in ("0", "1"):
+            options = replace(DEFAULT_OPTIONS, cuda_fp32=(("cudnn_conv_algo_search", search), ("use_tf32", tf32)))
+            labeler = Labeler(device="cuda", options=options)
+            stages, _ = run_labeler(labeler, volume, repeats)
+            first = labeler(other)
+            out[f"{search} tf32={tf32}"] = {
+                "warm_ms": {k: stages[k]["median_ms"] for k in ("localization_net", "identification_net", "total")},
+                "new_shape_first_call_ms": {k: round(first.timings_ms[k], 1) for k in ("localization_net", "identification_net")},
+            }
     return out
 
 

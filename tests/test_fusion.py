@@ -14,6 +14,7 @@ from vertedge.fusion import (
     order_along_spine,
 )
 from vertedge.geometry import Protocol, Views, make_views, pixel_rays, project
+from vertedge.options import FusionOptions
 from vertedge.peaks import Peaks
 from vertedge.volume import Volume
 
@@ -172,9 +173,9 @@ def test_fuse_needs_min_views() -> None:
     fused = fuse(_peaks(view, rc), views)
     assert len(fused) == 7
     assert np.linalg.norm(fused.points_lps - truth[3], axis=1).min() > 10.0
-    assert len(fuse(_peaks(view, rc), views, min_views=2)) == 8
+    assert len(fuse(_peaks(view, rc), views, FusionOptions(min_views=2))) == 8
     with pytest.raises(ValueError):
-        fuse(_peaks(view, rc), views, min_views=1)
+        FusionOptions(min_views=1)
 
 
 def test_fuse_nothing() -> None:

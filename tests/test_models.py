@@ -15,6 +15,7 @@ from vertedge.errors import CudaProviderError, VertedgeError  # noqa: E402
 from vertedge.geometry import Protocol  # noqa: E402
 from vertedge.labels import SPINE_ORDER  # noqa: E402
 from vertedge.models import IDENTIFICATION_FILE, LOCALIZATION_FILE, Models, _pick  # noqa: E402
+from vertedge.options import DEFAULT_OPTIONS  # noqa: E402
 from vertedge.pipeline import Labeler  # noqa: E402
 
 from .conftest import air_volume, paint_ball  # noqa: E402
@@ -139,10 +140,10 @@ def test_cuda_provider_that_cannot_start_falls_back_on_auto_only(tmp_path, monke
     protocol = Protocol(pixel_mm=4.0, n_views=4)
     write_pair(tmp_path, metadata("localization", protocol), metadata("identification", protocol))
 
-    def models_without_cuda(folder, device, fp16=False):
+    def models_without_cuda(folder, device, fp16=False, options=DEFAULT_OPTIONS):
         if device == "cuda":  # what _session raises when ONNX Runtime lists CUDA but cannot start it
             raise CudaProviderError("ONNX Runtime could not start its CUDA provider")
-        return Models(folder, device, fp16)
+        return Models(folder, device, fp16, options)
 
     monkeypatch.setattr(pipeline, "choose_device", lambda requested: ("cuda", "CUDA on a test GPU"))
     monkeypatch.setattr(pipeline, "Models", models_without_cuda)

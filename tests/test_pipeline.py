@@ -10,7 +10,8 @@ from vertedge.fusion import Fused, fuse
 from vertedge.geometry import Protocol, Views, make_views, pixel_mm_at_depth, project
 from vertedge.labels import SPINE_ORDER
 from vertedge.phantom import make_phantom
-from vertedge.pipeline import ID_SQUARE_MM, label, may_be_one_vertebra, peaks_of
+from vertedge.labelling import label, may_be_one_vertebra, peaks_of
+from vertedge.options import DEFAULT_OPTIONS
 
 SIGMA_PX, AMPLITUDE, THRESHOLD = 2.0, 10.0, 3.0
 CLASSES = SPINE_ORDER
@@ -31,7 +32,7 @@ def ideal_heatmaps(views: Views, points_rc: np.ndarray, rng: np.random.Generator
 def ideal_probabilities(views: Views, points_lps: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(K, 1 + C, H, W) one-hot maps: each vertebra's class in its 22 mm square, background elsewhere."""
     rc, depth = project(views, points_lps)
-    half = square_half_px(pixel_mm_at_depth(views, depth), ID_SQUARE_MM)
+    half = square_half_px(pixel_mm_at_depth(views, depth), DEFAULT_OPTIONS.id_square_mm)
     index = np.zeros((views.n_views, *views.shape), np.intp)
     for k in range(views.n_views):
         for (r, c), h, lab in zip(rc[k], half[k], labels):
@@ -94,7 +95,7 @@ def test_degraded_maps_lose_or_duplicate_no_vertebra(spine):
 
 def test_duplicate_labels_keep_the_best_supported_row():
     from vertedge.fusion import Fused
-    from vertedge.pipeline import one_per_label
+    from vertedge.labelling import one_per_label
 
     fused = Fused(
         points_lps=np.zeros((5, 3)),

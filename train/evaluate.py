@@ -1,7 +1,7 @@
 """Evaluation on held-out phantom seeds (0-999; training never uses them).
 
 2D (per view, against the projected truth): localization peaks from the runtime's own peak finder
-(`vertedge.pipeline.peaks_of`, threshold from the model metadata) matched to the projected body
+(`vertedge.labelling.peaks_of`, threshold from the model metadata) matched to the projected body
 centroids (nearest, within `match_mm` at the vertebra's depth): detection rate, false positives,
 mean pixel / mm error; identification: per view and vertebra, the argmax of the mean class
 probabilities in its 22 mm square (2D label accuracy).
@@ -30,7 +30,8 @@ def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, matc
     from vertedge.boxes import box_means, square_half_px
     from vertedge.geometry import make_views, pixel_mm_at_depth, project
     from vertedge.phantom import make_phantom
-    from vertedge.pipeline import ID_SQUARE_MM, peaks_of
+    from vertedge.labelling import peaks_of
+    from vertedge.options import DEFAULT_OPTIONS
 
     models = _sessions(Path(models_dir))
     protocol = models.protocol
@@ -68,7 +69,7 @@ def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, matc
                         tot["err_px"].append(d[j])
                         tot["err_mm"].append(d[j] * pxmm[k, i])
             s["fp"] += int((~used).sum())
-            half = square_half_px(pxmm[k, inside], ID_SQUARE_MM)
+            half = square_half_px(pxmm[k, inside], DEFAULT_OPTIONS.id_square_mm)
             p, valid = box_means(prob[k : k + 1, 1:], rc[k : k + 1, inside], half[None])
             pred = np.asarray(classes)[p[0].argmax(-1)]
             ok = (pred == labels[inside]) & valid[0]

@@ -2,7 +2,7 @@
 
 Sequence Loss (differentiable max-plus dynamic programme, torch): for one image, P (n, c) holds the
 mean predicted class probability (channels 1..C of the softmax; background left out and each
-row renormalised to sum 1, as `vertedge.pipeline.label` does at inference) inside each vertebra's 22 mm square, rows cranial -> caudal. With step weights
+row renormalised to sum 1, as `vertedge.labelling.label` does at inference) inside each vertebra's 22 mm square, rows cranial -> caudal. With step weights
 W (c, c) from `vertedge.sequence.transition_weights` (beta for "next", alpha for "same" and "skip
 one", 0 = not allowed; T12 -> T13/L1, T13 -> L1, L5 -> L6 variant rules):
 

@@ -3,7 +3,8 @@
 Frames and units: detections are `(row, col)` detector pixels of their view (`peaks.Peaks`); rays,
 points, distances and gates are in world LPS millimetres (`geometry`); +z is superior.
 
-Matching is per vertebra, not per view, so that no view is trusted alone:
+Matching is per vertebra, not per view, so that no view is trusted alone (the gates named below
+are the fields of `options.FusionOptions`):
 1. every pair of detections from two views whose directions differ by at least
    `min_pair_angle_deg` (folded to [0, 90]: views 180 degrees apart see along the same line) and
    whose rays pass within `max_residual_mm` of each other (the epipolar constraint) is
@@ -29,16 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import Views, pixel_rays
+from .options import FusionOptions
 from .peaks import Peaks
 
-DEFAULT_MAX_RESIDUAL_MM = 5.0  # vertebral bodies are >= ~12 mm apart, 2D errors are a few mm
-DEFAULT_MIN_SEPARATION_MM = 8.0  # closer fused points are one vertebra (cervical bodies ~15 mm apart)
-DEFAULT_MAX_OFF_SPINE_MM = 25.0  # a vertebra lies within a few mm of the line through its neighbours
 _MAX_GAP_FACTOR = 2.5  # consecutive vertebrae: one missed detection doubles a gap; more is a break
 _MIN_PIECE = 3  # points: fewer, cut off from the rest by a break, are stray detections
-DEFAULT_MAX_DUPLICATE_GAP = 0.5  # x the local gap: closer neighbours are one vertebra seen twice
 _GAP_WINDOW = 3  # gaps on each side that set the local gap (vertebra height changes slowly)
-DEFAULT_MIN_PAIR_ANGLE_DEG = 30.0  # lets K=10 views 36 deg apart pair with their neighbours
 _REFINE_ROUNDS = 3  # select rays, re-solve: converges in 2 rounds on test data, one spare
 _RELATIVE_SINGULAR = 1e-12  # rays closer to parallel than ~1e-6 rad do not fix a point
 
@@ -227,42 +224,31 @@ def _empty_fused(n_views: int) -> Fused:
     return Fused(np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.int64), np.zeros((0, n_views), np.int64))
 
 
-def fuse(
-    peaks: Peaks,
-    views: Views,
-    *,
-    min_views: int = 3,
-    max_residual_mm: float = DEFAULT_MAX_RESIDUAL_MM,
-    min_separation_mm: float = DEFAULT_MIN_SEPARATION_MM,
-    min_pair_angle_deg: float = DEFAULT_MIN_PAIR_ANGLE_DEG,
-    max_off_spine_mm: float = DEFAULT_MAX_OFF_SPINE_MM,
-    max_duplicate_gap: float = DEFAULT_MAX_DUPLICATE_GAP,
-) -> Fused:
-    """3D centroids (world LPS mm, cranial -> caudal) of vertebrae detected in >= `min_views` views.
+def fuse(peaks: Peaks, views: Views, options: FusionOptions = FusionOptions()) -> Fused:
+    """3D centroids (world LPS mm, cranial -> caudal) of vertebrae detected in >= `options.min_views` views.
 
     Stray detections (a bright object beside the spine) are dropped (`on_spine`): points farther
-    than `max_off_spine_mm` from the line through their chain neighbours, and short runs of points
-    cut off from the rest of the chain by a gap much wider than the typical one. A vertebra
-    found twice (a detection split in some views leaves a second, weaker point beside it) keeps
-    its better-seen point (`distinct_vertebrae`).
+    than `options.max_off_spine_mm` from the line through their chain neighbours, and short runs
+    of points cut off from the rest of the chain by a gap much wider than the typical one. A
+    vertebra found twice (a detection split in some views leaves a second, weaker point beside
+    it) keeps its better-seen point (`distinct_vertebrae`).
     """
-    if min_views < 2:
-        raise ValueError(f"min_views must be at least 2 (two rays fix a point), got {min_views}")
+    o = options
     k = views.n_views
     if len(peaks) == 0:
         return _empty_fused(k)
     origins, dirs = detection_rays(peaks, views)
     points = _pair_hypotheses(
-        peaks.view, origins, dirs, views.angles_deg, min_pair_angle_deg, max_residual_mm
+        peaks.view, origins, dirs, views.angles_deg, o.min_pair_angle_deg, o.max_residual_mm
     )
     slots = _slots_by_view(peaks.view, k)
-    accepted = _select(points, origins, dirs, slots, min_views, max_residual_mm, min_separation_mm)
+    accepted = _select(points, origins, dirs, slots, o.min_views, o.max_residual_mm, o.min_separation_mm)
     if not accepted:
         return _empty_fused(k)
     pts, sup, res, nv = (np.array(x) for x in zip(*accepted))
     order = order_along_spine(pts)
-    order = order[on_spine(pts[order], max_off_spine_mm)]
-    order = order[distinct_vertebrae(pts[order], nv[order], res[order], max_duplicate_gap)]
+    order = order[on_spine(pts[order], o.max_off_spine_mm)]
+    order = order[distinct_vertebrae(pts[order], nv[order], res[order], o.max_duplicate_gap)]
     return Fused(pts[order], res[order], nv[order].astype(np.int64), sup[order].astype(np.int64))
 
 

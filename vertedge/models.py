@@ -21,6 +21,7 @@ import numpy as np
 from .device import current_gpu
 from .errors import CudaProviderError, VertedgeError
 from .geometry import Protocol
+from .options import DEFAULT_OPTIONS, PipelineOptions
 from .xp import array_module
 
 LOCALIZATION_FILE = "localization.onnx"
@@ -76,15 +77,6 @@ class ModelInfo:
         )
 
 
-# Measured on an H200 (benchmarks/RESULTS.md). cuDNN's exhaustive search times every convolution
-# algorithm again for each new input shape, and the detector's shape follows the scan: ~0.4 s on the
-# first scan of each new size; the heuristic choice costs ~40 ms there and is as fast once warm.
-# TF32 convolutions: 3.2 + 4.4 ms for both nets instead of 4.8 + 5.9 ms, outputs ~2e-3 from the
-# CPU's, the same labels and centroids within 0.01 mm.
-CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "1"}
-# The fp16 models under the heuristic choice make cuDNN's frontend log "No execution plans support
-# the graph" errors (it then falls back, with the same results): they search exhaustively instead.
-CUDA_FP16_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE"}
 
 
 def _pick(folder: Path, file: str, fp16: bool) -> Path:
@@ -97,11 +89,14 @@ def _pick(folder: Path, file: str, fp16: bool) -> Path:
     return half
 
 
-def providers_for(device: str, fp16: bool = False, device_id: int = 0) -> list[Any]:
-    """ONNX Runtime execution providers (with options) for 'cpu' or 'cuda' (GPU `device_id`), and fp32 or fp16 models."""
+def providers_for(
+    device: str, fp16: bool = False, device_id: int = 0, options: PipelineOptions = DEFAULT_OPTIONS
+) -> list[Any]:
+    """ONNX Runtime execution providers (with `options`' CUDA provider options) for 'cpu' or 'cuda'
+    (GPU `device_id`), and fp32 or fp16 models."""
     if device == "cuda":
-        options = CUDA_FP16_PROVIDER_OPTIONS if fp16 else CUDA_PROVIDER_OPTIONS
-        return [("CUDAExecutionProvider", {**options, "device_id": str(device_id)}), "CPUExecutionProvider"]
+        cuda = options.cuda_provider_options(fp16)
+        return [("CUDAExecutionProvider", {**cuda, "device_id": str(device_id)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -120,7 +115,9 @@ def _preload_cuda_libraries() -> None:
         preload(msvc=False)
 
 
-def _session(path: Path, device: str, fp16: bool = False, device_id: int = 0) -> tuple[Any, ModelInfo]:
+def _session(
+    path: Path, device: str, fp16: bool = False, device_id: int = 0, options: PipelineOptions = DEFAULT_OPTIONS
+) -> tuple[Any, ModelInfo]:
     """Open one ONNX Runtime session (on GPU `device_id` for 'cuda') and parse its metadata."""
     try:
         import onnxruntime as ort
@@ -136,7 +133,7 @@ def _session(path: Path, device: str, fp16: bool = False, device_id: int = 0) ->
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers_for(device, fp16, device_id))
+        session = ort.InferenceSession(str(path), options, providers=providers_for(device, fp16, device_id, options))
     except Exception as e:  # onnxruntime raises its own untyped errors for corrupt files
         raise VertedgeError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
@@ -187,8 +184,15 @@ class _Net:
 class Models:
     """Both ONNX sessions, built once and reused for every scan."""
 
-    def __init__(self, models_dir: str | Path | None = None, device: str = "cpu", fp16: bool = False) -> None:
-        """Open both models of `models_dir` (default: the shipped ones); `fp16` takes effect on CUDA only.
+    def __init__(
+        self,
+        models_dir: str | Path | None = None,
+        device: str = "cpu",
+        fp16: bool = False,
+        options: PipelineOptions = DEFAULT_OPTIONS,
+    ) -> None:
+        """Open both models of `models_dir` (default: the shipped ones); `fp16` takes effect on CUDA only,
+        with `options`' CUDA provider options.
 
         On CUDA the sessions run on the current CUDA device (`device.select_gpu`), as the DRR kernels do.
         """
@@ -202,8 +206,8 @@ class Models:
         self.device = device
         half = fp16 and device == "cuda"  # ONNX Runtime's CPU kernels have no fast fp16 convolutions
         gpu = current_gpu() if device == "cuda" else 0
-        loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, half), device, half, gpu)
-        ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, half), device, half, gpu)
+        loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, half), device, half, gpu, options)
+        ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, half), device, half, gpu, options)
         self._loc, self._id = _Net(loc, "heatmap", gpu), _Net(ident, "prob", gpu)
         if (self.loc_info.task, self.id_info.task) != ("localization", "identification"):
             raise VertedgeError(f"{folder}: model tasks are {self.loc_info.task}/{self.id_info.task}")

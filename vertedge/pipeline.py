@@ -16,23 +16,16 @@ import numpy as np
 
 from . import drr
 from .anchors import review
-from .boxes import box_means, square_half_px
 from .device import choose_device
 from .errors import CudaProviderError, VertedgeError
-from .fusion import Fused, fuse, relative_gaps
-from .geometry import Views, make_views, pixel_mm_at_depth, project
+from .fusion import fuse
+from .geometry import Views, make_views
+from .labelling import label, one_per_label, peaks_of
 from .labels import name as label_name
 from .models import Models
-from .peaks import Peaks, find_peaks
-from .sequence import identify
+from .options import DEFAULT_OPTIONS, PipelineOptions
 from .volume import Volume
 from .xp import to_host
-
-ID_SQUARE_MM = 22.0  # side of the square whose class probabilities vote for a vertebra (paper Sec. 2.3)
-SOLID_VIEWS = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
-SEEN_VIEWS = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
-FULL_GAP = 0.85  # x the local gap: points this far apart, both seen in SEEN_VIEWS, are two vertebrae
-MIN_PEAK_DISTANCE_MM = 8.0  # at the isocentre: closer peaks are one vertebra (cervical bodies ~15 mm apart)
 
 
 @dataclass(frozen=True)
@@ -73,6 +66,7 @@ class Result:
     timings_ms: dict[str, float]
     views: Views | None = field(default=None, repr=False)
     images: np.ndarray | None = field(default=None, repr=False)  # (K, H, W) normalized DRRs
+    options: dict[str, Any] = field(default_factory=dict)  # the `PipelineOptions` it was labelled with
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without the images)."""
@@ -81,6 +75,7 @@ class Result:
             "input": self.input,
             "models": self.models,
             "device": self.device,
+            "options": self.options,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
 
@@ -124,54 +119,6 @@ def input_description(volume: Volume) -> dict[str, Any]:
     }
 
 
-def peaks_of(heatmaps: np.ndarray, views: Views, threshold: float) -> Peaks:
-    """2D vertebra centroids in every view from localization heatmaps (K, H, W)."""
-    iso_depth = np.linalg.norm(views.sources - views.center_lps, axis=1)
-    iso_px_mm = float(pixel_mm_at_depth(views, iso_depth).mean())
-    return find_peaks(heatmaps, threshold=threshold, min_distance_px=MIN_PEAK_DISTANCE_MM / iso_px_mm)
-
-
-def may_be_one_vertebra(fused: Fused, n_views: int) -> np.ndarray:
-    """(n - 1,) bool: may fused rows i, i + 1 be one vertebra found twice (the DP's "same" step)?
-
-    Not when both were found in at least a `SOLID_VIEWS` fraction of the `n_views` views (fusion
-    never lets two points share a detection, and `fusion.distinct_vertebrae` has already merged
-    points closer than half the local gap), nor when both were found in `SEEN_VIEWS` and lie a
-    full vertebral gap apart (`FULL_GAP` x the gaps around them). A point seen in fewer views may
-    be a stray blob (dental metal above C1), which the DP must stay free to absorb. Without this
-    the DP can read a real vertebra as a duplicate to keep the anatomical count of a normal spine,
-    which shifts every label on one side of a T13 or L6 by one.
-    """
-    solid = fused.n_views >= SOLID_VIEWS * n_views
-    seen = fused.n_views >= SEEN_VIEWS * n_views
-    full = relative_gaps(fused.points_lps) >= FULL_GAP  # NaN (False) on chains too short to tell
-    return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]))
-
-
-def label(
-    fused: Fused, views: Views, prob: np.ndarray, classes: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (n,) and confidences (n,) by per-view square means, sequence-weighted vote and DP decode."""
-    rc, depth = project(views, fused.points_lps)
-    half_px = square_half_px(pixel_mm_at_depth(views, depth), ID_SQUARE_MM)
-    p, valid = box_means(prob[:, 1:], rc, half_px)
-    # each row's class distribution, background left out
-    p /= np.maximum(p.sum(-1, keepdims=True), 1e-9)
-    return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, views.n_views))
-
-
-def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:
-    """Row indices (cranial -> caudal) keeping one row per label: the best-supported one.
-
-    Consecutive rows share a label only through the DP's "same" step, which reads the second row
-    as a duplicate detection of the same vertebra (Eq. 1): keep the row seen in the most views,
-    then with the smaller residual.
-    """
-    order = np.lexsort((fused.residual_mm, -fused.n_views, labels))
-    keep = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
-    return np.sort(keep)
-
-
 class Labeler:
     """Holds both models (and the GPU kernels when used); call it on a Volume per scan."""
 
@@ -181,16 +128,19 @@ class Labeler:
         device: str = "auto",
         n_views: int | None = None,
         fp16: bool = False,
+        options: PipelineOptions = DEFAULT_OPTIONS,
     ) -> None:
-        """Choose the device and open the models; `fp16` runs the fp16 models on CUDA."""
+        """Choose the device and open the models; `fp16` runs the fp16 models on CUDA; `options` are
+        the pipeline's settings (recorded in every result)."""
+        self.options = options
         self.device, self.device_note = choose_device(device)
         try:
-            self.models = Models(models_dir, self.device, fp16)
+            self.models = Models(models_dir, self.device, fp16, self.options)
         except CudaProviderError as e:
             if device != "auto":
                 raise VertedgeError(f"--device cuda: {e}") from e
             self.device, self.device_note = "cpu", f"running on CPU: {e}"
-            self.models = Models(models_dir, "cpu")
+            self.models = Models(models_dir, "cpu", options=self.options)
         self.protocol = self.models.protocol.with_views(n_views)
 
     def _device_sync(self) -> Callable[[], None] | None:
@@ -212,22 +162,22 @@ class Labeler:
     def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
         """Find and label the vertebrae of one scan."""
         timer = _Timer(self._device_sync())
-        protocol = self.protocol
+        protocol, options = self.protocol, self.options
         with timer("drr"):
             views = make_views(volume, protocol)
             images = self._render(volume, views)
         with timer("localization_net"):
             heatmaps = self.models.localize(images)
         with timer("peaks"):
-            peaks = peaks_of(heatmaps, views, self.models.loc_info.heatmap["threshold"])
+            peaks = peaks_of(heatmaps, views, self.models.loc_info.heatmap["threshold"], options)
         with timer("fusion"):
-            fused = fuse(peaks, views)
+            fused = fuse(peaks, views, options.fusion)
         vertebrae: tuple[Vertebra, ...] = ()
         if len(fused):
             with timer("identification_net"):
                 prob = self.models.identify(images)
             with timer("voting"):
-                labels, confidence = label(fused, views, prob, self.models.classes)
+                labels, confidence = label(fused, views, prob, self.models.classes, options)
                 keep = one_per_label(labels, fused)
             with timer("review"):
                 points = fused.points_lps[keep]
@@ -252,6 +202,7 @@ class Labeler:
             models=self.models.ids,
             device=self.device,
             timings_ms=timer.ms,
+            options=options.to_dict(),
             views=views if keep_images else None,
             images=to_host(images) if keep_images else None,
         )

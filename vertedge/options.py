@@ -1,0 +1,65 @@
+"""The labelling pipeline's settings in one frozen object, passed to `Labeler` and recorded in every result.
+
+Everything after the DRR that is a choice rather than a fact of the scan or the models lives here:
+how close two peaks may be, the fusion's gates, how the voting square and the decode's "same"
+step are set, and the ONNX Runtime CUDA provider options. The DRR protocol belongs to the models
+(`geometry.Protocol`, from their metadata) and the counting rules to `anchors`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Measured on an H200 (benchmarks/RESULTS.md). cuDNN's exhaustive search times every convolution
+# algorithm again for each new input shape, and the detector's shape follows the scan: ~0.4 s on the
+# first scan of each new size; the heuristic choice costs ~40 ms there and is as fast once warm.
+# TF32 convolutions: 3.2 + 4.4 ms for both nets instead of 4.8 + 5.9 ms, outputs ~2e-3 from the
+# CPU's, the same labels and centroids within 0.01 mm.
+_CUDA_FP32 = (("cudnn_conv_algo_search", "HEURISTIC"), ("use_tf32", "1"))
+# The fp16 models under the heuristic choice make cuDNN's frontend log "No execution plans support
+# the graph" errors (it then falls back, with the same results): they search exhaustively instead.
+_CUDA_FP16 = (("cudnn_conv_algo_search", "EXHAUSTIVE"),)
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """Gates of the least-squares fusion of the views' detection rays (`fusion.fuse`)."""
+
+    min_views: int = 3  # a vertebra is kept when found in at least this many views
+    max_residual_mm: float = 5.0  # vertebral bodies are >= ~12 mm apart, 2D errors are a few mm
+    min_separation_mm: float = 8.0  # closer fused points are one vertebra (cervical bodies ~15 mm apart)
+    min_pair_angle_deg: float = 30.0  # lets K=10 views 36 deg apart pair with their neighbours
+    max_off_spine_mm: float = 25.0  # a vertebra lies within a few mm of the line through its neighbours
+    max_duplicate_gap: float = 0.5  # x the local gap: closer chain neighbours are one vertebra seen twice
+
+    def __post_init__(self) -> None:
+        if self.min_views < 2:
+            raise ValueError(f"min_views must be at least 2 (two rays fix a point), got {self.min_views}")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Every setting of `pipeline.Labeler` after the DRR; `to_dict` is what a result records."""
+
+    min_peak_distance_mm: float = 8.0  # at the isocentre: closer peaks are one vertebra (cervical bodies ~15 mm apart)
+    fusion: FusionOptions = field(default_factory=FusionOptions)
+    id_square_mm: float = 22.0  # side of the square whose class probabilities vote for a vertebra (paper Sec. 2.3)
+    solid_views: float = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
+    seen_views: float = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
+    full_gap: float = 0.85  # x the local gap: points this far apart, both seen in `seen_views`, are two vertebrae
+    cuda_fp32: tuple[tuple[str, str], ...] = _CUDA_FP32  # ONNX Runtime CUDA provider options, fp32 models
+    cuda_fp16: tuple[tuple[str, str], ...] = _CUDA_FP16  # the same for the fp16 models
+
+    def cuda_provider_options(self, fp16: bool) -> dict[str, str]:
+        """The CUDA provider options for fp32 or fp16 models."""
+        return dict(self.cuda_fp16 if fp16 else self.cuda_fp32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the provider options as objects)."""
+        out = asdict(self)
+        out["cuda_fp32"], out["cuda_fp16"] = dict(self.cuda_fp32), dict(self.cuda_fp16)
+        return out
+
+
+DEFAULT_OPTIONS = PipelineOptions()
