@@ -121,10 +121,11 @@ def kernel_variants(dvol, fvol, views, protocol, all_variants: bool) -> dict[str
     """Named launches to time: the default kernel, and with `all_variants` block shapes, float setup, a float32 volume."""
     from vertedge import drr_cuda
 
-    out = {"int16 16x16": lambda: drr_cuda.render_cuda(dvol, views, protocol)}
+    rows, cols = drr_cuda.DEFAULT_BLOCK
+    out = {f"int16 {rows}x{cols} (default)": lambda: drr_cuda.render_cuda(dvol, views, protocol)}
     if all_variants:
         out |= {
-            "int16 32x8": lambda: drr_cuda.render_cuda(dvol, views, protocol, block=(32, 8)),
+            "int16 16x16": lambda: drr_cuda.render_cuda(dvol, views, protocol, block=(16, 16)),
             "int16 8x8": lambda: drr_cuda.render_cuda(dvol, views, protocol, block=(8, 8)),
             "int16 float setup": lambda: drr_cuda.render_cuda(dvol, views, protocol, float_setup=True),
             "float32 volume": lambda: drr_cuda.render_cuda(fvol, views, protocol),
@@ -139,7 +140,7 @@ def section_drr(repeats: int) -> dict[str, Any]:
 
     from vertedge import drr, drr_cuda
     from vertedge.geometry import make_views
-    from vertedge.models import Models
+    from vertedge.onnx_models import Models
 
     vol = spine_phantom(SHAPE).volume
     base = Models(device="cpu").protocol

@@ -121,7 +121,7 @@ def drr_scaling(path: Path, pixel_mms: list[float], repeats: int) -> list[dict[s
 
     from vertedge.drr import render
     from vertedge.geometry import make_views
-    from vertedge.models import Models
+    from vertedge.onnx_models import Models
     from vertedge.volume import load_volume
 
     volume = load_volume(path)

@@ -28,7 +28,7 @@ import numpy as np
 from vertedge import drr
 from vertedge.geometry import Protocol, make_views, project
 from vertedge.metrics import read_points
-from vertedge.models import Models
+from vertedge.onnx_models import Models
 from vertedge.phantom import make_phantom
 from vertedge.volume import Volume, load_volume
 

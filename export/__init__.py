@@ -1,4 +1,4 @@
-"""Export trained U-Nets to the ONNX models the vertedge runtime loads (see `vertedge.models`).
+"""Export trained U-Nets to the ONNX models the vertedge runtime loads (see `vertedge.onnx_models`).
 
 Contract: input `image` (B, 1, H, W) float32 with dynamic B, H, W (H, W multiples of 32);
 localization output `heatmap` (B, 1, H, W); identification output `prob` (B, 1 + C, H, W) with the

@@ -28,8 +28,7 @@
 // texture with hardware trilinear filtering would do one fetch per sample (clamp addressing at
 // x + 0.5 reproduces `_sample`'s edge extension), but its weights are 9-bit fixed point with 8
 // fractional bits: up to ~2 HU error per sample at a 1000 HU edge, a risk for the 1e-3
-// agreement with the CPU path. Still to measure on a GPU: that texture variant (speed vs
-// accuracy) and a point-filtered texture (same eight fetches, 3D-local cache layout).
+// agreement with the CPU path.
 //
 // Geometry lives in a small global array (one ViewGeom per view) rather than __constant__
 // memory: a module-global constant buffer would be shared by concurrent renders on different

@@ -26,7 +26,7 @@ from vertedge.phantom import make_phantom  # noqa: E402
 from vertedge.pipeline import Labeler  # noqa: E402
 from vertedge.volume import save_volume  # noqa: E402
 
-from .test_cli import run_cli  # noqa: E402
+from .helpers import run_cli  # noqa: E402
 
 N_GOOD = 20
 VIEWS = 5  # fewer views than the models' 10: ~0.5 s a scan on one core, and still a spine found

@@ -16,8 +16,7 @@ from vertedge.geometry import Protocol
 from vertedge.volume import load_volume, save_volume, to_sitk
 
 from .conftest import air_volume, paint_ball
-from .test_cli import run_cli
-from .test_models import metadata, write_pair
+from .helpers import metadata, run_cli, write_pair
 from .test_volume import _write_bad_inputs
 
 

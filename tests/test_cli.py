@@ -14,18 +14,7 @@ from vertedge.geometry import Protocol
 from vertedge.volume import save_volume
 
 from .conftest import air_volume, paint_ball
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `vertedge ARGS` in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr("sys.argv", ["vertedge", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from .helpers import metadata, run_cli, write_pair
 
 
 def _vertebrae_json(path, points: dict[int, list[float]]) -> None:
@@ -64,7 +53,6 @@ def test_device_cuda_without_cuda_fails_clearly_and_auto_falls_back(tmp_path, mo
 
     if cuda_status()[0]:
         pytest.skip("this machine has a working CUDA path")
-    from .test_models import metadata, write_pair
 
     protocol = Protocol(pixel_mm=4.0, n_views=4, step_mm=2.0)
     models = tmp_path / "models"
@@ -92,7 +80,6 @@ def test_device_cuda_without_cuda_fails_clearly_and_auto_falls_back(tmp_path, mo
 
 def _tiny_models(folder):
     """A model pair that detects nothing, with a small protocol (4 views of 4 mm pixels)."""
-    from .test_models import metadata, write_pair
 
     protocol = Protocol(pixel_mm=4.0, n_views=4, step_mm=2.0)
     folder.mkdir()
@@ -122,7 +109,7 @@ def test_cuda_n_makes_gpu_n_current_for_cupy_and_onnx_runtime(monkeypatch):
     import types
 
     from vertedge import device
-    from vertedge.models import providers_for
+    from vertedge.onnx_models import providers_for
 
     current = [0]
     runtime = types.SimpleNamespace(
@@ -180,7 +167,7 @@ def test_verbose_quiet_and_fp16_on_cpu(tmp_path, monkeypatch, capsys):
 
 
 def test_drr_renders_what_the_models_see_unless_asked_for_the_papers_protocol(tmp_path, monkeypatch, capsys):
-    from vertedge.models import Models
+    from vertedge.onnx_models import Models
 
     models, protocol = _tiny_models(tmp_path / "models")
     scan = str(_scan(tmp_path / "scan.nii.gz"))

@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 from vertedge.cli import EXAMPLE_REGION as REGION  # noqa: E402  (the example scan of `vertedge demo`)
 from vertedge.cli import EXAMPLE_SEED as SEED  # noqa: E402
 from vertedge.metrics import score  # noqa: E402
-from vertedge.models import Models  # noqa: E402
+from vertedge.onnx_models import Models  # noqa: E402
 from vertedge.phantom import make_phantom  # noqa: E402
 from vertedge.pipeline import Labeler  # noqa: E402
 

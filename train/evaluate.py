@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _sessions(models_dir: Path):
-    from vertedge.models import Models
+    from vertedge.onnx_models import Models
 
     return Models(models_dir, "cpu")
 

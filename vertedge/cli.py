@@ -98,7 +98,7 @@ def drr(
     from .batch import check_out_dir
     from .drr import normalize, render
     from .geometry import Protocol, make_views
-    from .models import Models
+    from .onnx_models import Models
     from .outputs import write_drr_views
     from .volume import load_volume
 
@@ -473,7 +473,7 @@ def evaluate(
 def info() -> None:
     """What this installation can use: ONNX Runtime providers, GPU, CUDA, shipped models."""
     from .device import cuda_status, cuda_versions, onnx_providers
-    from .models import Models
+    from .onnx_models import Models
 
     providers = onnx_providers()
     print(f"onnxruntime providers: {', '.join(providers) if providers else 'onnxruntime not installed'}")

@@ -499,9 +499,9 @@ def _bone(prm: dict) -> tuple[float, float]:
     """(cancellous, cortical) HU for this seed's bone density.
 
     Cancellous 55-285 HU, cortical shell 270-715 HU (density 0.15-1.5): osteoporotic to young
-    adult bone as clinical CT shows it (a thin cortex partial-volumed over a voxel or two). An
-    earlier 170-310 / 775-1200 HU made every phantom spine denser than the real cases in
-    ../shared/data and twice as conspicuous in the DRRs (benchmarks/realism.py).
+    adult bone as clinical CT shows it (a thin cortex partial-volumed over a voxel or two), so that
+    phantom spines stand out in the DRRs as the real cases in ../shared/data do
+    (benchmarks/realism.py).
     """
     f = prm["bone_density"]
     return 30.0 + 170.0 * f, 220.0 + 330.0 * f

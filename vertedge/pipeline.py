@@ -22,7 +22,7 @@ from .fusion import fuse
 from .geometry import Views, make_views
 from .labelling import label, one_per_label, peaks_of
 from .labels import name as label_name
-from .models import Models
+from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .volume import Volume
 from .xp import to_host

@@ -7,53 +7,18 @@ import json
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from vertedge.errors import CudaProviderError, VertedgeError  # noqa: E402
 from vertedge.geometry import Protocol  # noqa: E402
 from vertedge.labels import SPINE_ORDER  # noqa: E402
-from vertedge.models import IDENTIFICATION_FILE, LOCALIZATION_FILE, Models, _pick  # noqa: E402
+from vertedge.onnx_models import LOCALIZATION_FILE, Models, _pick  # noqa: E402
 from vertedge.options import DEFAULT_OPTIONS  # noqa: E402
 from vertedge.pipeline import Labeler  # noqa: E402
 
 from .conftest import air_volume, paint_ball  # noqa: E402
-
-
-def tiny_model(task: str, out_channels: int, bias: float, metadata: dict[str, str]) -> onnx.ModelProto:
-    """A 1x1 convolution with zero weights: a constant map per channel, with vertedge metadata."""
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, "H", "W"])
-    out_name = "heatmap" if task == "localization" else "prob"
-    out = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["B", out_channels, "H", "W"])
-    w = numpy_helper.from_array(np.zeros((out_channels, 1, 1, 1), np.float32), "w")
-    b = numpy_helper.from_array(np.full(out_channels, bias, np.float32), "b")
-    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["conv"])]
-    nodes.append(helper.make_node("Softmax", ["conv"], [out_name], axis=1) if task == "identification" else helper.make_node("Identity", ["conv"], [out_name]))
-    graph = helper.make_graph(nodes, task, [image], [out], initializer=[w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
-    return model
-
-
-def metadata(task: str, protocol: Protocol) -> dict[str, str]:
-    """A complete vertedge metadata set."""
-    return {
-        "vertedge.task": task,
-        "vertedge.protocol": protocol.to_json(),
-        "vertedge.classes": json.dumps(list(SPINE_ORDER)),
-        "vertedge.heatmap": json.dumps({"sigma_px": 2.0, "amplitude": 10.0, "threshold": 3.0}),
-        "vertedge.model_id": f"test-{task}",
-        "vertedge.model_version": "0",
-    }
-
-
-def write_pair(folder, loc_meta: dict[str, str], id_meta: dict[str, str]) -> None:
-    """Save a tiny localization/identification pair into `folder`."""
-    onnx.save(tiny_model("localization", 1, 0.0, loc_meta), folder / LOCALIZATION_FILE)
-    onnx.save(tiny_model("identification", 1 + len(SPINE_ORDER), 0.0, id_meta), folder / IDENTIFICATION_FILE)
+from .helpers import metadata, write_pair  # noqa: E402
 
 
 def test_protocol_and_classes_come_from_metadata(tmp_path):
