@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from PIL import Image, ImageDraw
 
 from .atomic import atomic_path, write_json
+from .dicom_out import read_source_headers, vertebrae_sr, write_dicom
 from .drr import to_uint8
+from .errors import VertedgeError
 from .geometry import Protocol, Views, project
 from .pipeline import Result
 from .verse import write_verse_ctd
@@ -112,34 +116,53 @@ def overview_png(result: Result) -> np.ndarray:
     return np.concatenate(panels, axis=1)
 
 
-def result_paths(out_dir: Path, name: str, png: bool = False) -> list[Path]:
-    """The files of one scan's result set; the first, NAME.vertebrae.json, marks the set as complete."""
-    out_dir = Path(out_dir)
-    paths = [out_dir / f"{name}.vertebrae.json", out_dir / f"{name}_ctd.json", out_dir / f"{name}.mrk.json"]
-    return paths + [out_dir / f"{name}.png"] if png else paths
+def result_paths(out_dir: Path, name: str, png: bool = False, dicom: bool = False) -> list[Path]:
+    """The files of one scan's result set; the first, NAME.vertebrae.json, marks the set as complete.
+
+    NAME.png with `png`; NAME.sr.dcm (the DICOM Structured Report) with `dicom`.
+    """
+    endings = [".vertebrae.json", "_ctd.json", ".mrk.json", *([".png"] if png else []), *([".sr.dcm"] if dicom else [])]
+    return [Path(out_dir) / f"{name}{ending}" for ending in endings]
 
 
-def write_result(result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False) -> list[Path]:
-    """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer) and optionally NAME.png.
+def dicom_sources(volume: Volume) -> list[pydicom.Dataset]:
+    """The headers of the DICOM series `volume` was read from; a VertedgeError for any other scan."""
+    files = volume.meta.get("dicom_files")
+    if not files:
+        source = Path(volume.meta.get("source", "")).name or "this scan"
+        raise VertedgeError(f"{source}: not read from a DICOM series; the DICOM outputs need one")
+    return read_source_headers(files)
+
+
+def write_result(
+    result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False, dicom: bool = False
+) -> list[Path]:
+    """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer), optionally NAME.png
+    and, for a scan read from a DICOM series, NAME.sr.dcm (see `dicom_out`).
 
     The set appears whole or not at all: every file is first written to a temporary sibling, then
     the old marker (NAME.vertebrae.json) is removed, the others are renamed into place and the new
     marker last. Interrupted while renaming, the set's files are removed; so a marker always
-    stands beside a complete set of one run. A NAME.png from an earlier run goes when none is asked for.
+    stands beside a complete set of one run. Optional files of an earlier run go when none are asked for.
     """
-    paths = result_paths(out_dir, name, png)
+    paths = result_paths(out_dir, name, png, dicom)
     marker = paths[0]
+    sources = dicom_sources(volume) if dicom else []  # before anything is written: it may refuse
     try:
         # ExitStack renames in reverse order of entry: the marker, entered first, is renamed last
         with ExitStack() as stack:
-            tmp = [stack.enter_context(atomic_path(p)) for p in paths]
-            write_json(tmp[0], result.to_dict())
-            write_verse_ctd(tmp[1], result.centroids(), volume)
-            write_json(tmp[2], slicer_markups(result))
-            if png:
-                write_png(tmp[3], overview_png(result))
-            for stale in (marker, *result_paths(out_dir, name, png=True)[len(paths) :]):
-                stale.unlink(missing_ok=True)
+            writers: dict[str, Callable[[Path], None]] = {
+                ".vertebrae.json": lambda tmp: write_json(tmp, result.to_dict()),
+                "_ctd.json": lambda tmp: write_verse_ctd(tmp, result.centroids(), volume),
+                ".mrk.json": lambda tmp: write_json(tmp, slicer_markups(result)),
+                ".png": lambda tmp: write_png(tmp, overview_png(result)),
+                ".sr.dcm": lambda tmp: write_dicom(tmp, vertebrae_sr(result, sources)),
+            }
+            for path in paths:
+                writers[path.name[len(name) :]](stack.enter_context(atomic_path(path)))
+            stale = [p for p in result_paths(out_dir, name, png=True, dicom=True) if p not in paths]
+            for p in (marker, *stale):
+                p.unlink(missing_ok=True)
     except BaseException:
         if not marker.exists():  # some files renamed, the marker not: no half set stays behind
             for p in paths[1:]:
