@@ -386,8 +386,6 @@ def archive(
     inputs = archive_scans(list(scans))
     if not inputs:
         raise VertedgeError(f"{', '.join(map(str, scans))}: no scans found")
-    if dicom:
-        check_dicom_scans(inputs)
     finished = []
     wall = 0.0  # seconds labelling
     with Manifest(out_dir) as manifest:
