@@ -1,4 +1,5 @@
-"""DICOM out: the vertebrae as a Structured Report in the source's study, valid and true to the JSON."""
+"""DICOM out: the vertebrae as a Structured Report and the overview as a Secondary Capture in the
+source's study, valid and true to the JSON."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def test_sr_holds_each_vertebra_at_its_json_point_in_the_source_study(series, la
     volume, result = labelled
     out = tmp_path / "out"
     paths = write_result(result, volume, out, "scan", dicom=True)
-    assert out / "scan.sr.dcm" in paths
+    assert {out / "scan.sr.dcm", out / "scan.sc.dcm"} <= set(paths)
     ds = pydicom.dcmread(out / "scan.sr.dcm")
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
                     "AccessionNumber", "StudyDate", "StudyTime"):
@@ -131,7 +132,7 @@ def test_sr_holds_each_vertebra_at_its_json_point_in_the_source_study(series, la
         assert review.value == (codes.SCT.Yes if v["needs_review"] else codes.SCT.No)
         assert {"identification model id-5678", "localization model loc-1234"} <= set(_texts(g[0], "Algorithm Parameters"))
 
-    again = write_result(result, volume, tmp_path / "again", "scan", dicom=True)[-1]
+    again = write_result(result, volume, tmp_path / "again", "scan", dicom=True)[-2]
     assert pydicom.dcmread(again).SOPInstanceUID != ds.SOPInstanceUID  # a new instance every time
 
 
@@ -147,16 +148,32 @@ def test_every_label_has_its_own_snomed_code_and_transitional_ones_their_regions
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian's dicom3tools) is not installed")
 @pytest.mark.parametrize("found", ["vertebrae", "none"])
-def test_sr_passes_the_dicom_validator(labelled, tmp_path, found):
+def test_sr_and_sc_pass_the_dicom_validator(labelled, tmp_path, found):
     from dataclasses import replace
 
     volume, result = labelled
     result = result if found == "vertebrae" else replace(result, vertebrae=())
-    sr = write_result(result, volume, tmp_path, "scan", dicom=True)[-1]
-    report = subprocess.run(["dciodvfy", str(sr)], capture_output=True, text=True, timeout=60)
-    lines = (report.stdout + report.stderr).splitlines()
-    assert lines and lines[0].strip() == "Comprehensive3DSR"
-    assert not [line for line in lines if line.startswith("Error")], "\n".join(lines)
+    sr, sc = write_result(result, volume, tmp_path, "scan", dicom=True)[-2:]
+    for path, iod in ((sr, "Comprehensive3DSR"), (sc, "SCImage")):
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        lines = (report.stdout + report.stderr).splitlines()
+        assert lines and lines[0].strip() == iod
+        assert not [line for line in lines if line.startswith("Error")], "\n".join(lines)
+
+
+def test_sc_is_the_overview_picture_in_the_source_study(series, labelled, tmp_path):
+    from PIL import Image
+
+    volume, result = labelled
+    write_result(result, volume, tmp_path, "scan", png=True, dicom=True)
+    sc = pydicom.dcmread(tmp_path / "scan.sc.dcm")
+    sr = pydicom.dcmread(tmp_path / "scan.sr.dcm")
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "AccessionNumber"):
+        assert str(sc[keyword].value) == SOURCE[keyword], keyword
+    assert sc.SeriesInstanceUID not in (SOURCE["SeriesInstanceUID"], sr.SeriesInstanceUID)
+    assert sc.SOPInstanceUID not in series[1]
+    np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(tmp_path / "scan.png")))
 
 
 def test_dicom_out_refuses_a_scan_not_read_from_dicom_and_writes_nothing(labelled, tmp_path, tiny_models, monkeypatch, capsys):

@@ -245,7 +245,7 @@ def label_one(
         "x".join(f"{s:g}" for s in volume.spacing),
         "".join(volume.axcodes()),
     )
-    result = labeler(volume, keep_images=png)
+    result = labeler(volume)
     result = replace(result, input={**result.input, **provenance})
     try:
         written = write_result(result, volume, out_dir, name, png=png, dicom=dicom)

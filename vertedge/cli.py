@@ -223,13 +223,13 @@ def run(
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the fp16 models (about 1 ms faster, slightly less accurate).")] = False,
-    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
+    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
     dicom: Annotated[
         bool,
         typer.Option(
             "--dicom",
-            help="Also write NAME.sr.dcm, a DICOM Structured Report of the vertebrae in the source's study "
-            "(DICOM series inputs only).",
+            help="Also write NAME.sr.dcm (a DICOM Structured Report of the vertebrae) and NAME.sc.dcm (the "
+            "NAME.png picture as a Secondary Capture) in the source's study (DICOM series inputs only).",
         ),
     ] = False,
     skip_existing: Annotated[
@@ -364,7 +364,7 @@ def archive(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again the scans an earlier run recorded failed.")] = False,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
-    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
+    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr, the workers' own output too.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
 ) -> None:

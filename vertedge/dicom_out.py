@@ -1,4 +1,5 @@
-"""DICOM beside the scanner: the labelled vertebrae as a DICOM Structured Report of the source series.
+"""DICOM beside the scanner: the labelled vertebrae as a DICOM Structured Report of the source series,
+and the overview picture as a Secondary Capture in the same study (`overview_sc`).
 
 The report is a TID 1500 Imaging Measurement Report in a Comprehensive 3D SR. Each vertebra is one
 TID 1410 measurement group:
@@ -63,6 +64,7 @@ NO_UNITS = Code("1", "UCUM", "no units")
 
 MANUFACTURER = "vertedge"
 SR_SERIES_NUMBER = 9901  # high, so viewers list the derived series after the scanner's own
+SC_SERIES_NUMBER = 9902
 # A UID derived from the name alone: every vertedge installation is the same observer device
 DEVICE_UID = pydicom.uid.generate_uid(entropy_srcs=["vertedge observer device"])
 
@@ -177,6 +179,33 @@ def vertebrae_sr(result: Result, sources: Sequence[pydicom.Dataset]) -> hd.sr.Co
             )
         ],
     )
+
+
+def overview_sc(picture: np.ndarray, sources: Sequence[pydicom.Dataset]) -> hd.sc.SCImage:
+    """The overview picture (H, W, 3) uint8 RGB as a Secondary Capture in the source's study (a new series).
+
+    PatientOrientation is that of the coronal panel on the left: along a row towards the patient's
+    left (L), down a column towards the feet (F); along the sagittal panel's rows the picture goes
+    to posterior, as its letters say.
+    """
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=sources[0],
+        pixel_array=picture,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=hd.UID(),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=("L", "F"),
+        series_description="vertedge vertebrae overview",
+        software_versions=software_version(),
+    )
+    # an unpaired body part: the series needs no Laterality (dciodvfy asks for one without it)
+    sc.BodyPartExamined = "SPINE"
+    return sc
 
 
 def write_dicom(path: str | os.PathLike[str], dataset: pydicom.Dataset) -> None:

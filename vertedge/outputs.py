@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .atomic import atomic_path, write_json
-from .dicom_out import read_source_headers, vertebrae_sr, write_dicom
+from .dicom_out import overview_sc, read_source_headers, vertebrae_sr, write_dicom
 from .drr import to_uint8
 from .errors import VertedgeError
-from .geometry import Protocol, Views, project
+from .geometry import Protocol, Views
+from .overview import overview
 from .pipeline import Result
 from .verse import write_verse_ctd
 from .volume import Volume
@@ -90,38 +91,14 @@ def slicer_markups(result: Result) -> dict[str, Any]:
     }
 
 
-def _lateral_view(views: Views) -> int:
-    """Index of the view whose angle is closest to 90 degrees (a left lateral)."""
-    diff = np.abs((views.angles_deg - 90.0 + 180.0) % 360.0 - 180.0)
-    return int(np.argmin(diff))
-
-
-def overview_png(result: Result) -> np.ndarray:
-    """AP and lateral DRRs side by side (RGB uint8) with each vertebra's name at its projection
-    (blue and "?" where it needs review)."""
-    assert result.views is not None and result.images is not None
-    views = result.views
-    picks = [0, _lateral_view(views)]
-    points = np.array([v.world_lps_mm for v in result.vertebrae]).reshape(-1, 3)
-    rc, _ = project(views, points)
-    panels = []
-    for k in picks:
-        panel = Image.fromarray(to_uint8(result.images[k])).convert("RGB")
-        draw = ImageDraw.Draw(panel)
-        for v, (r, c) in zip(result.vertebrae, rc[k]):
-            colour = (80, 160, 255) if v.needs_review else (255, 60, 60)
-            draw.ellipse([c - 3, r - 3, c + 3, r + 3], outline=colour, width=2)
-            draw.text((c + 6, r - 6), v.name + ("?" if v.needs_review else ""), fill=(255, 220, 0))
-        panels.append(np.asarray(panel))
-    return np.concatenate(panels, axis=1)
-
-
 def result_paths(out_dir: Path, name: str, png: bool = False, dicom: bool = False) -> list[Path]:
     """The files of one scan's result set; the first, NAME.vertebrae.json, marks the set as complete.
 
-    NAME.png with `png`; NAME.sr.dcm (the DICOM Structured Report) with `dicom`.
+    NAME.png with `png`; NAME.sr.dcm (the DICOM Structured Report) and NAME.sc.dcm (the overview
+    picture as a DICOM Secondary Capture) with `dicom`.
     """
-    endings = [".vertebrae.json", "_ctd.json", ".mrk.json", *([".png"] if png else []), *([".sr.dcm"] if dicom else [])]
+    dicom_endings = [".sr.dcm", ".sc.dcm"] if dicom else []
+    endings = [".vertebrae.json", "_ctd.json", ".mrk.json", *([".png"] if png else []), *dicom_endings]
     return [Path(out_dir) / f"{name}{ending}" for ending in endings]
 
 
@@ -138,7 +115,8 @@ def write_result(
     result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False, dicom: bool = False
 ) -> list[Path]:
     """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer), optionally NAME.png
-    and, for a scan read from a DICOM series, NAME.sr.dcm (see `dicom_out`).
+    (the overview picture, see `overview`) and, for a scan read from a DICOM series, NAME.sr.dcm and
+    NAME.sc.dcm (see `dicom_out`).
 
     The set appears whole or not at all: every file is first written to a temporary sibling, then
     the old marker (NAME.vertebrae.json) is removed, the others are renamed into place and the new
@@ -148,6 +126,7 @@ def write_result(
     paths = result_paths(out_dir, name, png, dicom)
     marker = paths[0]
     sources = dicom_sources(volume) if dicom else []  # before anything is written: it may refuse
+    picture = overview(result, volume, name) if png or dicom else None
     try:
         # ExitStack renames in reverse order of entry: the marker, entered first, is renamed last
         with ExitStack() as stack:
@@ -155,8 +134,9 @@ def write_result(
                 ".vertebrae.json": lambda tmp: write_json(tmp, result.to_dict()),
                 "_ctd.json": lambda tmp: write_verse_ctd(tmp, result.centroids(), volume),
                 ".mrk.json": lambda tmp: write_json(tmp, slicer_markups(result)),
-                ".png": lambda tmp: write_png(tmp, overview_png(result)),
+                ".png": lambda tmp: write_png(tmp, picture),
                 ".sr.dcm": lambda tmp: write_dicom(tmp, vertebrae_sr(result, sources)),
+                ".sc.dcm": lambda tmp: write_dicom(tmp, overview_sc(picture, sources)),
             }
             for path in paths:
                 writers[path.name[len(name) :]](stack.enter_context(atomic_path(path)))
