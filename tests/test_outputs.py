@@ -14,7 +14,7 @@ from vertedge.outputs import scan_name, write_result
 from vertedge.pipeline import Result, Vertebra, input_description
 from vertedge.verse import read_verse_ctd
 
-from .conftest import air_volume, rotation
+from .conftest import air_volume, paint_ball, rotation
 
 
 @pytest.fixture
@@ -155,3 +155,42 @@ def test_labels_that_need_review_are_marked_in_every_output(result_and_volume, t
     assert "L2" in note and "L1" not in note and "needs_review" in note and "\n" not in note
     sure = replace(result, vertebrae=(result.vertebrae[0],))
     assert result_note(sure) == ""
+
+
+def test_overview_labels_never_overlap_and_stay_near_their_points():
+    from vertedge.overview import spread
+
+    rows = np.array([100.0, 101.0, 99.0, 300.0, 5.0, 398.0])
+    placed = spread(rows, gap=18.0, height=400.0)
+    ordered = np.sort(placed)
+    assert np.all(np.diff(ordered) >= 18.0 - 1e-9) and ordered[0] >= 9.0 and ordered[-1] <= 391.0
+    assert np.array_equal(np.argsort(placed, kind="stable"), np.argsort(rows, kind="stable"))  # order kept
+    assert abs(placed[3] - 300.0) < 1e-9  # a lone label stays level with its point
+
+
+def test_overview_shows_the_bone_and_marks_each_vertebra_in_its_colour(tmp_path):
+    from dataclasses import replace
+
+    from vertedge.overview import REVIEW, TRUSTED, overview
+
+    volume = air_volume((40, 40, 60), (1.0, 1.0, 2.0), rotation("z", 10), (0, 0, 0))
+    volume.hu[...] = -100  # fat: grey in the bone window
+    paint_ball(volume, np.array([0.0, 0.0, 20.0]), 6.0, 1200)
+    paint_ball(volume, np.array([0.0, 0.0, -20.0]), 6.0, 1200)
+    vertebrae = tuple(
+        Vertebra(l, name(l), (0.0, 0.0, z), tuple(volume.world_to_index(np.array([0.0, 0.0, z]))), 0.9, 0.4, 10, review)
+        for l, z, review in ((20, 20.0, False), (21, -20.0, True))
+    )
+    result = Result(vertebrae, input_description(volume), {}, "cpu", {})
+    picture = overview(result, volume, "ct-42")
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.shape[0] >= 640
+    # the bone balls are white, as bright as anything in the picture's grey panels
+    grey = picture[(picture[..., 0] == picture[..., 1]) & (picture[..., 1] == picture[..., 2])][:, 0]
+    assert (grey == 255).sum() > 100 and ((grey > 60) & (grey < 140)).sum() > 1000  # bone white, fat grey
+    unlabelled = overview(replace(result, vertebrae=()), volume, "ct-42")
+
+    def count(image, colour):
+        return int(np.all(image == colour, axis=-1).sum())
+
+    for colour in (TRUSTED, REVIEW):  # the legend has both colours; the marks add to them
+        assert count(picture, colour) > count(unlabelled, colour) + 50

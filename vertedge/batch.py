@@ -182,9 +182,12 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def finished_result(out_dir: Path, name: str, input_fingerprint: str, png: bool) -> dict[str, Any] | None:
-    """The result of an earlier run when its whole set is there and was made from the input with `input_fingerprint`."""
-    paths = result_paths(out_dir, name, png)
+def finished_result(
+    out_dir: Path, name: str, input_fingerprint: str, png: bool, dicom: bool = False
+) -> dict[str, Any] | None:
+    """The result of an earlier run when its whole set (with the files `png` and `dicom` ask for) is
+    there and was made from the input with `input_fingerprint`."""
+    paths = result_paths(out_dir, name, png, dicom)
     if not all(p.is_file() for p in paths):
         return None
     doc = _read_json(paths[0])
@@ -225,9 +228,16 @@ def provenance(scan: Scan, input_fingerprint: str, full_paths: bool = False) -> 
 
 
 def label_one(
-    labeler: Labeler, scan: Scan, volume: Volume, out_dir: Path, name: str, provenance: dict[str, Any], png: bool
+    labeler: Labeler,
+    scan: Scan,
+    volume: Volume,
+    out_dir: Path,
+    name: str,
+    provenance: dict[str, Any],
+    png: bool,
+    dicom: bool = False,
 ) -> tuple[Result, list[Path]]:
-    """Label one loaded scan and write its result set."""
+    """Label one loaded scan and write its result set (with NAME.png for `png`, the DICOM outputs for `dicom`)."""
     log.debug(
         "%s: %s voxels of %s mm, %s",
         scan,
@@ -235,10 +245,10 @@ def label_one(
         "x".join(f"{s:g}" for s in volume.spacing),
         "".join(volume.axcodes()),
     )
-    result = labeler(volume, keep_images=png)
+    result = labeler(volume)
     result = replace(result, input={**result.input, **provenance})
     try:
-        written = write_result(result, volume, out_dir, name, png=png)
+        written = write_result(result, volume, out_dir, name, png=png, dicom=dicom)
     except OSError as e:
         raise VertedgeError(f"{out_dir}: cannot write the outputs of {name} ({e.strerror or e})") from e
     log.debug("%s: %s ms; wrote %s", name, {k: round(v) for k, v in result.timings_ms.items()}, ", ".join(p.name for p in written))
@@ -263,13 +273,14 @@ def run_batch(
     out_dir: Path,
     *,
     png: bool = False,
+    dicom: bool = False,
     skip_existing: bool = False,
     full_paths: bool = False,
 ) -> Iterator[tuple[Outcome, Result | None]]:
     """Label every scan into `out_dir`, yielding each outcome (with its result) as it is done.
 
     Failures are yielded, not raised. With `skip_existing`, a scan whose whole result set (with
-    NAME.png when `png`) is there and was made from the same input (its fingerprint) is skipped:
+    NAME.png when `png`, the DICOM outputs when `dicom`) is there and was made from the same input (its fingerprint) is skipped:
     its outcome carries the earlier run's figures. The result's `input` records the input's file
     name (its absolute path with `full_paths`), its fingerprint and its DICOM series id.
     """
@@ -278,7 +289,7 @@ def run_batch(
     earlier = earlier_outcomes(out_dir) if skip_existing else {}
     todo = []
     for scan, name in zip(scans, names):
-        done = finished_result(out_dir, name, prints[name], png) if skip_existing and prints[name] else None
+        done = finished_result(out_dir, name, prints[name], png, dicom) if skip_existing and prints[name] else None
         if done is None:
             todo.append((scan, name))
             continue
@@ -291,7 +302,7 @@ def run_batch(
                 n_vertebrae=len(done.get("vertebrae", [])),
                 seconds=before.get("seconds"),
                 message=before.get("message", ""),
-                outputs=[str(p) for p in result_paths(out_dir, name, png)],
+                outputs=[str(p) for p in result_paths(out_dir, name, png, dicom)],
             ),
             None,
         )
@@ -301,7 +312,7 @@ def run_batch(
         t0 = time.perf_counter()
         try:
             result, written = label_one(
-                labeler, scan, future.result(), out_dir, name, provenance(scan, prints[name], full_paths), png
+                labeler, scan, future.result(), out_dir, name, provenance(scan, prints[name], full_paths), png, dicom
             )
         except VertedgeError as e:
             yield Outcome(str(scan), name, "failed", seconds=time.perf_counter() - t0, message=str(e)), None
@@ -345,3 +356,15 @@ def check_out_dir(out_dir: Path) -> None:
         raise VertedgeError(f"-o {out_dir}: cannot create the output folder: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise VertedgeError(f"-o {out_dir}: cannot create the output folder: no permission to write in {existing}")
+
+
+def check_dicom_scans(scans: list[Scan]) -> None:
+    """Refuse `--dicom` before any work when a scan is not a DICOM series folder: its DICOM outputs
+    would have no source series to belong to."""
+    other = [s for s in scans if not s.path.is_dir()]
+    if other:
+        more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
+        raise VertedgeError(
+            f"--dicom: {other[0].path}{more} is not a DICOM series folder; DICOM outputs are written only "
+            "for scans read from DICOM (run those without --dicom)"
+        )

@@ -223,12 +223,21 @@ def run(
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the fp16 models (about 1 ms faster, slightly less accurate).")] = False,
-    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
+    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
+    dicom: Annotated[
+        bool,
+        typer.Option(
+            "--dicom",
+            help="Also write NAME.sr.dcm (a DICOM Structured Report of the vertebrae) and NAME.sc.dcm (the "
+            "NAME.png picture as a Secondary Capture) in the source's study (DICOM series inputs only).",
+        ),
+    ] = False,
     skip_existing: Annotated[
         bool,
         typer.Option(
             "--skip-existing",
-            help="Skip scans whose whole result set is there and was made from the same input (with --png: and NAME.png).",
+            help="Skip scans whose whole result set is there and was made from the same input "
+            "(with --png and --dicom: and their files).",
         ),
     ] = False,
     full_paths: Annotated[
@@ -244,7 +253,7 @@ def run(
     failed scan is reported and skipped, summary.json lists all, and the exit code is 1 if any failed.
     Ctrl-C stops a batch with its summary written (exit 130); --skip-existing resumes it.
     """
-    from .batch import check_out_dir, expand_inputs, run_batch, write_summary
+    from .batch import check_dicom_scans, check_out_dir, expand_inputs, run_batch, write_summary
     from .device import gpu_packages_installed
     from .pipeline import Labeler
 
@@ -263,12 +272,14 @@ def run(
     single = len(scans) == 1 and len(inputs) == 1 and inputs[0].path == scans[0] and inputs[0].series_id is None
     if not inputs:
         raise VertedgeError(f"{', '.join(map(str, scans))}: no scans found")
+    if dicom:
+        check_dicom_scans(inputs)
 
     finished = []
     try:
         with _Progress(len(inputs)) as progress:
             for outcome, result in run_batch(
-                labeler, inputs, out_dir, png=png, skip_existing=skip_existing, full_paths=full_paths
+                labeler, inputs, out_dir, png=png, dicom=dicom, skip_existing=skip_existing, full_paths=full_paths
             ):
                 finished.append(outcome)
                 if as_json and result is not None:
@@ -353,7 +364,7 @@ def archive(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again the scans an earlier run recorded failed.")] = False,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
-    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: AP and lateral DRR with labels.")] = False,
+    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr, the workers' own output too.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
 ) -> None:

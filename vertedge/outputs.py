@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+import pydicom
+from PIL import Image
 
 from .atomic import atomic_path, write_json
+from .dicom_out import overview_sc, read_source_headers, vertebrae_sr, write_dicom
 from .drr import to_uint8
-from .geometry import Protocol, Views, project
+from .errors import VertedgeError
+from .geometry import Protocol, Views
+from .overview import overview
 from .pipeline import Result
 from .verse import write_verse_ctd
 from .volume import Volume
@@ -86,60 +91,58 @@ def slicer_markups(result: Result) -> dict[str, Any]:
     }
 
 
-def _lateral_view(views: Views) -> int:
-    """Index of the view whose angle is closest to 90 degrees (a left lateral)."""
-    diff = np.abs((views.angles_deg - 90.0 + 180.0) % 360.0 - 180.0)
-    return int(np.argmin(diff))
+def result_paths(out_dir: Path, name: str, png: bool = False, dicom: bool = False) -> list[Path]:
+    """The files of one scan's result set; the first, NAME.vertebrae.json, marks the set as complete.
+
+    NAME.png with `png`; NAME.sr.dcm (the DICOM Structured Report) and NAME.sc.dcm (the overview
+    picture as a DICOM Secondary Capture) with `dicom`.
+    """
+    dicom_endings = [".sr.dcm", ".sc.dcm"] if dicom else []
+    endings = [".vertebrae.json", "_ctd.json", ".mrk.json", *([".png"] if png else []), *dicom_endings]
+    return [Path(out_dir) / f"{name}{ending}" for ending in endings]
 
 
-def overview_png(result: Result) -> np.ndarray:
-    """AP and lateral DRRs side by side (RGB uint8) with each vertebra's name at its projection
-    (blue and "?" where it needs review)."""
-    assert result.views is not None and result.images is not None
-    views = result.views
-    picks = [0, _lateral_view(views)]
-    points = np.array([v.world_lps_mm for v in result.vertebrae]).reshape(-1, 3)
-    rc, _ = project(views, points)
-    panels = []
-    for k in picks:
-        panel = Image.fromarray(to_uint8(result.images[k])).convert("RGB")
-        draw = ImageDraw.Draw(panel)
-        for v, (r, c) in zip(result.vertebrae, rc[k]):
-            colour = (80, 160, 255) if v.needs_review else (255, 60, 60)
-            draw.ellipse([c - 3, r - 3, c + 3, r + 3], outline=colour, width=2)
-            draw.text((c + 6, r - 6), v.name + ("?" if v.needs_review else ""), fill=(255, 220, 0))
-        panels.append(np.asarray(panel))
-    return np.concatenate(panels, axis=1)
+def dicom_sources(volume: Volume) -> list[pydicom.Dataset]:
+    """The headers of the DICOM series `volume` was read from; a VertedgeError for any other scan."""
+    files = volume.meta.get("dicom_files")
+    if not files:
+        source = Path(volume.meta.get("source", "")).name or "this scan"
+        raise VertedgeError(f"{source}: not read from a DICOM series; the DICOM outputs need one")
+    return read_source_headers(files)
 
 
-def result_paths(out_dir: Path, name: str, png: bool = False) -> list[Path]:
-    """The files of one scan's result set; the first, NAME.vertebrae.json, marks the set as complete."""
-    out_dir = Path(out_dir)
-    paths = [out_dir / f"{name}.vertebrae.json", out_dir / f"{name}_ctd.json", out_dir / f"{name}.mrk.json"]
-    return paths + [out_dir / f"{name}.png"] if png else paths
-
-
-def write_result(result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False) -> list[Path]:
-    """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer) and optionally NAME.png.
+def write_result(
+    result: Result, volume: Volume, out_dir: Path, name: str, png: bool = False, dicom: bool = False
+) -> list[Path]:
+    """Write NAME.vertebrae.json, NAME_ctd.json (VerSe), NAME.mrk.json (Slicer), optionally NAME.png
+    (the overview picture, see `overview`) and, for a scan read from a DICOM series, NAME.sr.dcm and
+    NAME.sc.dcm (see `dicom_out`).
 
     The set appears whole or not at all: every file is first written to a temporary sibling, then
     the old marker (NAME.vertebrae.json) is removed, the others are renamed into place and the new
     marker last. Interrupted while renaming, the set's files are removed; so a marker always
-    stands beside a complete set of one run. A NAME.png from an earlier run goes when none is asked for.
+    stands beside a complete set of one run. Optional files of an earlier run go when none are asked for.
     """
-    paths = result_paths(out_dir, name, png)
+    paths = result_paths(out_dir, name, png, dicom)
     marker = paths[0]
+    sources = dicom_sources(volume) if dicom else []  # before anything is written: it may refuse
+    picture = overview(result, volume, name) if png or dicom else None
     try:
         # ExitStack renames in reverse order of entry: the marker, entered first, is renamed last
         with ExitStack() as stack:
-            tmp = [stack.enter_context(atomic_path(p)) for p in paths]
-            write_json(tmp[0], result.to_dict())
-            write_verse_ctd(tmp[1], result.centroids(), volume)
-            write_json(tmp[2], slicer_markups(result))
-            if png:
-                write_png(tmp[3], overview_png(result))
-            for stale in (marker, *result_paths(out_dir, name, png=True)[len(paths) :]):
-                stale.unlink(missing_ok=True)
+            writers: dict[str, Callable[[Path], None]] = {
+                ".vertebrae.json": lambda tmp: write_json(tmp, result.to_dict()),
+                "_ctd.json": lambda tmp: write_verse_ctd(tmp, result.centroids(), volume),
+                ".mrk.json": lambda tmp: write_json(tmp, slicer_markups(result)),
+                ".png": lambda tmp: write_png(tmp, picture),
+                ".sr.dcm": lambda tmp: write_dicom(tmp, vertebrae_sr(result, sources)),
+                ".sc.dcm": lambda tmp: write_dicom(tmp, overview_sc(picture, sources)),
+            }
+            for path in paths:
+                writers[path.name[len(name) :]](stack.enter_context(atomic_path(path)))
+            stale = [p for p in result_paths(out_dir, name, png=True, dicom=True) if p not in paths]
+            for p in (marker, *stale):
+                p.unlink(missing_ok=True)
     except BaseException:
         if not marker.exists():  # some files renamed, the marker not: no half set stays behind
             for p in paths[1:]:

@@ -185,8 +185,11 @@ def dicom_series_files(folder: Path, series_id: str | None = None) -> list[str]:
     )
 
 
-def _read(p: Path, name: str, series_id: str | None = None) -> sitk.Image:
-    """Check the header of a file or DICOM folder (its series `series_id`), then read its voxels."""
+def _read(p: Path, name: str, series_id: str | None = None) -> tuple[sitk.Image, list[str]]:
+    """Check the header of a file or DICOM folder (its series `series_id`), then read its voxels.
+
+    Returns the image and the files of its DICOM series in slice order (none for an image file).
+    """
     if p.is_dir():
         files = dicom_series_files(p, series_id)
         if not files:
@@ -199,14 +202,14 @@ def _read(p: Path, name: str, series_id: str | None = None) -> sitk.Image:
         with _itk_warnings_silenced():
             image = reader.Execute()
         _check_slice_gaps(reader, len(files), name)
-        return image
+        return image, files
     header = _Header.of_file(p)
     _check_header(header, name)
     if sitk.ImageFileReader.GetImageIOFromFileName(str(p)) == "NiftiImageIO":
         _check_nifti_stored(p, name)
     elif p.suffix == ".gz":  # other formats are read as stored (e.g. .gipl.gz, .mgh.gz)
         _check_gzip_complete(p, int(np.prod(header.size)) * header.pixel_bytes, name)
-    return sitk.ReadImage(str(p))
+    return sitk.ReadImage(str(p)), []
 
 
 def _check_nifti_stored(path: Path, name: str) -> None:
@@ -363,14 +366,15 @@ def load_volume(path: str | os.PathLike[str], series_id: str | None = None) -> V
     """Read a 3D CT (NIfTI, NRRD, MHA, ... or a DICOM series folder) into a Volume in HU.
 
     A folder holding several DICOM series gives the one named by `series_id` (see
-    `dicom_series_ids`), by default the one with the most files.
+    `dicom_series_ids`), by default the one with the most files; the volume's
+    `meta["dicom_files"]` lists the series' files (the DICOM outputs refer to them).
     """
     p = Path(path)
     name = str(path)
     if not p.exists():
         raise VertedgeError(f"{name}: no such file or folder")
     try:
-        image = _read(p, name, series_id)
+        image, dicom_files = _read(p, name, series_id)
     except (RuntimeError, OSError) as e:
         kind = "folder" if p.is_dir() else "file"
         raise VertedgeError(
@@ -380,5 +384,6 @@ def load_volume(path: str | os.PathLike[str], series_id: str | None = None) -> V
         volume = from_sitk(image, source=str(p.resolve()))
     except RuntimeError as e:  # ITK reads some truncated files lazily
         raise VertedgeError(f"{name}: cannot read the voxel data (truncated or corrupt)") from e
+    volume.meta["dicom_files"] = dicom_files
     _check_values(volume, name)
     return volume
