@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic volumes with known content."""
+"""Shared fixtures: small synthetic volumes with known content, a tiny model pair."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from vertedge.drr_cuda import cuda_available
+from vertedge.geometry import Protocol
 from vertedge.volume import Volume
+
+from .helpers import metadata, write_pair
 
 _CUDA_OK, _CUDA_WHY = cuda_available()
 # CuPy on a CUDA device (the DRR kernels, device arrays); ONNX Runtime's CUDA provider is not needed
@@ -58,3 +61,12 @@ def structured_volume() -> Volume:
     paint_ball(vol, np.array([5.0, -10.0, 30.0]), 12.0, 900)
     paint_ball(vol, np.array([20.0, 0.0, 10.0]), 6.0, 1500)
     return vol
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A model pair that detects nothing: enough to drive the CLI through every stage."""
+    folder = tmp_path_factory.mktemp("models")
+    protocol = Protocol(pixel_mm=4.0, n_views=4, step_mm=2.0)
+    write_pair(folder, metadata("localization", protocol), metadata("identification", protocol))
+    return folder

@@ -12,21 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vertedge.errors import VertedgeError
-from vertedge.geometry import Protocol
 from vertedge.volume import load_volume, save_volume, to_sitk
 
 from .conftest import air_volume, paint_ball
-from .helpers import metadata, run_cli, write_pair
+from .helpers import run_cli
 from .test_volume import _write_bad_inputs
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """A model pair that detects nothing: enough to drive the CLI through every stage."""
-    folder = tmp_path_factory.mktemp("models")
-    protocol = Protocol(pixel_mm=4.0, n_views=4, step_mm=2.0)
-    write_pair(folder, metadata("localization", protocol), metadata("identification", protocol))
-    return folder
 
 
 @pytest.fixture

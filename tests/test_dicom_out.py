@@ -21,8 +21,7 @@ from vertedge.pipeline import Result, Vertebra, input_description
 from vertedge.volume import load_volume, save_volume, to_sitk
 
 from .conftest import air_volume, paint_ball, rotation
-from .test_batch import tiny_models  # noqa: F401 (a fixture)
-from .test_cli import run_cli
+from .helpers import run_cli
 
 SOURCE = {
     "PatientName": "DOE^JANE",
