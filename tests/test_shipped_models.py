@@ -96,14 +96,17 @@ def test_labels_are_trusted_where_counted_from_the_sacrum_and_not_on_a_crop(labe
         assert np.linalg.norm(np.array(v.world_lps_mm) - lumbar.centroids[v.label]) < 5.0
 
 
-def test_the_options_a_scan_was_labelled_with_are_in_its_result(labeled):
-    """Settings reach the stages (a vertebra needs more views than there are: none is found) and are recorded."""
+def test_the_options_and_version_a_scan_was_labelled_with_are_in_its_result(labeled):
+    """Settings reach the stages (a vertebra needs more views than there are: none is found) and are
+    recorded, with the installed package's version."""
     from dataclasses import replace
+    from importlib.metadata import version
 
     from vertedge.options import DEFAULT_OPTIONS, FusionOptions
 
     ph, labeler, result = labeled
     assert result.to_dict()["options"] == DEFAULT_OPTIONS.to_dict()
+    assert result.to_dict()["vertedge_version"] == version("vertedge")
     strict = replace(DEFAULT_OPTIONS, fusion=FusionOptions(min_views=labeler.protocol.n_views + 1))
     none = Labeler(device="cpu", options=strict)(ph.volume)
     assert none.vertebrae == () and none.to_dict()["options"]["fusion"]["min_views"] == labeler.protocol.n_views + 1

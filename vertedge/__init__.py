@@ -3,15 +3,20 @@
 `import vertedge` pulls no torch and no GPU package; GPU code is imported lazily.
 """
 
-from .errors import VertedgeError
-from .geometry import Protocol, Views, make_views, pixel_rays, project
-from .numba_cache import use_user_cache
-from .volume import Volume, load_volume, save_volume
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # one place for the version: the installed package's metadata (pyproject.toml)
+    __version__ = version("vertedge")
+except PackageNotFoundError:  # a source tree used without installing it
+    __version__ = "unknown"
+
+from .errors import VertedgeError  # noqa: E402
+from .geometry import Protocol, Views, make_views, pixel_rays, project  # noqa: E402
+from .numba_cache import use_user_cache  # noqa: E402
+from .volume import Volume, load_volume, save_volume  # noqa: E402
 
 # Before any submodule imports numba and defines its cached kernels (none of the above does).
 use_user_cache()
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Protocol",

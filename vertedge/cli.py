@@ -7,13 +7,13 @@ import logging
 import shlex
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from . import __version__
 from .errors import VertedgeError
 
 app = typer.Typer(
@@ -34,10 +34,7 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N (GPU N)."
 def _print_version(show: bool) -> None:
     """--version: the installed package's version, from its metadata."""
     if show:
-        try:
-            print(f"vertedge {version('vertedge')}")
-        except PackageNotFoundError:
-            print("vertedge (not installed: no package metadata)")
+        print(f"vertedge {__version__}")
         raise typer.Exit()
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -31,6 +30,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from . import __version__
 from .errors import VertedgeError
 from .labels import NAMES
 from .pipeline import Result
@@ -69,14 +69,6 @@ SC_SERIES_NUMBER = 9902
 DEVICE_UID = pydicom.uid.generate_uid(entropy_srcs=["vertedge observer device"])
 
 
-def software_version() -> str:
-    """vertedge's installed version, or "unknown" without package metadata."""
-    try:
-        return version("vertedge")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def read_source_headers(files: Sequence[str | os.PathLike[str]]) -> list[pydicom.Dataset]:
     """The headers (no pixel data) of a DICOM series' instances, checked to share one study,
     series and Frame of Reference: the report's evidence and the frame its points are in."""
@@ -100,7 +92,7 @@ def algorithm(result: Result) -> hd.sr.AlgorithmIdentification:
     """vertedge's version with the ids of the models that labelled this result."""
     return hd.sr.AlgorithmIdentification(
         name=MANUFACTURER,
-        version=software_version(),
+        version=__version__,
         parameters=[f"{role} model {model_id}" for role, model_id in sorted(result.models.items())],
         manufacturer=MANUFACTURER,
     )
@@ -153,7 +145,7 @@ def vertebrae_sr(result: Result, sources: Sequence[pydicom.Dataset]) -> hd.sr.Co
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=software_version()
+            uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=__version__
         ),
     )
     report = hd.sr.MeasurementReport(
@@ -172,7 +164,7 @@ def vertebrae_sr(result: Result, sources: Sequence[pydicom.Dataset]) -> hd.sr.Co
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description="vertedge vertebrae",
-        software_versions=software_version(),
+        software_versions=__version__,
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=PRIVATE_SCHEME, name="vertedge codes", responsible_organization=MANUFACTURER
@@ -201,7 +193,7 @@ def overview_sc(picture: np.ndarray, sources: Sequence[pydicom.Dataset]) -> hd.s
         manufacturer=MANUFACTURER,
         patient_orientation=("L", "F"),
         series_description="vertedge vertebrae overview",
-        software_versions=software_version(),
+        software_versions=__version__,
     )
     # an unpaired body part: the series needs no Laterality (dciodvfy asks for one without it)
     sc.BodyPartExamined = "SPINE"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import drr
+from . import __version__, drr
 from .anchors import review
 from .device import choose_device
 from .errors import CudaProviderError, VertedgeError
@@ -74,6 +74,7 @@ class Result:
             "vertebrae": [v.to_dict() for v in self.vertebrae],
             "input": self.input,
             "models": self.models,
+            "vertedge_version": __version__,
             "device": self.device,
             "options": self.options,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
