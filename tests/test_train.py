@@ -104,14 +104,30 @@ def test_identification_step_reduces_loss():
     assert losses[-1] < losses[0]
 
 
-def test_simsiam_loss_is_a_negative_cosine():
+def test_simsiam_loss_is_the_symmetric_negative_cosine_and_training_lowers_it():
     torch.manual_seed(0)
     net = SimSiam(**TINY, dim=16, pred_dim=8)
-    x = torch.rand(4, 1, 32, 32)
-    loss = net.loss(x, x + 0.01 * torch.rand_like(x))
-    assert -1.0 <= float(loss) <= 1.0
-    loss.backward()
+    x1 = torch.rand(4, 1, 32, 32)
+    x2 = x1 + 0.05 * torch.rand_like(x1)
+    with torch.no_grad():
+        z1, z2 = net.embed(x1).numpy(), net.embed(x2).numpy()
+        p1, p2 = net.predictor(torch.from_numpy(z1)).numpy(), net.predictor(torch.from_numpy(z2)).numpy()
+
+    def cos(a, b):
+        return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+    want = -(cos(p1, z2).mean() + cos(p2, z1).mean()) / 2
+    assert float(net.loss(x1, x2)) == pytest.approx(want, abs=1e-5)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = None
+    for _ in range(20):
+        loss = net.loss(x1, x2)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     assert net.encoder.stages[0][0].weight.grad is not None
+    assert float(net.loss(x1, x2)) < first - 0.1
 
 
 # ----------------------------------------------------------------------------- Sequence Loss
