@@ -1,4 +1,5 @@
-"""Helpers the test modules share: tiny ONNX model pairs with vertedge metadata, the CLI run in-process."""
+"""Helpers the test modules share: tiny ONNX model pairs with vertedge metadata, the CLI run in-process,
+a tiny training config and a stand-in spine scan for the train/ tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from vertedge import cli
 from vertedge.geometry import Protocol
-from vertedge.labels import SPINE_ORDER
+from vertedge.labels import LABELS, SPINE_ORDER
 from vertedge.onnx_models import IDENTIFICATION_FILE, LOCALIZATION_FILE
 
 
@@ -63,3 +64,36 @@ def write_pair(folder: Path, loc_meta: dict[str, str], id_meta: dict[str, str]) 
 
     onnx.save(tiny_model("localization", 1, 0.0, loc_meta), folder / LOCALIZATION_FILE)
     onnx.save(tiny_model("identification", 1 + len(SPINE_ORDER), 0.0, id_meta), folder / IDENTIFICATION_FILE)
+
+
+TINY = {"base": 4, "levels": 3}  # a U-Net small enough for the CPU tests
+TRAIN_PROTOCOL = Protocol(n_views=4, pixel_mm=8.0, max_rows=128, max_cols=128, step_mm=4.0)
+
+
+def train_config() -> dict:
+    """A tiny training config for the train/ tests."""
+    return {
+        "name": "test", "version": "0.1.0", "seed": 0, "protocol": TRAIN_PROTOCOL.to_dict(),
+        "net": TINY, "heatmap": {"sigma_px": 1.5, "amplitude": 1.0, "threshold": 0.3},
+        "data": {"train_seeds": [1000, 1002], "variants_per_scan": 1, "crop_prob": 0.5},
+        "augment": {"gamma": 1.2, "contrast": 0.1, "offset": 0.02, "noise": 0.01},
+        "loc": {"batch": 2, "crop": [32, 32]}, "id": {"batch": 2, "crop": [32, 32]},
+    }
+
+
+def spine_scan() -> Any:
+    """A stand-in CT (a `train.data.Scan`): soft-tissue slab with bright balls (the 'bodies') at known
+    centroids along S-I."""
+    from train.data import Scan
+
+    from .conftest import air_volume, paint_ball
+
+    vol = air_volume((40, 40, 72), (4.0, 4.0, 4.0))
+    vol.hu[:, 8:32, 8:32] = 40
+    labels = [LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3")]
+    cents = {}
+    for i, lab in enumerate(labels):
+        c = np.array([0.0, 10.0, 90.0 - i * 45.0])
+        paint_ball(vol, c, 10.0, 1000)
+        cents[lab] = c
+    return Scan("standin", vol, cents, {k: False for k in cents})

@@ -1,5 +1,6 @@
-"""Training side: a training step learns, the torch Sequence Loss, ONNX export parity and metadata,
-dataset targets, S-I crops and the VerSe-layout reader. Tiny nets and images: fast on a CPU."""
+"""Training side with torch: a training step learns, the torch Sequence Loss, ONNX export parity and
+metadata, checkpoints. Tiny nets and images: fast on a CPU. The numpy-only data side is in
+test_train_data.py."""
 
 from __future__ import annotations
 
@@ -13,51 +14,15 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from tests.conftest import air_volume, paint_ball
-from train.data import (
-    CLASSES,
-    Scan,
-    crop_si,
-    find_verse_cases,
-    heatmap_target,
-    id_target,
-    phantom_scan,
-    render_scan,
-    sample_batch,
-    square_half_px,
-    verse_scan,
-)
+from tests.helpers import TINY  # noqa: E402
+from tests.helpers import TRAIN_PROTOCOL as PROTOCOL  # noqa: E402
+from tests.helpers import spine_scan as _spine_scan  # noqa: E402
+from tests.helpers import train_config as _cfg  # noqa: E402
+from train.data import CLASSES, heatmap_target, render_scan
 from train.losses import SequenceLoss, heatmap_loss, id_loss, square_means
 from train.nets import SimSiam, UNet
 from vertedge.geometry import Protocol
 from vertedge.labels import LABELS
-
-TINY = {"base": 4, "levels": 3}
-PROTOCOL = Protocol(n_views=4, pixel_mm=8.0, max_rows=128, max_cols=128, step_mm=4.0)
-
-
-def _cfg() -> dict:
-    return {
-        "name": "test", "version": "0.1.0", "seed": 0, "protocol": PROTOCOL.to_dict(),
-        "net": TINY, "heatmap": {"sigma_px": 1.5, "amplitude": 1.0, "threshold": 0.3},
-        "data": {"train_seeds": [1000, 1002], "variants_per_scan": 1, "crop_prob": 0.5},
-        "augment": {"gamma": 1.2, "contrast": 0.1, "offset": 0.02, "noise": 0.01},
-        "loc": {"batch": 2, "crop": [32, 32]}, "id": {"batch": 2, "crop": [32, 32]},
-    }
-
-
-def _spine_scan() -> Scan:
-    """A stand-in CT: soft-tissue slab with bright balls (the 'bodies') at known centroids along S-I."""
-    vol = air_volume((40, 40, 72), (4.0, 4.0, 4.0))
-    vol.hu[:, 8:32, 8:32] = 40
-    labels = [LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3")]
-    cents = {}
-    for i, lab in enumerate(labels):
-        c = np.array([0.0, 10.0, 90.0 - i * 45.0])
-        paint_ball(vol, c, 10.0, 1000)
-        cents[lab] = c
-    return Scan("standin", vol, cents, {k: False for k in cents})
-
 
 # ----------------------------------------------------------------------------- training
 
@@ -240,94 +205,6 @@ def test_shipped_models_carry_the_contract():
                 "vertedge.model_version", "vertedge.training"} <= set(props)
         protocols.add(props["vertedge.protocol"])
     assert len(protocols) == 1
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def test_targets_peak_at_projected_centroids_and_carry_the_classes():
-    item = render_scan(_spine_scan(), PROTOCOL)
-    _, h, w = item["images"].shape
-    assert item["images"].dtype == np.float16 and np.isfinite(item["images"]).all()
-    idx = np.array([CLASSES.index(int(lab)) for lab in item["labels"]])
-    for k in range(PROTOCOL.n_views):
-        pts = item["points"][k]
-        hm = heatmap_target((h, w), pts, 1.5, 1.0)
-        for r, c in pts:
-            ri, ci = round(r), round(c)
-            win = hm[max(ri - 2, 0) : ri + 3, max(ci - 2, 0) : ci + 3]
-            assert hm[ri, ci] == win.max() and hm[ri, ci] > 0.75
-        # the bright balls are where the projected centroids are
-        img = item["images"][k].astype(np.float32)
-        col = round(pts[:, 1].mean())
-        assert img[np.round(pts[:, 0]).astype(int), col].mean() > img[:, col].mean()
-        half = square_half_px(item["px_mm"][k], 22.0)
-        assert np.all((half > 1.0) & (half < 5.0))  # 22 mm at ~4 mm per pixel
-        tgt = id_target((h, w), pts, idx, half)
-        for (r, c), j in zip(pts, idx):
-            assert tgt[round(r), round(c)] == 1 + j
-        assert set(np.unique(tgt)) == {0, *(1 + idx)}
-
-
-def test_sample_batch_shapes_and_pair():
-    class _P:
-        items = [render_scan(_spine_scan(), PROTOCOL)]  # noqa: RUF012
-
-        def __len__(self):
-            return 1
-
-    rng = np.random.default_rng(0)
-    cfg = {"augment": _cfg()["augment"], "heatmap": _cfg()["heatmap"], "focus": 1.0}
-    b = sample_batch(_P(), 3, (32, 32), rng, "loc", cfg)
-    assert b["x"].shape == (3, 1, 32, 32) and b["heatmap"].shape == (3, 1, 32, 32)
-    assert b["heatmap"].max() > 0.5
-    b = sample_batch(_P(), 2, (32, 32), rng, "id", cfg)
-    assert b["target"].shape == (2, 32, 32) and len(b["boxes"]) == 2
-    for bx, cl in zip(b["boxes"], b["classes"]):
-        assert len(bx) == len(cl) and np.all(np.diff(cl) > 0)  # cranial -> caudal
-    b = sample_batch(_P(), 2, (32, 32), rng, "pair", cfg)
-    assert b["x"].shape == b["x2"].shape == (2, 1, 32, 32)
-
-
-def test_crop_si_drops_centroids_outside_and_keeps_world_positions():
-    scan = _spine_scan()
-    cropped = crop_si(scan, 0.0, 0.5)  # the inferior half (index k grows superior in LPS)
-    assert 0 < len(cropped.centroids) < len(scan.centroids)
-    zmax = cropped.volume.index_to_world(np.array([0, 0, cropped.volume.shape_ijk[2] - 1]))[2]
-    assert all(c[2] <= zmax + 2.0 for c in cropped.centroids.values())
-    # the cut is an array slice with a shifted origin: same voxels at the same world positions
-    mid = crop_si(scan, 0.25, 0.75)
-    lo = int(np.floor(0.25 * scan.volume.shape_ijk[2]))
-    np.testing.assert_array_equal(mid.volume.hu[0], scan.volume.hu[lo])
-    np.testing.assert_allclose(mid.volume.index_to_world(np.zeros(3)), scan.volume.index_to_world(np.array([0, 0, lo])))
-
-
-def test_held_out_seeds_are_refused():
-    with pytest.raises(ValueError):
-        phantom_scan(5)
-
-
-def test_verse_layout_reader(tmp_path):
-    from vertedge.phantom import make_phantom
-    from vertedge.verse import write_verse_ctd
-    from vertedge.volume import save_volume
-
-    ph = make_phantom(1000, "lumbar", shape=(40, 40, 48), orientation="RAS")
-    for sub in ("sub-verse001", "sub-gl002"):
-        (tmp_path / "rawdata" / sub).mkdir(parents=True)
-        (tmp_path / "derivatives" / sub).mkdir(parents=True)
-    save_volume(ph.volume, tmp_path / "rawdata" / "sub-verse001" / "sub-verse001_ct.nii.gz")
-    cents = {**ph.centroids, 26: np.array(next(iter(ph.centroids.values()))) - [0, 0, 60]}  # sacrum: dropped
-    write_verse_ctd(tmp_path / "derivatives" / "sub-verse001" / "sub-verse001_seg-subreg_ctd.json", cents, ph.volume)
-    save_volume(ph.volume, tmp_path / "rawdata" / "sub-gl002" / "sub-gl002_dir-ax_ct.nii.gz")  # no centroids
-    cases = find_verse_cases(tmp_path)
-    assert [c[0].name for c in cases] == ["sub-verse001_ct.nii.gz"]
-    scan = verse_scan(*cases[0])
-    assert set(scan.centroids) == set(ph.centroids)
-    for lab, c in ph.centroids.items():
-        np.testing.assert_allclose(scan.centroids[lab], c, atol=1e-3)
-    item = render_scan(scan, PROTOCOL)
-    assert list(item["labels"]) == sorted(ph.centroids, key=CLASSES.index)
 
 
 def test_run_task_checkpoints_and_resumes(tmp_path):
