@@ -220,7 +220,10 @@ def section_pipeline(repeats: int) -> dict[str, Any]:
         labeler = Labeler(device=device, fp16=fp16)
         stages, result = run_labeler(labeler, ph.volume, n)
         s = score(result.centroids(), ph.centroids)
-        out[name] = {"stages": stages, "found": len(result.vertebrae), "id_rate_pct": s.id_rate["all"], "l_error_mm": s.l_error_mm["all"], "models": labeler.models.ids}
+        out[name] = {
+            "stages": stages, "found": len(result.vertebrae), "id_rate_pct": s.id_rate["all"],
+            "l_error_mm": s.l_error_mm["all"], "models": labeler.models.ids,
+        }
         results[name] = result
     out["agreement"] = {
         "cuda fp32 vs cpu fp32": agreement(results["cuda fp32"], results["cpu fp32"]),
@@ -289,7 +292,10 @@ def markdown(report: dict[str, Any]) -> str:
                   "| pixel mm | detector | K | variant | kernel median ms | min ms | max rel diff vs CPU |", "|---|---|---|---|---|---|---|"]
         for r in d["protocols"]:
             for name, t in r["kernels"].items():
-                lines.append(f"| {r['pixel_mm']} | {r['detector'][0]}x{r['detector'][1]} | {r['views']} | {name} | {t['median_ms']:.3f} | {t['min_ms']:.3f} | {r['max_rel_diff_vs_cpu']:.1e} |")
+                lines.append(
+                    f"| {r['pixel_mm']} | {r['detector'][0]}x{r['detector'][1]} | {r['views']} | {name} | "
+                    f"{t['median_ms']:.3f} | {t['min_ms']:.3f} | {r['max_rel_diff_vs_cpu']:.1e} |"
+                )
         lines.append("")
     p = report.get("pipeline")
     if isinstance(p, dict) and "cuda fp16" in p:
@@ -306,7 +312,10 @@ def markdown(report: dict[str, Any]) -> str:
         for k, v in o.items():
             if k != "default":
                 w, f = v["warm_ms"], v["new_shape_first_call_ms"]
-                lines.append(f"| {k} | {w['localization_net']:.2f} | {w['identification_net']:.2f} | {w['total']:.1f} | {f['localization_net']:.1f} | {f['identification_net']:.1f} |")
+                lines.append(
+                    f"| {k} | {w['localization_net']:.2f} | {w['identification_net']:.2f} | {w['total']:.1f} | "
+                    f"{f['localization_net']:.1f} | {f['identification_net']:.1f} |"
+                )
         lines.append("")
     a = report.get("accuracy")
     if isinstance(a, dict) and "cuda fp16" in a:

@@ -92,7 +92,8 @@ def training_line(ck: dict[str, Any]) -> str:
     return (f"{seeds} ({n if n is not None else '?'} cached scan variants: whole scan + "
             f"random start angle and S-I field-of-view crops p={d.get('crop_prob')}){verse}; "
             f"augmentation gamma x/÷{a.get('gamma')}, contrast ±{a.get('contrast')}, offset ±{a.get('offset')}, "
-            f"noise sigma <= {a.get('noise')}, blur p={a.get('blur_prob', 0)}; {_init_note(cfg[ck['task']])}{ck['step']} iterations, batch {cfg[ck['task']]['batch']} crops "
+            f"noise sigma <= {a.get('noise')}, blur p={a.get('blur_prob', 0)}; "
+            f"{_init_note(cfg[ck['task']])}{ck['step']} iterations, batch {cfg[ck['task']]['batch']} crops "
             f"{cfg[ck['task']]['crop']}; {ck['elapsed'] / 60:.0f} min on CPU; config {cfg.get('name', '?')}")
 
 

@@ -116,7 +116,7 @@ def test_phantom_saved_lps_ras_permuted_gives_same_drrs_and_projections(tmp_path
         views = make_views(volume, protocol)
         images[orientation] = render(volume, views, protocol)
         labels = sorted(ph.centroids)
-        projected[orientation] = project(views, np.array([ph.centroids[l] for l in labels]))[0]
+        projected[orientation] = project(views, np.array([ph.centroids[lab] for lab in labels]))[0]
     assert len({im.shape for im in images.values()}) == 1
     for orientation in ("RAS", "permuted"):
         np.testing.assert_allclose(images[orientation], images["LPS"], atol=1e-3 * images["LPS"].max())

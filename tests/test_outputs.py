@@ -22,7 +22,7 @@ def result_and_volume():
     volume = air_volume((50, 40, 60), (1.5, 1.5, 2.0), rotation("z", 15), (5, -20, 100)).reoriented((0, 2, 1), (True, False, True))
     truth = {20: np.array([3.0, -15.0, 130.0]), 21: np.array([4.0, -18.0, 100.0]), 22: np.array([5.0, -20.0, 70.0])}
     vertebrae = tuple(
-        Vertebra(l, name(l), tuple(p), tuple(volume.world_to_index(p)), 0.9, 0.4, 10) for l, p in truth.items()
+        Vertebra(lab, name(lab), tuple(p), tuple(volume.world_to_index(p)), 0.9, 0.4, 10) for lab, p in truth.items()
     )
     views = make_views(volume, Protocol(pixel_mm=4.0, n_views=4))
     images = np.random.default_rng(0).random((4, *views.shape)).astype(np.float32)
@@ -178,8 +178,8 @@ def test_overview_shows_the_bone_and_marks_each_vertebra_in_its_colour(tmp_path)
     paint_ball(volume, np.array([0.0, 0.0, 20.0]), 6.0, 1200)
     paint_ball(volume, np.array([0.0, 0.0, -20.0]), 6.0, 1200)
     vertebrae = tuple(
-        Vertebra(l, name(l), (0.0, 0.0, z), tuple(volume.world_to_index(np.array([0.0, 0.0, z]))), 0.9, 0.4, 10, review)
-        for l, z, review in ((20, 20.0, False), (21, -20.0, True))
+        Vertebra(lab, name(lab), (0.0, 0.0, z), tuple(volume.world_to_index(np.array([0.0, 0.0, z]))), 0.9, 0.4, 10, review)
+        for lab, z, review in ((20, 20.0, False), (21, -20.0, True))
     )
     result = Result(vertebrae, input_description(volume), {}, "cpu", {})
     picture = overview(result, volume, "ct-42")

@@ -8,10 +8,10 @@ import pytest
 from vertedge.boxes import square_half_px
 from vertedge.fusion import Fused, fuse
 from vertedge.geometry import Protocol, Views, make_views, pixel_mm_at_depth, project
-from vertedge.labels import SPINE_ORDER
-from vertedge.phantom import make_phantom
 from vertedge.labelling import label, may_be_one_vertebra, peaks_of
+from vertedge.labels import SPINE_ORDER
 from vertedge.options import DEFAULT_OPTIONS
+from vertedge.phantom import make_phantom
 
 SIGMA_PX, AMPLITUDE, THRESHOLD = 2.0, 10.0, 3.0
 CLASSES = SPINE_ORDER
@@ -47,7 +47,7 @@ def spine():
     """A full-spine phantom's true centroids and a K=10 geometry of 2 mm pixels at the isocentre."""
     ph = make_phantom(11, "full", shape=(64, 64, 150), spacing=(6.0, 6.0, 5.0))
     labels = np.array(sorted(ph.centroids, key=CLASSES.index))
-    points = np.array([ph.centroids[l] for l in labels])
+    points = np.array([ph.centroids[lab] for lab in labels])
     views = make_views(ph.volume, Protocol(pixel_mm=4.0, n_views=10))
     return views, points, labels
 

@@ -18,11 +18,11 @@ from tests.helpers import TINY  # noqa: E402
 from tests.helpers import TRAIN_PROTOCOL as PROTOCOL  # noqa: E402
 from tests.helpers import spine_scan as _spine_scan  # noqa: E402
 from tests.helpers import train_config as _cfg  # noqa: E402
-from train.data import CLASSES, heatmap_target, render_scan
-from train.losses import SequenceLoss, heatmap_loss, id_loss, square_means
-from train.nets import SimSiam, UNet
-from vertedge.geometry import Protocol
-from vertedge.labels import LABELS
+from train.data import CLASSES, heatmap_target, render_scan  # noqa: E402
+from train.losses import SequenceLoss, heatmap_loss, id_loss, square_means  # noqa: E402
+from train.nets import SimSiam, UNet  # noqa: E402
+from vertedge.geometry import Protocol  # noqa: E402
+from vertedge.labels import LABELS  # noqa: E402
 
 # ----------------------------------------------------------------------------- training
 

@@ -29,9 +29,9 @@ def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, matc
     from vertedge import drr
     from vertedge.boxes import box_means, square_half_px
     from vertedge.geometry import make_views, pixel_mm_at_depth, project
-    from vertedge.phantom import make_phantom
     from vertedge.labelling import peaks_of
     from vertedge.options import DEFAULT_OPTIONS
+    from vertedge.phantom import make_phantom
 
     models = _sessions(Path(models_dir))
     protocol = models.protocol
@@ -47,7 +47,7 @@ def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, matc
         heat = models.localize(images)
         prob = models.identify(images)
         labels = np.array(sorted(ph.centroids, key=classes.index))
-        pts = np.array([ph.centroids[int(l)] for l in labels]).reshape(-1, 3)
+        pts = np.array([ph.centroids[int(lab)] for lab in labels]).reshape(-1, 3)
         rc, depth = project(views, pts)
         pxmm = pixel_mm_at_depth(views, depth)
         peaks = peaks_of(heat, views, thr)

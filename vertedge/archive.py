@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +42,8 @@ from .batch import (
     Outcome,
     Scan,
     expand_inputs,
-    finished_result,
     fingerprint_if_readable,
+    finished_result,
     label_one,
     provenance,
     result_note,
@@ -121,7 +121,7 @@ COLUMNS = """
 
 def _now() -> str:
     """The time as UTC ISO 8601, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -56,7 +56,7 @@ def phantom(
     out: Annotated[Path, typer.Argument(help="Output image (.nii.gz, .nrrd, .mha).")],
     seed: Annotated[int, typer.Option(help="Random seed; the phantom is a function of it.")] = 0,
     region: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="full, cervical, thoracic, lumbar, cervicothoracic or thoracolumbar."),
     ] = None,
 ) -> None:
@@ -216,9 +216,9 @@ def _resume_command() -> str:
 def run(
     scans: Annotated[list[Path], typer.Argument(metavar="SCAN", help="CT files, DICOM series folders, or folders of them.")],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("."),
-    views: Annotated[Optional[int], typer.Option("--views", "-k", min=2, max=360, help="Views K (default: the models').")] = None,
+    views: Annotated[int | None, typer.Option("--views", "-k", min=2, max=360, help="Views K (default: the models').")] = None,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
-    models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
+    models: Annotated[Path | None, typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the fp16 models (about 1 ms faster, slightly less accurate).")] = False,
     png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
     dicom: Annotated[
@@ -353,14 +353,14 @@ def archive(
         str,
         typer.Option("--ray", metavar="local|ADDRESS", help="local: start a Ray cluster on this machine; else the address of a running one."),
     ] = "local",
-    cpus: Annotated[Optional[int], typer.Option(min=2, help="With --ray local: the CPUs it may use (default: all).")] = None,
+    cpus: Annotated[int | None, typer.Option(min=2, help="With --ray local: the CPUs it may use (default: all).")] = None,
     actors: Annotated[
-        Optional[int], typer.Option(min=1, help="Labellers (default: one per GPU of the cluster, else one per two CPUs).")
+        int | None, typer.Option(min=1, help="Labellers (default: one per GPU of the cluster, else one per two CPUs).")
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="Attempts after the first before a scan is recorded failed.")] = 2,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again the scans an earlier run recorded failed.")] = False,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
-    models: Annotated[Optional[Path], typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
+    models: Annotated[Path | None, typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
     png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr, the workers' own output too.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
@@ -453,7 +453,7 @@ def evaluate(
         Path,
         typer.Argument(help="Ground-truth file or folder (*_gt.json, CASE/ground_truth.json or VerSe *_ctd.json)."),
     ],
-    image: Annotated[Optional[Path], typer.Option(help="The scan, needed to read VerSe *_ctd.json files.")] = None,
+    image: Annotated[Path | None, typer.Option(help="The scan, needed to read VerSe *_ctd.json files.")] = None,
 ) -> None:
     """Id-Rate, L-Error (VerSe definitions) and extra predictions, per scan, per region and overall.
 

@@ -24,9 +24,9 @@ import os
 from collections.abc import Sequence
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import numpy as np
 import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 

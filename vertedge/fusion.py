@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import Views, pixel_rays
-from .options import FusionOptions
+from .options import DEFAULT_OPTIONS, FusionOptions
 from .peaks import Peaks
 
 _MAX_GAP_FACTOR = 2.5  # consecutive vertebrae: one missed detection doubles a gap; more is a break
@@ -224,7 +224,7 @@ def _empty_fused(n_views: int) -> Fused:
     return Fused(np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.int64), np.zeros((0, n_views), np.int64))
 
 
-def fuse(peaks: Peaks, views: Views, options: FusionOptions = FusionOptions()) -> Fused:
+def fuse(peaks: Peaks, views: Views, options: FusionOptions = DEFAULT_OPTIONS.fusion) -> Fused:
     """3D centroids (world LPS mm, cranial -> caudal) of vertebrae detected in >= `options.min_views` views.
 
     Stray detections (a bright object beside the spine) are dropped (`on_spine`): points farther
