@@ -116,3 +116,31 @@ def test_cuda_provider_that_cannot_start_falls_back_on_auto_only(tmp_path, monke
     assert labeler.device == "cpu" and labeler.device_note.startswith("running on CPU: ONNX Runtime could not")
     with pytest.raises(VertedgeError, match="--device cuda: ONNX Runtime could not start"):
         Labeler(tmp_path, device="cuda")
+
+
+def test_cuda_sessions_get_the_options_cuda_provider_settings(tmp_path, monkeypatch):
+    """The CUDA provider options come from PipelineOptions (no GPU needed: the session is faked)."""
+    import types
+    from dataclasses import replace
+
+    import onnxruntime as ort
+
+    from vertedge import onnx_models
+
+    protocol = Protocol(pixel_mm=4.0, n_views=4)
+    write_pair(tmp_path, metadata("localization", protocol), metadata("identification", protocol))
+    seen = {}
+    real = ort.InferenceSession
+
+    def session_on_a_gpu(path, session_options, providers):
+        seen["providers"] = providers
+        cpu = real(path, session_options, providers=["CPUExecutionProvider"])
+        return types.SimpleNamespace(get_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                                     get_modelmeta=cpu.get_modelmeta)
+
+    monkeypatch.setattr(ort, "InferenceSession", session_on_a_gpu)
+    monkeypatch.setattr(onnx_models, "_preload_cuda_libraries", lambda: None)
+    options = replace(DEFAULT_OPTIONS, cuda_fp32=(("cudnn_conv_algo_search", "DEFAULT"), ("use_tf32", "0")))
+    onnx_models._session(tmp_path / LOCALIZATION_FILE, "cuda", device_id=1, options=options)
+    cuda = {"cudnn_conv_algo_search": "DEFAULT", "use_tf32": "0", "device_id": "1"}
+    assert seen["providers"] == [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]

@@ -129,11 +129,12 @@ def _session(
         raise VertedgeError(f"{path}: model file not found")
     if device == "cuda":
         _preload_cuda_libraries()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.log_severity_level = 3
+    providers = providers_for(device, fp16, device_id, options)
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers_for(device, fp16, device_id, options))
+        session = ort.InferenceSession(str(path), session_options, providers=providers)
     except Exception as e:  # onnxruntime raises its own untyped errors for corrupt files
         raise VertedgeError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
