@@ -445,7 +445,8 @@ class _Job:
         self.manifest, self.out_dir, self.make_labeler = manifest, out_dir, make_labeler
         self.actors, self.retries, self.png = actors, retries, png
         self.read = ray.remote(num_cpus=1, max_retries=0)(read_scan)  # attempts are counted here, not by Ray
-        self.labeller = ray.remote(num_cpus=1, num_gpus=int(gpu), max_restarts=0)(Labeller)
+        # Ray's stubs type a remote class as a union with the class itself: its handle is used dynamically
+        self.labeller: Any = ray.remote(num_cpus=1, num_gpus=int(gpu), max_restarts=0)(Labeller)
         self.numbers = itertools.count()
 
     def run(self) -> Iterator[Finished]:

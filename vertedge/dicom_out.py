@@ -73,7 +73,7 @@ def read_source_headers(files: Sequence[str | os.PathLike[str]]) -> list[pydicom
     """The headers (no pixel data) of a DICOM series' instances, checked to share one study,
     series and Frame of Reference: the report's evidence and the frame its points are in."""
     try:
-        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        headers: list[pydicom.Dataset] = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     except (OSError, pydicom.errors.InvalidDicomError) as e:
         raise VertedgeError(f"{e.filename if isinstance(e, OSError) else files[0]}: cannot read the DICOM header") from e
     if not headers:

@@ -126,7 +126,8 @@ def write_result(
     paths = result_paths(out_dir, name, png, dicom)
     marker = paths[0]
     sources = dicom_sources(volume) if dicom else []  # before anything is written: it may refuse
-    picture = overview(result, volume, name) if png or dicom else None
+    # an empty picture when none is asked for: no writer below uses it then
+    picture = overview(result, volume, name) if png or dicom else np.zeros((0, 0, 3), np.uint8)
     try:
         # ExitStack renames in reverse order of entry: the marker, entered first, is renamed last
         with ExitStack() as stack:

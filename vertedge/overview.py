@@ -115,7 +115,7 @@ def overview(result: Result, volume: Volume, title: str) -> np.ndarray:
     ]
     zoom = max(1.0, MIN_PANEL_HEIGHT_PX / len(z))
     images = [
-        Image.fromarray(_grey(p)).resize((round(p.shape[1] * zoom), round(p.shape[0] * zoom)), Image.BILINEAR)
+        Image.fromarray(_grey(p)).resize((round(p.shape[1] * zoom), round(p.shape[0] * zoom)), Image.Resampling.BILINEAR)
         for p in panels
     ]
     mm_px = px_mm / zoom  # mm per picture pixel

@@ -573,7 +573,7 @@ def _add_spine(sc: _Scene, prm: dict, vert: list[_Level], sacrum: list[_Level]) 
         tan = up.center - lo.center
         gap = np.linalg.norm(tan) - up.dims["h"] - lo.dims["h"]
         d = BodyShape(mid, _frame(tan, 0.0), (up.dims["a"] + lo.dims["a"]) / 2 * 0.98,
-                      (up.dims["b"] + lo.dims["b"]) / 2 * 0.98, gap / 2 + 1.0, 2.3, 0.0)
+                      (up.dims["b"] + lo.dims["b"]) / 2 * 0.98, float(gap / 2 + 1.0), 2.3, 0.0)
         sc.body(d, prm["disc_hu"], prm["disc_hu"] + 40, 1.5)
     bodies = {}
     for lv in vert:
@@ -621,12 +621,12 @@ def _torso_profile(prm: dict, vert: list[_Level], sacrum: list[_Level], zs: np.n
         (10, 175 * shoulder, 115, 75, 2.4), (13, 155, 140, 75, 2.4), (17, 150, 150, 80, 2.4),
         (last_t, 145, 145 * obese, 85, 2.4), (22, 150, 150 * obese, 95, 2.5), (24, 165, 145 * obese, 100, 2.6),
     ]
-    zz = [z_of[lab] for lab, *_ in rows] + [sacrum[2].center[2] - 30.0, sacrum[-1].center[2] - 60.0]
-    yy = [y_of[lab] for lab, *_ in rows] + [sacrum[0].center[1]] * 2
+    zz = np.array([z_of[lab] for lab, *_ in rows] + [sacrum[2].center[2] - 30.0, sacrum[-1].center[2] - 60.0])
+    yy = np.array([y_of[lab] for lab, *_ in rows] + [sacrum[0].center[1]] * 2)
     vals = np.array([r[1:] for r in rows] + [(175, 140 * obese, 115, 2.6), (180, 130 * obese, 105, 2.6)], float)
     vals[:, :3] *= hab
     order = np.argsort(zz)
-    zz, yy, vals = np.array(zz)[order], np.array(yy)[order], vals[order]
+    zz, yy, vals = zz[order], yy[order], vals[order]
     hw, front, back, e = (np.interp(zs, zz, vals[:, c]) for c in range(4))
     ys = np.interp(zs, zz, yy)
     # Supine: below the neck the back lies flat on the table (kyphosis does not lift it off).
@@ -643,7 +643,7 @@ def _torso_profile(prm: dict, vert: list[_Level], sacrum: list[_Level], zs: np.n
 # ----------------------------------------------------------------------------- organs and other bones
 
 
-def _ribs(sc: _Scene, prm: dict, vert: list[_Level], prof_at) -> dict[str, Any]:
+def _ribs(sc: _Scene, prm: dict, vert: list[_Level], prof_at) -> dict[int, tuple]:
     """Ribs (bone then costal cartilage) on every thoracic vertebra, and the sternum; returns rib-cage info."""
     canc, cort = _bone(prm)
     thor = [lv for lv in vert if 8 <= lv.label <= 19 or lv.label == 28]
@@ -870,7 +870,7 @@ def _metal(sc: _Scene, prm: dict, vert: list[_Level]) -> None:
     """Pedicle screws through the instrumented levels and rods joining their heads."""
     levels = [lv for lv in vert if lv.label in prm["metal_levels"]]
     hu = prm["metal_hu"]
-    heads = {-1.0: [], 1.0: []}
+    heads: dict[float, list[np.ndarray]] = {-1.0: [], 1.0: []}
     for lv in levels:
         d = lv.dims
         for sx in (-1.0, 1.0):

@@ -71,12 +71,12 @@ def read_verse_ctd(path: str | os.PathLike[str], volume: Volume) -> dict[int, np
     perm, flip = _axis_map(entries[0], volume, name)
     last = np.array(volume.shape_ijk)[perm] - 1
     out: dict[int, np.ndarray] = {}
-    for e in entries[1:]:
+    for entry in entries[1:]:
         try:
-            xyz = np.array([e["X"], e["Y"], e["Z"]], float)
-            label = int(e["label"])
+            xyz = np.array([entry["X"], entry["Y"], entry["Z"]], float)
+            label = int(entry["label"])
         except (KeyError, TypeError, ValueError) as err:
-            raise VertedgeError(f"{name}: malformed centroid entry {e!r}") from err
+            raise VertedgeError(f"{name}: malformed centroid entry {entry!r}") from err
         # Reorienting reverses an axis as index -> n - 1 - index (voxel centres stay on integers;
         # VerSe's own reorient_centroids_to uses n - index, one voxel off).
         ijk = np.empty(3)

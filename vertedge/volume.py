@@ -220,7 +220,7 @@ def _check_nifti_stored(path: Path, name: str) -> None:
     are stored as floats, the only type that can hold NaN).
     """
     try:
-        stored = nib.load(path).dataobj  # header only: a lazy proxy of the stored array
+        stored = nib.load(path).dataobj  # type: ignore[attr-defined]  # a NIfTI image: a lazy proxy of the stored array
         data_file = Path(stored.file_like)  # the .img(.gz) of a .hdr/.img pair
         if data_file.suffix == ".gz":
             _check_gzip_complete(data_file, int(np.prod(stored.shape)) * stored.dtype.itemsize, name)
