@@ -2,7 +2,7 @@
 
 - NIfTI-1 `.nii.gz`: inflated by ISA-L (the `isal` package, about twice zlib's speed) straight
   into the voxel array; `.nii`: memory-mapped at `vox_offset`, copied only when scaled.
-- DICOM series: pydicom reads and decodes the slices on a thread pool into one array.
+- DICOM series: pydicom reads and decodes the slices into one array.
 
 Each reader returns None for what it does not handle (another format, a missing package or
 decoder, a header it does not model), and the caller reads the file with SimpleITK instead.
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import mmap
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +40,7 @@ _ITK_PIXEL_OF_DTYPE = {
     np.dtype(np.float32): sitk.sitkFloat32,
     np.dtype(np.float64): sitk.sitkFloat64,
 }
-_DICOM_THREADS = min(8, os.cpu_count() or 1)
+_LITTLE_ENDIAN_NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # Implicit and Explicit VR Little Endian
 
 
 class TruncatedData(OSError):
@@ -158,13 +156,15 @@ class DicomSlices:
 
 
 def dicom_slices(files: list[str], itk_pixel_id: int) -> DicomSlices | None:
-    """Read a single-frame DICOM series with pydicom, several files at once, in the order of `files`.
+    """Read a single-frame DICOM series with pydicom, one file after another, in the order of `files`.
 
-    Each thread reads one file and decodes its pixels into its slice of one array (the files'
-    bytes are dropped as soon as they are decoded). HU = stored * RescaleSlope + RescaleIntercept,
-    as SimpleITK's reader then `from_sitk` give it (see `_rescaled`). Returns None (read it with
-    SimpleITK) without pydicom or a decoder for the transfer syntax, for a file pydicom cannot
-    read, or when the slices differ in size, pixel format, rescale or transfer syntax.
+    Each file's pixels go into its slice of one array as it is read (its bytes are then dropped).
+    Not threaded: pydicom's parsing, and its JPEG 2000 decoding through pylibjpeg, hold the GIL;
+    two threads were slower than one (benchmarks/RESULTS.md, "Decode"). HU = stored *
+    RescaleSlope + RescaleIntercept, as SimpleITK's reader then `from_sitk` give it (see
+    `_rescaled`). Returns None (read it with SimpleITK) without pydicom or a decoder for the
+    transfer syntax, for a file pydicom cannot read, or when the slices differ in size, pixel
+    format, rescale or transfer syntax.
     """
     try:
         import pydicom
@@ -181,18 +181,19 @@ def dicom_slices(files: list[str], itk_pixel_id: int) -> DicomSlices | None:
     if fmt[0] != 1 or fmt[3] not in (8, 16):  # one frame of 8- or 16-bit greyscale pixels
         return None
     # pydicom's pixel_array dtype: signed or unsigned integers of BitsAllocated bits
-    stored = np.empty((len(files), first.Rows, first.Columns), f"{'i' if first.PixelRepresentation else 'u'}{fmt[3] // 8}")
+    stored = np.empty((len(files), first.Rows, first.Columns), f"<{'i' if first.PixelRepresentation else 'u'}{fmt[3] // 8}")
+    # uncompressed little-endian pixels using every allocated bit are the stored values as they lie
+    native = first.file_meta.TransferSyntaxUID in _LITTLE_ENDIAN_NATIVE and fmt[3] == fmt[4]
 
     def read(k: int) -> tuple[np.ndarray, np.ndarray] | None:
         ds = pydicom.dcmread(files[k])
         if _pixel_format(ds) != fmt or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             return None
-        stored[k] = ds.pixel_array
+        stored[k] = _native_pixels(ds, stored.dtype) if native else ds.pixel_array
         return np.array(ds.ImagePositionPatient, float), np.array(ds.ImageOrientationPatient, float)
 
     try:
-        with ThreadPoolExecutor(_DICOM_THREADS) as pool:
-            tags = list(pool.map(read, range(len(files))))
+        tags = [read(k) for k in range(len(files))]
     except Exception:  # noqa: BLE001 - as above: SimpleITK reads it or says why not
         return None
     if any(t is None for t in tags):
@@ -202,6 +203,12 @@ def dicom_slices(files: list[str], itk_pixel_id: int) -> DicomSlices | None:
     if hu is None:
         return None
     return DicomSlices(hu=hu, positions=np.array([t[0] for t in tags]), cosines=tags[0][1])
+
+
+def _native_pixels(ds, dtype: np.dtype) -> np.ndarray:  # noqa: ANN001 - a pydicom Dataset
+    """The pixels of an uncompressed little-endian slice straight from its bytes (pydicom's pixel_array
+    gives the same values, with checks costing more than the copy)."""
+    return np.frombuffer(ds.PixelData, dtype, count=ds.Rows * ds.Columns).reshape(ds.Rows, ds.Columns)
 
 
 def _pixel_format(ds) -> tuple:  # noqa: ANN001 - a pydicom Dataset
@@ -214,7 +221,7 @@ def _pixel_format(ds) -> tuple:  # noqa: ANN001 - a pydicom Dataset
 
 
 def _rescaled(stored: np.ndarray, slope: float, inter: float, integer: bool) -> np.ndarray | None:
-    """HU = stored * slope + inter as SimpleITK then `from_sitk` give it, one slice at a time.
+    """HU = stored * slope + inter as SimpleITK then `from_sitk` give it.
 
     `integer`: ITK's pixel type is an integer (GDCM does that for whole slope and intercept), so
     the HU are exact integers, stored as int16 when they fit, else float32; otherwise ITK computes
@@ -222,10 +229,20 @@ def _rescaled(stored: np.ndarray, slope: float, inter: float, integer: bool) -> 
     """
     if integer and (slope != int(slope) or inter != int(inter)):
         return None
-    ends = np.array([stored.min(), stored.max()], np.float64) * slope + inter
+    lo, hi = float(stored.min()), float(stored.max())
+    ends = np.array([lo, hi]) * slope + inter
     fits = integer and -32768 <= ends.min() and ends.max() <= 32767
-    hu = np.empty(stored.shape, np.int16 if fits else np.float32)
-    work = np.int64 if integer else np.float64  # exact for 16-bit stored values
-    for k in range(len(stored)):  # per slice: no whole-volume temporaries
+    out = np.int16 if fits else np.float32
+    if slope == 1 and inter == 0 and stored.dtype == out:
+        return stored
+    if fits and slope == 1 and -32768 <= min(lo, inter) and max(hi, inter) <= 32767:
+        work = np.int16  # stored, intercept and every sum fit int16: exact in int16
+    else:  # int32 is exact for 16-bit stored values times a slope that keeps the HU within int16
+        work = (np.int32 if fits else np.int64) if integer else np.float64
+    hu = np.empty(stored.shape, out)
+    if slope == 1:  # one ufunc, cast in numpy's buffered chunks: no whole-volume temporary
+        np.add(stored, work(inter), out=hu, dtype=work, casting="unsafe")
+        return hu
+    for k in range(len(stored)):  # a product then a sum: one slice's temporary at a time
         np.add(np.multiply(stored[k], work(slope), dtype=work), work(inter), out=hu[k], casting="unsafe")
     return hu
