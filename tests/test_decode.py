@@ -143,17 +143,24 @@ def test_dicom_series_reads_as_simpleitk(dicom_series):
     _assert_same(load_volume(dicom_series), _sitk_volume(dicom_series))
 
 
-def test_rle_compressed_dicom_series_reads_as_simpleitk(dicom_series, tmp_path):
+@pytest.mark.parametrize("syntax", ["RLE Lossless", "Deflated Explicit VR Little Endian"])
+def test_compressed_dicom_series_reads_as_simpleitk(dicom_series, tmp_path, syntax):
     pydicom = pytest.importorskip("pydicom")
-    from pydicom.uid import RLELossless
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
-    rle = tmp_path / "rle"
-    rle.mkdir()
+    out = tmp_path / "compressed"
+    out.mkdir()
     for f in dicom_series.iterdir():
         ds = pydicom.dcmread(f)
-        ds.compress(RLELossless)  # pydicom's own RLE encoder
-        ds.save_as(rle / f.name)
-    _assert_same(load_volume(rle), _sitk_volume(rle))
+        if syntax == "RLE Lossless":
+            ds.compress(RLELossless)  # pydicom's own RLE encoder
+        else:  # the whole dataset deflated (zlib) on writing
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(out / f.name, enforce_file_format=True)
+    assert pydicom.dcmread(next(out.iterdir())).file_meta.TransferSyntaxUID.name == syntax
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(out)))
+    assert readers.dicom_slices(files, sitk.sitkInt16) is not None
+    _assert_same(load_volume(out), _sitk_volume(out))
 
 
 def test_dicom_series_without_pydicom_falls_back_to_simpleitk(dicom_series, monkeypatch):
