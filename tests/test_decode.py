@@ -89,9 +89,9 @@ def test_nifti_orientations_read_as_simpleitk(tmp_path, suffix, orientation):
 @pytest.mark.parametrize("form", ["qform", "sform", "both"])
 @pytest.mark.parametrize(
     ("dtype", "slope", "inter"),
-    [(np.int16, None, None), (np.int16, 1.0, -1024.0), (np.int16, 0.5, -1024.5), (np.uint8, 10.0, -1024.0),
+    [(np.int16, None, None), (np.int16, 1.0, -1024.0), (np.int16, 0.5, -1024.5), (np.int16, 0.1, -1000.3), (np.uint8, 10.0, -1024.0),
      (np.int32, None, None), (np.float32, None, None), (np.float32, 2.0, -1000.0), (">i2", None, None)],
-    ids=["int16", "int16-intercept", "int16-fractional", "uint8-scaled", "int32", "float32", "float32-scaled",
+    ids=["int16", "int16-intercept", "int16-fractional", "int16-inexact", "uint8-scaled", "int32", "float32", "float32-scaled",
          "int16-big-endian"],
 )
 def test_nifti_datatypes_scalings_and_forms_read_as_simpleitk(tmp_path, suffix, form, dtype, slope, inter):
@@ -178,3 +178,19 @@ def test_real_jpeg2000_series_reads_as_simpleitk():
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(REAL_J2K)))
     assert readers.dicom_slices(files, sitk.ReadImage(files[0]).GetPixelID()) is not None
     _assert_same(load_volume(REAL_J2K), _sitk_volume(REAL_J2K))
+
+
+@pytest.mark.parametrize(("slope", "intercept"), [("1", "-1024"), ("3", "-1024"), ("0.5", "-0.25")])
+def test_dicom_rescale_slope_and_intercept_read_as_simpleitk(dicom_series, tmp_path, slope, intercept):
+    pydicom = pytest.importorskip("pydicom")
+    out = tmp_path / "rescaled"
+    out.mkdir()
+    for f in dicom_series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.save_as(out / f.name)
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(out)))
+    assert readers.dicom_slices(files, sitk.ReadImage(files[0]).GetPixelID()) is not None
+    volume = load_volume(out)
+    _assert_same(volume, _sitk_volume(out))
+    assert volume.hu.dtype == (np.float32 if "." in slope else np.int16)

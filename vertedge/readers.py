@@ -113,7 +113,8 @@ def nifti_voxels(path: Path, itk_pixel_id: int) -> np.ndarray | None:
     if scaling is not None:
         slope, inter = scaling
         out = np.empty(shape, np.float64 if itk_type == sitk.sitkFloat64 else np.float32)
-        np.add(np.multiply(voxels, slope, dtype=np.float64), inter, out=out, casting="same_kind")
+        for k in range(shape[0]):  # one slice's float64 temporary at a time
+            np.add(np.multiply(voxels[k], slope, dtype=np.float64), inter, out=out[k], casting="same_kind")
         return out
     return voxels if stored.isnative else voxels.astype(native)
 
