@@ -25,7 +25,6 @@ from unittest import mock
 
 import numpy as np
 import SimpleITK as sitk
-
 from latency import machine, parse_shape, spine_phantom
 
 

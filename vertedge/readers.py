@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import io
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+_gzip_open: Callable[..., io.BufferedIOBase] | None
 try:  # ISA-L's inflate; without it .nii.gz goes to SimpleITK (zlib), which is as exact but slower
     from isal.igzip import open as _gzip_open
 except ImportError:
@@ -121,8 +127,9 @@ def nifti_voxels(path: Path, itk_pixel_id: int) -> np.ndarray | None:
 
 def _inflate(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Inflate a .nii.gz's voxels (after `offset` header bytes) into a fresh array, checking the gzip trailer."""
+    assert _gzip_open is not None, "nifti_voxels reads no .nii.gz without isal"
     out = np.empty(shape, dtype)
-    view = memoryview(out).cast("B")
+    view = out.reshape(-1).view(np.uint8).data  # the array's bytes, filled in place
     with _gzip_open(path, "rb") as f:
         try:
             f.seek(offset)  # forward seek in a gzip stream: inflates and discards the header
@@ -176,7 +183,7 @@ def dicom_slices(files: list[str], itk_pixel_id: int) -> DicomSlices | None:
         first = pydicom.dcmread(files[0], stop_before_pixels=True)
         if not get_decoder(first.file_meta.TransferSyntaxUID).is_available:
             return None
-    except Exception:  # noqa: BLE001 - whatever pydicom cannot read, GDCM may; its errors are the reference
+    except Exception:  # whatever pydicom cannot read, GDCM may; its errors are the ones to report
         return None
     fmt = _pixel_format(first)
     if fmt[0] != 1 or fmt[3] not in (8, 16):  # one frame of 8- or 16-bit greyscale pixels
@@ -195,24 +202,25 @@ def dicom_slices(files: list[str], itk_pixel_id: int) -> DicomSlices | None:
 
     try:
         tags = [read(k) for k in range(len(files))]
-    except Exception:  # noqa: BLE001 - as above: SimpleITK reads it or says why not
+    except Exception:  # as above: SimpleITK reads it or says why not
         return None
-    if any(t is None for t in tags):
+    found = [t for t in tags if t is not None]
+    if len(found) < len(tags):
         return None
     slope, inter = float(first.get("RescaleSlope", 1.0)), float(first.get("RescaleIntercept", 0.0))
     hu = _rescaled(stored, slope, inter, integer=sitk.GetPixelIDValueAsString(itk_pixel_id).endswith("integer"))
     if hu is None:
         return None
-    return DicomSlices(hu=hu, positions=np.array([t[0] for t in tags]), cosines=tags[0][1])
+    return DicomSlices(hu=hu, positions=np.array([t[0] for t in found]), cosines=found[0][1])
 
 
-def _native_pixels(ds, dtype: np.dtype) -> np.ndarray:  # noqa: ANN001 - a pydicom Dataset
+def _native_pixels(ds: Dataset, dtype: np.dtype) -> np.ndarray:
     """The pixels of an uncompressed little-endian slice straight from its bytes (pydicom's pixel_array
     gives the same values, with checks costing more than the copy)."""
     return np.frombuffer(ds.PixelData, dtype, count=ds.Rows * ds.Columns).reshape(ds.Rows, ds.Columns)
 
 
-def _pixel_format(ds) -> tuple:  # noqa: ANN001 - a pydicom Dataset
+def _pixel_format(ds: Dataset) -> tuple:
     """What must agree across a series' files for one array: frames, size, bits, sign, rescale, syntax."""
     return (
         int(ds.get("NumberOfFrames", 1) or 1), ds.get("Rows"), ds.get("Columns"), ds.get("BitsAllocated"),
@@ -236,6 +244,7 @@ def _rescaled(stored: np.ndarray, slope: float, inter: float, integer: bool) -> 
     out = np.int16 if fits else np.float32
     if slope == 1 and inter == 0 and stored.dtype == out:
         return stored
+    work: type[Any]
     if fits and slope == 1 and -32768 <= min(lo, inter) and max(hi, inter) <= 32767:
         work = np.int16  # stored, intercept and every sum fit int16: exact in int16
     else:  # int32 is exact for 16-bit stored values times a slope that keeps the HU within int16
