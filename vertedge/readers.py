@@ -156,7 +156,7 @@ def _map(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np
 
 @dataclass(frozen=True)
 class DicomSlices:
-    """A DICOM series read by pydicom in SimpleITK's file order."""
+    """A DICOM series read by pydicom, its slices in the order of the files given (SimpleITK's)."""
 
     hu: np.ndarray  # (n_files, rows, cols) int16 or float32, HU (rescale slope/intercept applied)
     positions: np.ndarray  # (n_files, 3) ImagePositionPatient, LPS mm
@@ -167,8 +167,8 @@ def dicom_slices(files: list[str], itk_pixel_id: int) -> DicomSlices | None:
     """Read a single-frame DICOM series with pydicom, one file after another, in the order of `files`.
 
     Each file's pixels go into its slice of one array as it is read (its bytes are then dropped).
-    Not threaded: pydicom's parsing, and its JPEG 2000 decoding through pylibjpeg, hold the GIL;
-    two threads were slower than one (benchmarks/RESULTS.md, "Decode"). HU = stored *
+    Not threaded: pydicom's parsing holds the GIL, and two threads were no faster than one, on
+    uncompressed, RLE and JPEG 2000 files alike (benchmarks/RESULTS.md, "Decode"). HU = stored *
     RescaleSlope + RescaleIntercept, as SimpleITK's reader then `from_sitk` give it (see
     `_rescaled`). Returns None (read it with SimpleITK) without pydicom or a decoder for the
     transfer syntax, for a file pydicom cannot read, or when the slices differ in size, pixel
@@ -186,7 +186,7 @@ def dicom_slices(files: list[str], itk_pixel_id: int) -> DicomSlices | None:
     except Exception:  # whatever pydicom cannot read, GDCM may; its errors are the ones to report
         return None
     fmt = _pixel_format(first)
-    if fmt[0] != 1 or fmt[3] not in (8, 16):  # one frame of 8- or 16-bit greyscale pixels
+    if fmt[0] != 1 or fmt[3] not in (8, 16) or fmt[6] != 1:  # one frame of 8- or 16-bit greyscale pixels
         return None
     # pydicom's pixel_array dtype: signed or unsigned integers of BitsAllocated bits
     stored = np.empty((len(files), first.Rows, first.Columns), f"<{'i' if first.PixelRepresentation else 'u'}{fmt[3] // 8}")
