@@ -12,7 +12,7 @@ import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from . import readers
 from .atomic import atomic_path
 from .errors import VertedgeError
 
@@ -122,9 +123,8 @@ class Volume:
         )
 
 
-def from_sitk(image: sitk.Image, source: str = "") -> Volume:
-    """Wrap a 3D scalar SimpleITK image as a Volume (int16 when the values fit, else float32)."""
-    arr = sitk.GetArrayFromImage(image)
+def _hu_array(arr: np.ndarray) -> np.ndarray:
+    """Voxels as Volume keeps them: int16 kept, other integers int16 when the values fit, else float32."""
     if np.issubdtype(arr.dtype, np.integer):
         lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
         if arr.dtype != np.int16 and -32768 <= lo and hi <= 32767:
@@ -133,8 +133,13 @@ def from_sitk(image: sitk.Image, source: str = "") -> Volume:
             arr = arr.astype(np.float32)
     elif arr.dtype != np.float32:
         arr = arr.astype(np.float32)
+    return arr
+
+
+def from_sitk(image: sitk.Image, source: str = "") -> Volume:
+    """Wrap a 3D scalar SimpleITK image as a Volume (int16 when the values fit, else float32)."""
     return Volume(
-        hu=arr,
+        hu=_hu_array(sitk.GetArrayFromImage(image)),
         spacing=np.array(image.GetSpacing(), float),
         origin=np.array(image.GetOrigin(), float),
         direction=np.array(image.GetDirection(), float).reshape(3, 3),
@@ -185,31 +190,87 @@ def dicom_series_files(folder: Path, series_id: str | None = None) -> list[str]:
     )
 
 
-def _read(p: Path, name: str, series_id: str | None = None) -> tuple[sitk.Image, list[str]]:
+def _read(p: Path, name: str, series_id: str | None = None) -> Volume:
     """Check the header of a file or DICOM folder (its series `series_id`), then read its voxels.
 
-    Returns the image and the files of its DICOM series in slice order (none for an image file).
+    The fast readers (`readers`) take what they handle; SimpleITK reads the rest. Both give the
+    same Volume: SimpleITK's header is the geometry either way. `meta["dicom_files"]` lists the
+    files of a DICOM series in slice order (none for an image file).
     """
+    source = str(p.resolve())
     if p.is_dir():
         files = dicom_series_files(p, series_id)
         if not files:
             raise VertedgeError(f"{name}: no DICOM series in this folder")
-        _check_header(_Header.of_series(files), name)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        reader.MetaDataDictionaryArrayUpdateOn()  # keep each slice's position for the spacing check
-        # ITK warns of uneven spacing in several lines and reads on; _check_slice_gaps refuses in one
-        with _itk_warnings_silenced():
-            image = reader.Execute()
-        _check_slice_gaps(reader, len(files), name)
-        return image, files
+        header = _Header.of_series(files)
+        _check_header(header, name)
+        slices = readers.dicom_slices(files, header.pixel_id)
+        if slices is None:
+            volume = _from_sitk_read(_read_series_with_sitk(files, name), source, name)
+        else:
+            _check_slice_gaps(slices.positions, slices.cosines, name)
+            volume = Volume(slices.hu, *_series_geometry(header, slices.positions), meta=_meta(source, header))
+        volume.meta["dicom_files"] = files
+        return volume
     header = _Header.of_file(p)
     _check_header(header, name)
     if sitk.ImageFileReader.GetImageIOFromFileName(str(p)) == "NiftiImageIO":
+        try:
+            voxels = readers.nifti_voxels(p, header.pixel_id)
+        except readers.TruncatedData as e:
+            raise VertedgeError(f"{name}: cannot read the voxel data (truncated or corrupt)") from e
+        if voxels is not None:  # NaN and infinity stay in floats, for _check_values to refuse
+            geometry = (np.array(header.spacing), np.array(header.origin), np.reshape(header.direction, (3, 3)))
+            return Volume(_hu_array(voxels), *geometry, meta=_meta(source, header))
         _check_nifti_stored(p, name)
     elif p.suffix == ".gz":  # other formats are read as stored (e.g. .gipl.gz, .mgh.gz)
         _check_gzip_complete(p, int(np.prod(header.size)) * header.pixel_bytes, name)
-    return sitk.ReadImage(str(p)), []
+    return _from_sitk_read(sitk.ReadImage(str(p)), source, name)
+
+
+def _from_sitk_read(image: sitk.Image, source: str, name: str) -> Volume:
+    """`from_sitk` of a freshly read image; ITK reads some truncated files lazily, failing here."""
+    try:
+        return from_sitk(image, source)
+    except RuntimeError as e:
+        raise VertedgeError(f"{name}: cannot read the voxel data (truncated or corrupt)") from e
+
+
+def _meta(source: str, header: _Header) -> dict[str, Any]:
+    """Volume.meta as `from_sitk` writes it."""
+    return {"source": source, "pixel_type": sitk.GetPixelIDValueAsString(header.pixel_id)}
+
+
+def _read_series_with_sitk(files: list[str], name: str) -> sitk.Image:
+    """A DICOM series read by SimpleITK, its slice gaps checked."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # keep each slice's position for the spacing check
+    # ITK warns of uneven spacing in several lines and reads on; _check_slice_gaps refuses in one
+    with _itk_warnings_silenced():
+        image = reader.Execute()
+    tags = ("0020|0032", "0020|0037")  # ImagePositionPatient, ImageOrientationPatient
+    n = len(files)
+    if n >= 3 and all(reader.HasMetaDataKey(k, t) for k in range(n) for t in tags):
+        positions = np.array([reader.GetMetaData(k, tags[0]).split("\\") for k in range(n)], float)
+        _check_slice_gaps(positions, np.array(reader.GetMetaData(0, tags[1]).split("\\"), float), name)
+    return image
+
+
+def _series_geometry(header: _Header, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spacing, origin, direction) of a DICOM series as ITK's ImageSeriesReader sets them.
+
+    The first file's header gives the in-plane spacing, the origin and the row and column
+    directions; the slice step is the first-to-last position difference over n - 1 (mm), and
+    its unit vector is the third direction column (not the cross product of the first two).
+    """
+    spacing, direction = np.array(header.spacing), np.reshape(header.direction, (3, 3)).copy()
+    step = positions[-1] - positions[0]
+    norm = float(np.linalg.norm(step))
+    if norm > 0:  # all slices at one position: ITK keeps the header's spacing and direction
+        spacing[2] = norm / (len(positions) - 1)
+        direction[:, 2] = step / norm
+    return spacing, np.array(header.origin), direction
 
 
 def _check_nifti_stored(path: Path, name: str) -> None:
@@ -230,18 +291,15 @@ def _check_nifti_stored(path: Path, name: str) -> None:
         raise VertedgeError(f"{name}: cannot read the voxel data (truncated or corrupt)") from e
 
 
-def _check_slice_gaps(reader: sitk.ImageSeriesReader, n_slices: int, name: str) -> None:
+def _check_slice_gaps(positions: np.ndarray, cosines: np.ndarray, name: str) -> None:
     """Refuse a DICOM series whose slices are not evenly spaced along the slice normal.
 
-    Positions are ImagePositionPatient (0020,0032) projected on the normal of the first slice's
-    ImageOrientationPatient (0020,0037), in mm; a series without them is left to ITK.
+    `positions`: (n, 3) ImagePositionPatient (0020,0032) of each slice, mm; `cosines`: (6,)
+    ImageOrientationPatient (0020,0037) of the first, whose normal they are projected on.
     """
-    tags = ("0020|0032", "0020|0037")
-    if n_slices < 3 or not all(reader.HasMetaDataKey(k, t) for k in range(n_slices) for t in tags):
+    if len(positions) < 3:
         return
-    cosines = np.array(reader.GetMetaData(0, tags[1]).split("\\"), float)
     normal = np.cross(cosines[:3], cosines[3:])
-    positions = np.array([reader.GetMetaData(k, tags[0]).split("\\") for k in range(n_slices)], float)
     gaps = np.diff(np.sort(positions @ normal))
     if gaps.min() <= 0 or gaps.max() - gaps.min() > MAX_SLICE_GAP_DEVIATION * np.median(gaps):
         raise VertedgeError(
@@ -258,7 +316,9 @@ class _Header:
     size: tuple[int, ...]
     components: int
     spacing: tuple[float, ...]
+    origin: tuple[float, ...]
     direction: tuple[float, ...]
+    pixel_id: int  # SimpleITK's pixel type of the image it would read
     pixel_bytes: int  # bytes per voxel in ITK's buffer: as stored, but float32 for a scaled NIfTI
 
     @classmethod
@@ -273,7 +333,9 @@ class _Header:
             size=tuple(reader.GetSize()),
             components=reader.GetNumberOfComponents(),
             spacing=tuple(reader.GetSpacing()),
+            origin=tuple(reader.GetOrigin()),
             direction=tuple(reader.GetDirection()),
+            pixel_id=reader.GetPixelID(),
             pixel_bytes=probe.GetSizeOfPixelComponent() * reader.GetNumberOfComponents(),
         )
 
@@ -282,7 +344,7 @@ class _Header:
         """Header of a DICOM series: the first slice's, with one slice per file."""
         first = cls.of_file(Path(files[0]))
         size = first.size[:2] + (len(files),) if len(files) > 1 else first.size
-        return cls(3, size, first.components, first.spacing, first.direction, first.pixel_bytes)
+        return replace(first, dim=3, size=size)
 
 
 def _available_memory_bytes() -> int:
@@ -374,16 +436,11 @@ def load_volume(path: str | os.PathLike[str], series_id: str | None = None) -> V
     if not p.exists():
         raise VertedgeError(f"{name}: no such file or folder")
     try:
-        image, dicom_files = _read(p, name, series_id)
+        volume = _read(p, name, series_id)
     except (RuntimeError, OSError) as e:
         kind = "folder" if p.is_dir() else "file"
         raise VertedgeError(
             f"{name}: cannot read this {kind} as an image (corrupt, truncated or not an image format)"
         ) from e
-    try:
-        volume = from_sitk(image, source=str(p.resolve()))
-    except RuntimeError as e:  # ITK reads some truncated files lazily
-        raise VertedgeError(f"{name}: cannot read the voxel data (truncated or corrupt)") from e
-    volume.meta["dicom_files"] = dicom_files
     _check_values(volume, name)
     return volume
