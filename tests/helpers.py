@@ -1,18 +1,24 @@
 """Helpers the test modules share: tiny ONNX model pairs with vertedge metadata, the CLI run in-process,
-a tiny training config and a stand-in spine scan for the train/ tests."""
+a tiny training config and a stand-in spine scan for the train/ tests, NIfTI and DICOM writers and
+one bad input of every kind."""
 
 from __future__ import annotations
 
+import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from vertedge import cli
 from vertedge.geometry import Protocol
 from vertedge.labels import LABELS, SPINE_ORDER
 from vertedge.onnx_models import IDENTIFICATION_FILE, LOCALIZATION_FILE
+from vertedge.volume import load_volume, save_volume, to_sitk
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -97,3 +103,70 @@ def spine_scan() -> Any:
         paint_ball(vol, c, 10.0, 1000)
         cents[lab] = c
     return Scan("standin", vol, cents, {k: False for k in cents})
+
+
+def write_nifti(path, stored, scaling, spacing=(1.0, 1.2, 2.0)):
+    """Write `stored` ((i, j, k) order) as NIfTI with its own datatype and `scaling`; returns the HU it holds."""
+    image = nib.Nifti1Image(stored, np.diag([*spacing, 1.0]))
+    image.header.set_data_dtype(stored.dtype)
+    slope, inter = scaling or (1.0, 0.0)
+    if scaling is not None:
+        image.header.set_slope_inter(slope, inter)
+    nib.save(image, path)
+    written = nib.load(path).dataobj
+    assert written.dtype == stored.dtype and (written.slope, written.inter) == (slope, inter)
+    return stored * slope + inter
+
+
+def write_dicom_series(volume, folder, skip=()):
+    """Write `volume` as a CT DICOM series, one file per k slice, leaving out the slices in `skip`."""
+    image = sitk.Cast(to_sitk(volume), sitk.sitkInt16)
+    direction = "\\".join(str(v) for v in np.array(image.GetDirection()).reshape(3, 3)[:, :2].T.ravel())
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    folder.mkdir(exist_ok=True)
+    for k in sorted(set(range(image.GetDepth())) - set(skip)):
+        s = image[:, :, k]
+        s.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")  # series instance UID
+        s.SetMetaData("0020|0037", direction)
+        s.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
+        s.SetMetaData("0020|0013", str(k))
+        s.SetMetaData("0008|0060", "CT")
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(s)
+    return folder
+
+
+def write_bad_inputs(tmp_path, good_path):
+    """Create one file or folder per kind of bad input; returns {kind: path}."""
+    bad = {}
+    bad["missing"] = tmp_path / "nope.nii.gz"
+    (tmp_path / "random.nii.gz").write_bytes(np.random.default_rng(0).bytes(4000))
+    bad["not an image"] = tmp_path / "random.nii.gz"
+    (tmp_path / "corrupt.nii.gz").write_bytes(gzip.compress(b"\x00" * 100)[:10] + b"garbage" * 50)
+    bad["corrupt gzip"] = tmp_path / "corrupt.nii.gz"
+    data = good_path.read_bytes()
+    (tmp_path / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    bad["truncated"] = tmp_path / "truncated.nii.gz"
+    sitk.WriteImage(sitk.Image(32, 32, sitk.sitkInt16) + 5, str(tmp_path / "flat.nii.gz"))
+    bad["2D"] = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.Image([8, 8, 8, 3], sitk.sitkInt16), str(tmp_path / "four.nii.gz"))
+    bad["4D"] = tmp_path / "four.nii.gz"
+    (tmp_path / "empty.mha").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 10 10 0\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
+    )
+    bad["empty"] = tmp_path / "empty.mha"
+    sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(tmp_path / "constant.nii.gz"))
+    bad["constant"] = tmp_path / "constant.nii.gz"
+    (tmp_path / "nodicom").mkdir()
+    (tmp_path / "nodicom" / "notes.txt").write_text("no images here")
+    bad["no DICOM series"] = tmp_path / "nodicom"
+    good = load_volume(good_path)
+    save_volume(replace(good, spacing=np.array([0.1, 0.1, 0.1])), tmp_path / "fine.nii.gz")
+    bad["spacing 0.1 mm"] = tmp_path / "fine.nii.gz"
+    stored = good.hu.transpose(2, 1, 0).astype(np.float32)
+    stored[1, 2, 3] = np.nan
+    write_nifti(tmp_path / "nan.nii.gz", stored, None)
+    bad["NaN in NIfTI"] = tmp_path / "nan.nii.gz"
+    bad["DICOM slice missing"] = write_dicom_series(good, tmp_path / "gap", skip=[good.shape_ijk[2] // 2])
+    return bad

@@ -15,8 +15,7 @@ from vertedge.errors import VertedgeError
 from vertedge.volume import load_volume, save_volume, to_sitk
 
 from .conftest import air_volume, paint_ball
-from .helpers import run_cli
-from .test_volume import _write_bad_inputs
+from .helpers import run_cli, write_bad_inputs
 
 
 @pytest.fixture
@@ -49,7 +48,7 @@ def _more_bad_inputs(tmp_path, good_volume):
 
 
 def test_every_bad_input_to_run_is_one_line_and_leaves_nothing(tmp_path, good_scan, tiny_models, monkeypatch, capsys):
-    bad = _write_bad_inputs(tmp_path, good_scan) | _more_bad_inputs(tmp_path, load_volume(good_scan))
+    bad = write_bad_inputs(tmp_path, good_scan) | _more_bad_inputs(tmp_path, load_volume(good_scan))
     for kind, path in bad.items():
         out = tmp_path / f"out-{kind}"
         code, stdout, err = run_cli(monkeypatch, capsys, "run", str(path), "-o", str(out), "--models", str(tiny_models), "-q")

@@ -14,7 +14,7 @@ from vertedge import readers
 from vertedge.volume import from_sitk, load_volume
 
 from .conftest import SHARED_DATA, rotation
-from .test_volume import _write_dicom_series
+from .helpers import write_dicom_series
 
 SHAPE_IJK = (14, 12, 10)
 
@@ -133,7 +133,7 @@ def test_nifti_gz_with_a_broken_stream_is_refused(tmp_path):
 
 @pytest.fixture
 def dicom_series(structured_volume, tmp_path):
-    return _write_dicom_series(structured_volume, tmp_path / "series")
+    return write_dicom_series(structured_volume, tmp_path / "series")
 
 
 def test_dicom_series_reads_as_simpleitk(dicom_series):

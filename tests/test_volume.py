@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import replace
 
-import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,6 +12,7 @@ from vertedge.errors import VertedgeError
 from vertedge.volume import load_volume, save_volume, to_sitk
 
 from .conftest import rotation
+from .helpers import write_bad_inputs, write_dicom_series, write_nifti
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
@@ -67,19 +66,6 @@ SCALINGS = {"none": None, "integer": (1.0, -1024.0), "fractional": (0.5, -1024.5
 UINT8_SCALINGS = {"none": None, "integer": (10.0, -1024.0), "fractional": (9.5, -1000.5)}
 
 
-def _write_nifti(path, stored, scaling, spacing=(1.0, 1.2, 2.0)):
-    """Write `stored` ((i, j, k) order) as NIfTI with its own datatype and `scaling`; returns the HU it holds."""
-    image = nib.Nifti1Image(stored, np.diag([*spacing, 1.0]))
-    image.header.set_data_dtype(stored.dtype)
-    slope, inter = scaling or (1.0, 0.0)
-    if scaling is not None:
-        image.header.set_slope_inter(slope, inter)
-    nib.save(image, path)
-    written = nib.load(path).dataobj
-    assert written.dtype == stored.dtype and (written.slope, written.inter) == (slope, inter)
-    return stored * slope + inter
-
-
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("scaling", list(SCALINGS))
 @pytest.mark.parametrize("dtype", STORED_TYPES, ids=lambda t: np.dtype(t).name)
@@ -94,7 +80,7 @@ def test_nifti_of_any_stored_type_and_scaling_loads_in_hu(tmp_path, dtype, scali
     if np.issubdtype(dtype, np.floating):
         stored += dtype(0.25)  # not only integers
     path = tmp_path / f"ct{suffix}"
-    expected = _write_nifti(path, stored, slope_inter)
+    expected = write_nifti(path, stored, slope_inter)
     if expected.min() > -200:  # unsigned and unscaled: no negative HU, so not a CT in HU
         with pytest.raises(VertedgeError, match="not a CT in Hounsfield units"):
             load_volume(path)
@@ -120,7 +106,7 @@ def test_nifti_with_nan_or_infinity_is_refused(tmp_path, dtype, value, scaling, 
     stored = ((hu - inter) / slope).astype(dtype)
     stored[5, 4, 3] = value  # ITK reads it as 0 (before scaling)
     path = tmp_path / f"ct{suffix}"
-    _write_nifti(path, stored, scaling)
+    write_nifti(path, stored, scaling)
     with pytest.raises(VertedgeError, match="NaN or infinite"):
         load_volume(path)
 
@@ -140,80 +126,26 @@ def test_finest_clinical_spacing_is_accepted(structured_volume, tmp_path):
     np.testing.assert_allclose(load_volume(tmp_path / "ct.nii.gz").spacing, [0.2, 0.25, 0.5], rtol=1e-6)
 
 
-def _write_dicom_series(volume, folder, skip=()):
-    """Write `volume` as a CT DICOM series, one file per k slice, leaving out the slices in `skip`."""
-    image = sitk.Cast(to_sitk(volume), sitk.sitkInt16)
-    direction = "\\".join(str(v) for v in np.array(image.GetDirection()).reshape(3, 3)[:, :2].T.ravel())
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    folder.mkdir(exist_ok=True)
-    for k in sorted(set(range(image.GetDepth())) - set(skip)):
-        s = image[:, :, k]
-        s.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")  # series instance UID
-        s.SetMetaData("0020|0037", direction)
-        s.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
-        s.SetMetaData("0020|0013", str(k))
-        s.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(s)
-    return folder
-
-
 def test_dicom_series_folder_loads_in_the_world_frame(structured_volume, tmp_path):
-    back = load_volume(_write_dicom_series(structured_volume, tmp_path))
+    back = load_volume(write_dicom_series(structured_volume, tmp_path))
     assert back.hu.shape == structured_volume.hu.shape
     np.testing.assert_array_equal(back.hu, structured_volume.hu)
     np.testing.assert_allclose(back.affine, structured_volume.affine, atol=1e-3)
 
 
 def test_dicom_series_with_a_missing_slice_is_refused_in_one_line(structured_volume, tmp_path, capfd):
-    folder = _write_dicom_series(structured_volume, tmp_path / "series", skip=[20])
+    folder = write_dicom_series(structured_volume, tmp_path / "series", skip=[20])
     with pytest.raises(VertedgeError, match=r"uneven slice spacing.*gaps of 2\.5 to 5 mm") as e:
         load_volume(folder)
     assert "\n" not in str(e.value)
     assert capfd.readouterr().err == ""  # ITK's multi-line warning is kept off stderr
 
 
-def _write_bad_inputs(tmp_path, good_path):
-    """Create one file or folder per kind of bad input; returns {kind: path}."""
-    bad = {}
-    bad["missing"] = tmp_path / "nope.nii.gz"
-    (tmp_path / "random.nii.gz").write_bytes(np.random.default_rng(0).bytes(4000))
-    bad["not an image"] = tmp_path / "random.nii.gz"
-    (tmp_path / "corrupt.nii.gz").write_bytes(gzip.compress(b"\x00" * 100)[:10] + b"garbage" * 50)
-    bad["corrupt gzip"] = tmp_path / "corrupt.nii.gz"
-    data = good_path.read_bytes()
-    (tmp_path / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
-    bad["truncated"] = tmp_path / "truncated.nii.gz"
-    sitk.WriteImage(sitk.Image(32, 32, sitk.sitkInt16) + 5, str(tmp_path / "flat.nii.gz"))
-    bad["2D"] = tmp_path / "flat.nii.gz"
-    sitk.WriteImage(sitk.Image([8, 8, 8, 3], sitk.sitkInt16), str(tmp_path / "four.nii.gz"))
-    bad["4D"] = tmp_path / "four.nii.gz"
-    (tmp_path / "empty.mha").write_text(
-        "ObjectType = Image\nNDims = 3\nDimSize = 10 10 0\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
-    )
-    bad["empty"] = tmp_path / "empty.mha"
-    sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(tmp_path / "constant.nii.gz"))
-    bad["constant"] = tmp_path / "constant.nii.gz"
-    (tmp_path / "nodicom").mkdir()
-    (tmp_path / "nodicom" / "notes.txt").write_text("no images here")
-    bad["no DICOM series"] = tmp_path / "nodicom"
-    good = load_volume(good_path)
-    save_volume(replace(good, spacing=np.array([0.1, 0.1, 0.1])), tmp_path / "fine.nii.gz")
-    bad["spacing 0.1 mm"] = tmp_path / "fine.nii.gz"
-    stored = good.hu.transpose(2, 1, 0).astype(np.float32)
-    stored[1, 2, 3] = np.nan
-    _write_nifti(tmp_path / "nan.nii.gz", stored, None)
-    bad["NaN in NIfTI"] = tmp_path / "nan.nii.gz"
-    bad["DICOM slice missing"] = _write_dicom_series(good, tmp_path / "gap", skip=[good.shape_ijk[2] // 2])
-    return bad
-
-
 @pytest.fixture
 def bad_inputs(structured_volume, tmp_path):
     good = tmp_path / "good.nii.gz"
     save_volume(structured_volume, good)
-    return _write_bad_inputs(tmp_path, good)
+    return write_bad_inputs(tmp_path, good)
 
 
 def test_every_bad_input_raises_the_tools_error_naming_the_file(bad_inputs):
