@@ -7,12 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from vertedge.anchors import UNSUPPORTED_CONFIDENCE, median_hu, review, room_mm, supported
+from vertedge.anchors import median_hu, review, room_mm, supported
 from vertedge.labels import LABELS
+from vertedge.options import DEFAULT_OPTIONS
 from vertedge.volume import Volume
 
 from .conftest import SHARED_DATA, air_volume, rotation
 
+UNSUPPORTED_CONFIDENCE = DEFAULT_OPTIONS.review.unsupported_confidence
 GAP = 35.0  # mm between lumbar body centroids
 LUMBAR = np.array([LABELS[n] for n in ("L1", "L2", "L3", "L4", "L5")])
 

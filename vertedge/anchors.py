@@ -5,27 +5,28 @@ that shows nothing to count from (a crop with neither end of the column in view)
 all there is, and on real scans it is often a level or more off at a confidence of 0.9. A reader
 counts instead: down from C1 under the skull, or up from the last lumbar vertebra on the sacrum.
 This module finds those ends in the scan and keeps a label's confidence only where a count from
-an end reaches it unbroken; every other label is capped at `UNSUPPORTED_CONFIDENCE` and flagged
+an end reaches it unbroken; every other label is capped at `unsupported_confidence` and flagged
 `needs_review`.
 
-An end of the detected chain is a *terminus* when the scan goes on beyond it (`ROOM_GAPS` local
+An end of the detected chain is a *terminus* when the scan goes on beyond it (`room_gaps` local
 gaps along the chain, so a further vertebra would have been in full view) and one gap beyond it
 lies tissue (cranially: the skull base, not the air above a cropped scan) or bone (caudally: the
 sacrum, not the pelvic soft tissue that follows a stray point), and the gap into it is regular.
 The label decoded there must be the one anatomy puts there (C1; L5, L6, or L4 when a T13 is
 decoded), else the count and the net disagree and nothing is trusted from that end. From a
 consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), stops
-past the first vertebra whose own confidence is under `UNSUPPORTED_CONFIDENCE`, and never crosses
+past the first vertebra whose own confidence is under `unsupported_confidence`, and never crosses
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
 one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
 reason a count up from the sacrum, which assumes five lumbar vertebrae unless the net reads an L6,
 stands only where it reaches the top of the labelled chain, or L1 with the net sure of L1 and of
 the vertebra above it: an unsure or unchecked junction puts the number of lumbar vertebrae in
 doubt. A vertebra
-at the edge of the field of view (within `EDGE_GAPS` of a gap) is cut: its centroid and label
+at the edge of the field of view (within `edge_gaps` of a gap) is cut: its centroid and label
 are never trusted.
 
-Points are world LPS mm, in chain order (cranial -> caudal); labels are VerSe labels.
+The named thresholds are the fields of `options.ReviewOptions` (`PipelineOptions.review`). Points
+are world LPS mm, in chain order (cranial -> caudal); labels are VerSe labels.
 """
 
 from __future__ import annotations
@@ -34,15 +35,9 @@ import numpy as np
 
 from .fusion import relative_gaps
 from .labels import LABELS, region
+from .options import DEFAULT_OPTIONS, ReviewOptions
 from .volume import Volume
 
-ROOM_GAPS = 1.5  # a terminus needs the scan to go on this many local gaps beyond the end vertebra
-EDGE_GAPS = 0.5  # an end vertebra closer than this many gaps to the scan's edge is cut
-PROBE_RADIUS_GAPS = 0.25  # radius of the ball sampled one gap beyond an end
-TISSUE_HU = -300.0  # above: tissue, not air or lung (beyond C1 lies the skull base)
-BONE_HU = 60.0  # above: the sacrum's cancellous bone, not the pelvic soft tissue or fat
-REGULAR_GAP = (0.6, 1.6)  # a gap within these multiples of its neighbours: no vertebra missed or doubled
-UNSUPPORTED_CONFIDENCE = 0.5  # the most a label no count reaches may claim
 AIR_HU = -1024.0
 
 _C1, _L1, _L4, _L5, _L6, _T13 = (LABELS[n] for n in ("C1", "L1", "L4", "L5", "L6", "T13"))
@@ -75,10 +70,10 @@ def median_hu(volume: Volume, centre_lps: np.ndarray, radius_mm: float) -> float
     return float(np.median(hu))
 
 
-def _regular_gaps(points_lps: np.ndarray) -> np.ndarray:
-    """(n - 1,) bool: gaps within `REGULAR_GAP` of their neighbours (True where too few to tell)."""
+def _regular_gaps(points_lps: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """(n - 1,) bool: gaps within `bounds` x their neighbours' (True where too few to tell)."""
     rel = relative_gaps(points_lps)
-    return ~((rel < REGULAR_GAP[0]) | (rel > REGULAR_GAP[1]))  # NaN compares False: regular
+    return ~((rel < bounds[0]) | (rel > bounds[1]))  # NaN compares False: regular
 
 
 def _end_label_fits(labels: np.ndarray, cranial: bool) -> bool:
@@ -95,7 +90,7 @@ def _crosses_junction(a: int, b: int) -> bool:
 
 
 def _count_from(
-    end: int, inward: int, labels: np.ndarray, confidence: np.ndarray, regular: np.ndarray
+    end: int, inward: int, labels: np.ndarray, confidence: np.ndarray, regular: np.ndarray, least: float
 ) -> list[int]:
     """Rows a count from the terminus row `end` reaches going `inward` (+1 caudally, -1 cranially)."""
     count = [end]
@@ -103,7 +98,7 @@ def _count_from(
     while (
         0 <= i + inward < len(labels)
         and regular[min(i, i + inward)]
-        and confidence[i] >= UNSUPPORTED_CONFIDENCE
+        and confidence[i] >= least
         and not _crosses_junction(labels[i], labels[i + inward])
     ):
         i += inward
@@ -111,7 +106,7 @@ def _count_from(
     return count
 
 
-def _junction_sure(count: list[int], labels: np.ndarray, confidence: np.ndarray) -> bool:
+def _junction_sure(count: list[int], labels: np.ndarray, confidence: np.ndarray, least: float) -> bool:
     """May a count up from the sacrum stand? Only if it reaches the top of the labelled chain, or
     reaches L1 with the net sure of L1 and of the vertebra above it: the last rib-bearing vertebra
     is what tells five lumbar vertebrae from six, which the count itself cannot see, and a count
@@ -119,53 +114,65 @@ def _junction_sure(count: list[int], labels: np.ndarray, confidence: np.ndarray)
     top = count[-1]
     if top == 0:
         return True
-    return int(labels[top]) == _L1 and bool(min(confidence[top], confidence[top - 1]) >= UNSUPPORTED_CONFIDENCE)
+    return int(labels[top]) == _L1 and bool(min(confidence[top], confidence[top - 1]) >= least)
 
 
-def supported(volume: Volume, points_lps: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+def supported(
+    volume: Volume,
+    points_lps: np.ndarray,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    options: ReviewOptions = DEFAULT_OPTIONS.review,
+) -> np.ndarray:
     """(n,) bool: the labels a count from a terminus of the scan reaches (see the module docstring).
 
     `points_lps` (n, 3) world LPS mm in chain order, `labels` (n,) VerSe, `confidence` (n,) in [0, 1].
     """
+    o = options
     p = np.asarray(points_lps, dtype=np.float64)
     n = len(p)
     reached = np.zeros(n, bool)
     if n < 2:
         return reached
-    regular = _regular_gaps(p)
+    regular = _regular_gaps(p, o.regular_gap)
     cut = np.zeros(n, bool)
     for end, inward in ((0, 1), (n - 1, -1)):
         out = p[end] - p[end + inward]
         gap = float(np.linalg.norm(out))
         out /= gap
         room = room_mm(volume, p[end], out)
-        if room < EDGE_GAPS * gap:
+        if room < o.edge_gaps * gap:
             cut[end] = True
             continue
         cranial = end == 0
-        beyond = median_hu(volume, p[end] + gap * out, PROBE_RADIUS_GAPS * gap)
+        beyond = median_hu(volume, p[end] + gap * out, o.probe_radius_gaps * gap)
         if (
-            room < ROOM_GAPS * gap
-            or beyond <= (TISSUE_HU if cranial else BONE_HU)
+            room < o.room_gaps * gap
+            or beyond <= (o.tissue_hu if cranial else o.bone_hu)
             or not regular[min(end, end + inward)]
             or not _end_label_fits(labels, cranial)
         ):
             continue
-        count = _count_from(end, inward, labels, confidence, regular)
-        if not cranial and not _junction_sure(count, labels, confidence):
+        count = _count_from(end, inward, labels, confidence, regular, o.unsupported_confidence)
+        if not cranial and not _junction_sure(count, labels, confidence, o.unsupported_confidence):
             continue
         reached[count] = True
     return reached & ~cut
 
 
 def review(
-    volume: Volume, points_lps: np.ndarray, labels: np.ndarray, confidence: np.ndarray
+    volume: Volume,
+    points_lps: np.ndarray,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    options: ReviewOptions = DEFAULT_OPTIONS.review,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confidences (n,) and needs_review flags (n,) of labelled vertebrae (points in chain order).
 
-    A label no count from a terminus reaches keeps at most `UNSUPPORTED_CONFIDENCE`; a label
-    needs review when it is not reached or its confidence is under `UNSUPPORTED_CONFIDENCE`.
+    A label no count from a terminus reaches keeps at most `unsupported_confidence`; a label
+    needs review when it is not reached or its confidence is under `unsupported_confidence`.
     """
-    reached = supported(volume, points_lps, labels, confidence)
-    conf = np.where(reached, confidence, np.minimum(confidence, UNSUPPORTED_CONFIDENCE))
-    return conf, ~reached | (conf < UNSUPPORTED_CONFIDENCE)
+    reached = supported(volume, points_lps, labels, confidence, options)
+    least = options.unsupported_confidence
+    conf = np.where(reached, confidence, np.minimum(confidence, least))
+    return conf, ~reached | (conf < least)

@@ -2,8 +2,8 @@
 
 Everything after the DRR that is a choice rather than a fact of the scan or the models lives here:
 how close two peaks may be, the fusion's gates, how the voting square and the decode's "same"
-step are set, and the ONNX Runtime CUDA provider options. The DRR protocol belongs to the models
-(`geometry.Protocol`, from their metadata) and the counting rules to `anchors`.
+step are set, the counting rules behind `needs_review`, and the ONNX Runtime CUDA provider
+options. The DRR protocol belongs to the models (`geometry.Protocol`, from their metadata).
 """
 
 from __future__ import annotations
@@ -39,6 +39,19 @@ class FusionOptions:
 
 
 @dataclass(frozen=True)
+class ReviewOptions:
+    """The counting rules that decide `needs_review` (`anchors`); gaps are local vertebral gaps."""
+
+    room_gaps: float = 1.5  # a terminus needs the scan to go on this many gaps beyond the end vertebra
+    edge_gaps: float = 0.5  # an end vertebra closer than this many gaps to the scan's edge is cut
+    probe_radius_gaps: float = 0.25  # radius of the ball sampled one gap beyond an end
+    tissue_hu: float = -300.0  # above: tissue, not air or lung (beyond C1 lies the skull base)
+    bone_hu: float = 60.0  # above: the sacrum's cancellous bone, not the pelvic soft tissue or fat
+    regular_gap: tuple[float, float] = (0.6, 1.6)  # a gap within these multiples of its neighbours: none missed or doubled
+    unsupported_confidence: float = 0.5  # the most a label no count reaches may claim
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     """Every setting of `pipeline.Labeler` after the DRR; `to_dict` is what a result records."""
 
@@ -48,6 +61,7 @@ class PipelineOptions:
     solid_views: float = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
     seen_views: float = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
     full_gap: float = 0.85  # x the local gap: points this far apart, both seen in `seen_views`, are two vertebrae
+    review: ReviewOptions = field(default_factory=ReviewOptions)
     cuda_fp32: tuple[tuple[str, str], ...] = _CUDA_FP32  # ONNX Runtime CUDA provider options, fp32 models
     cuda_fp16: tuple[tuple[str, str], ...] = _CUDA_FP16  # the same for the fp16 models
 

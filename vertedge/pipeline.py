@@ -182,7 +182,7 @@ class Labeler:
                 keep = one_per_label(labels, fused)
             with timer("review"):
                 points = fused.points_lps[keep]
-                confidence, needs_review = review(volume, points, labels[keep], confidence[keep])
+                confidence, needs_review = review(volume, points, labels[keep], confidence[keep], options.review)
                 voxel = volume.world_to_index(points)
                 vertebrae = tuple(
                     Vertebra(
