@@ -29,6 +29,8 @@ log = logging.getLogger("vertedge")
 EXAMPLE_SEED = 4  # a held-out seed: training uses seeds from 1000 up
 EXAMPLE_REGION = "thoracolumbar"
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (GPU N)."
+MODELS_HELP = "Folder with localization.onnx and identification.onnx."
+PNG_HELP = "Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels."
 
 
 def _print_version(show: bool) -> None:
@@ -218,9 +220,9 @@ def run(
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("."),
     views: Annotated[int | None, typer.Option("--views", "-k", min=2, max=360, help="Views K (default: the models').")] = None,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
-    models: Annotated[Path | None, typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
+    models: Annotated[Path | None, typer.Option(help=MODELS_HELP)] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the fp16 models (about 1 ms faster, slightly less accurate).")] = False,
-    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
+    png: Annotated[bool, typer.Option("--png", help=PNG_HELP)] = False,
     dicom: Annotated[
         bool,
         typer.Option(
@@ -360,8 +362,8 @@ def archive(
     retries: Annotated[int, typer.Option(min=0, help="Attempts after the first before a scan is recorded failed.")] = 2,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again the scans an earlier run recorded failed.")] = False,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
-    models: Annotated[Path | None, typer.Option(help="Folder with localization.onnx and identification.onnx.")] = None,
-    png: Annotated[bool, typer.Option("--png", help="Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels.")] = False,
+    models: Annotated[Path | None, typer.Option(help=MODELS_HELP)] = None,
+    png: Annotated[bool, typer.Option("--png", help=PNG_HELP)] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr, the workers' own output too.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
 ) -> None:
@@ -436,7 +438,7 @@ def demo(
         example = make_phantom(EXAMPLE_SEED, EXAMPLE_REGION)
         save_phantom(example, out_dir / "example.nii.gz")
     with err.status("labelling the example scan"):
-        result = labeler(example.volume, keep_images=True)
+        result = labeler(example.volume)
     write_result(result, example.volume, out_dir, "example", png=True)
     _print_vertebrae(result)
     if note := result_note(result):
