@@ -37,10 +37,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: train.variations
 
-from train import variations
 from vertedge import metrics
 from vertedge.pipeline import Labeler
 from vertedge.volume import Volume, load_volume
+from vertedge_train import variations
 
 CUT_MARGIN_MM = 10.0  # a body centroid this close to an S-I border of the scan: the body is cut
 MATCH_MM = metrics.ID_RADIUS_MM

@@ -90,7 +90,7 @@ def train_config() -> dict:
 def spine_scan() -> Any:
     """A stand-in CT (a `train.data.Scan`): soft-tissue slab with bright balls (the 'bodies') at known
     centroids along S-I."""
-    from train.data import Scan
+    from vertedge_train.data import Scan
 
     from .conftest import air_volume, paint_ball
 

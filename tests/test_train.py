@@ -18,11 +18,11 @@ from tests.helpers import TINY  # noqa: E402
 from tests.helpers import TRAIN_PROTOCOL as PROTOCOL  # noqa: E402
 from tests.helpers import spine_scan as _spine_scan  # noqa: E402
 from tests.helpers import train_config as _cfg  # noqa: E402
-from train.data import CLASSES, heatmap_target, render_scan  # noqa: E402
-from train.losses import SequenceLoss, heatmap_loss, id_loss, square_means  # noqa: E402
-from train.nets import SimSiam, UNet  # noqa: E402
 from vertedge.geometry import Protocol  # noqa: E402
 from vertedge.labels import LABELS  # noqa: E402
+from vertedge_train.data import CLASSES, heatmap_target, render_scan  # noqa: E402
+from vertedge_train.losses import SequenceLoss, heatmap_loss, id_loss, square_means  # noqa: E402
+from vertedge_train.nets import SimSiam, UNet  # noqa: E402
 
 # ----------------------------------------------------------------------------- training
 
@@ -145,7 +145,7 @@ def test_square_means_match_direct_means():
 
 @pytest.mark.parametrize("task", ["loc", "id"])
 def test_export_parity_metadata_and_dynamic_size(tmp_path, task):
-    from export import FILES, metadata, parity, to_onnx
+    from vertedge_train.export import FILES, metadata, parity, to_onnx
 
     torch.manual_seed(0)
     net = UNet(1, **TINY) if task == "loc" else UNet(1 + len(CLASSES), **TINY, softmax=True, context=(1, 2))
@@ -185,7 +185,7 @@ def test_export_parity_metadata_and_dynamic_size(tmp_path, task):
 
 
 def test_fp16_export_runs(tmp_path):
-    from export import metadata, parity, to_onnx
+    from vertedge_train.export import metadata, parity, to_onnx
 
     net = UNet(1, **TINY)
     path = to_onnx(net, "loc", tmp_path / "l.fp16.onnx", metadata("loc", _cfg(), net.state_dict(), "t"), fp16=True)
@@ -207,8 +207,8 @@ def test_shipped_models_carry_the_contract():
     assert len(protocols) == 1
 
 
-def test_run_task_checkpoints_and_resumes(tmp_path):
-    from train.loop import load_checkpoint, run_task, trained_model
+def test_run_task_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
+    from vertedge_train.loop import load_checkpoint, run_task, trained_model
 
     class _P:
         items = [render_scan(_spine_scan(), PROTOCOL)]  # noqa: RUF012
@@ -235,3 +235,15 @@ def test_run_task_checkpoints_and_resumes(tmp_path):
         assert [json.loads(x)["step"] for x in lines] == [1, 2]
         net, _ = trained_model(tmp_path, task)
         assert not net.training
+
+    # The run exports through the command line; a parity mismatch exits non-zero and leaves no model.
+    from vertedge_train import export
+    from vertedge_train.cli import main
+
+    out = tmp_path / "models"
+    assert main(["export", str(tmp_path), str(out), "--no-fp16"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["identification.onnx", "localization.onnx"]
+    bad = tmp_path / "bad"
+    monkeypatch.setattr(export, "parity", lambda net, path, **kw: 1.0)
+    assert main(["export", str(tmp_path), str(bad), "--no-fp16"]) == 1
+    assert not any(bad.glob("*.onnx"))

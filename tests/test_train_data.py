@@ -1,4 +1,4 @@
-"""The training data side (train/data.py): targets, batches, crops, held-out seeds, the VerSe reader.
+"""The training data side (vertedge_train/data.py): targets, batches, crops, held-out seeds, the VerSe reader.
 
 numpy only: these run without torch.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.data import (
+from vertedge_train.data import (
     CLASSES,
     crop_si,
     find_verse_cases,

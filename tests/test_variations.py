@@ -1,4 +1,4 @@
-"""Everyday scan variations (train/variations.py, the robustness benchmark's): a structure keeps
+"""Everyday scan variations (vertedge_train/variations.py, the robustness benchmark's): a structure keeps
 its world position, thick slices average thin ones, a rotation moves the truth with the patient."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import air_volume, paint_ball
-from train import variations
 from vertedge.volume import Volume
+from vertedge_train import variations
 
 BALLS = np.array([[0.0, 20.0, 60.0], [5.0, 15.0, 0.0], [0.0, 25.0, -60.0]])  # world LPS mm
 

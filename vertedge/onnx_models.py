@@ -202,7 +202,7 @@ class Models:
             where = "in this installation" if models_dir is None else f"in {folder}"
             raise VertedgeError(
                 f"no models installed {where}: expected {LOCALIZATION_FILE} and {IDENTIFICATION_FILE} "
-                "(train them with `python -m train` and `python -m export`, or pass --models DIR)"
+                "(train them with `vertedge-train` and `vertedge-train export`, or pass --models DIR)"
             )
         self.device = device
         half = fp16 and device == "cuda"  # ONNX Runtime's CPU kernels have no fast fp16 convolutions

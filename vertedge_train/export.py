@@ -18,10 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from vertedge.atomic import atomic_path
+
 OPSET = 17
 FILES = {"loc": "localization.onnx", "id": "identification.onnx"}
 TASK_NAMES = {"loc": "localization", "id": "identification"}
 OUTPUT_NAMES = {"loc": "heatmap", "id": "prob"}
+PARITY_TOLERANCE = 1e-3  # max |torch - onnxruntime| of the float32 export on a random image in [0, 1)
+
+
+class ParityError(RuntimeError):
+    """The exported ONNX model does not reproduce the trained net."""
 
 
 def weights_hash(state_dict: dict[str, Any]) -> str:
@@ -38,8 +45,9 @@ def weights_hash(state_dict: dict[str, Any]) -> str:
 def metadata(task: str, cfg: dict[str, Any], state_dict: dict[str, Any], training: str,
              threshold: float | None = None) -> dict[str, str]:
     """The vertedge metadata of one exported model (all values strings)."""
-    from train.data import CLASSES
     from vertedge.geometry import Protocol
+
+    from .data import CLASSES
 
     version = str(cfg.get("version", "0.1.0"))
     short = "loc" if task == "loc" else "id"
@@ -120,12 +128,9 @@ def to_onnx(net, task: str, path: str | os.PathLike[str], meta: dict[str, str], 
         p = model.metadata_props.add()
         p.key, p.value = k, str(v)
     onnx.checker.check_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".part-{os.getpid()}")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)
 
 
 def _to_fp16(model):
@@ -171,7 +176,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
 
     `threshold` (fraction of the heatmap amplitude) overrides the training config's peak threshold.
     """
-    from train.loop import trained_model
+    from .loop import trained_model
 
     written: dict[str, Path] = {}
     nets = {}
@@ -182,7 +187,11 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         p = to_onnx(net, task, Path(out_dir) / FILES[task], meta)
         err = parity(net, p)
         log(f"[export] {p} ({p.stat().st_size / 1e6:.2f} MB) {meta['vertedge.model_id']}: "
-            f"max |torch - onnxruntime| = {err:.2e} {'OK' if err < 1e-3 else 'MISMATCH'}")
+            f"max |torch - onnxruntime| = {err:.2e} {'OK' if err < PARITY_TOLERANCE else 'MISMATCH'}")
+        if not err < PARITY_TOLERANCE:
+            # A model that computes something else than the trained net must not be left to ship.
+            p.unlink()
+            raise ParityError(f"{p.name}: ONNX Runtime differs from torch by {err:.2e} (tolerance {PARITY_TOLERANCE:g}); not written")
         written[task] = p
     total = sum(p.stat().st_size for p in written.values()) / 1e6
     if fp16 and 2 * total <= budget_mb:
@@ -198,7 +207,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
 
 
 def _ck(run_dir, task):
-    from train.loop import load_checkpoint
+    from .loop import load_checkpoint
 
     return load_checkpoint(run_dir, task)
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from vertedge import drr
+from vertedge.atomic import atomic_path
 from vertedge.boxes import square_half_px
 from vertedge.geometry import Protocol, make_views, pixel_mm_at_depth, project
 from vertedge.labels import SPINE_ORDER
@@ -184,9 +185,8 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None, protocol: Protocol) -
 
 
 def _save_npz(path: Path, sample: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + f".part-{os.getpid()}.npz")
-    np.savez(tmp, **sample)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **sample)
 
 
 def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: int, seed: int,

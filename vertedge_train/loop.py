@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vertedge.atomic import atomic_path
 from vertedge.geometry import Protocol
 
 from .data import CLASSES, Pool, cache_folder, sample_batch
@@ -47,9 +48,8 @@ def build_net(task: str, cfg: dict[str, Any]) -> torch.nn.Module:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".part-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(out: str | os.PathLike[str], task: str) -> dict[str, Any] | None:
@@ -93,7 +93,7 @@ def _pool(cfg: dict[str, Any], log) -> Pool:
     while len(pool) < min_items:
         if waited == 0:
             log(f"[data] waiting for cached samples in {folder} ({len(pool)}/{min_items}); "
-                "run `python -m train render` to fill it")
+                "run `vertedge-train render` to fill it")
         time.sleep(10)
         waited += 10
         pool.refresh()
