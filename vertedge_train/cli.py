@@ -5,6 +5,7 @@
 - loc, id:  the localization and identification U-Nets (encoder from pretraining when present)
 - all:      render (if needed), pretrain, loc, id in sequence
 - eval:     2D and 3D evaluation of exported models on held-out phantom seeds (and real cases)
+- finetune: the shipped (or given) ONNX models continued on real scans mixed with phantoms
 - export:   a training run's two nets as ONNX models with a parity check (non-zero exit on a mismatch)
 
 Every training command resumes from `<out>/<task>/last.pt`; progress goes to stdout and the loss
@@ -42,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--real", default=None, help="folder of real cases (*/ct.nii.gz + ground_truth.json)")
     p.add_argument("--no-3d", action="store_true", help="2D scores only")
     p.add_argument("--report", default=None, help="write the scores as JSON here")
+    p = sub.add_parser("finetune", help="continue the shipped models on real scans mixed with phantoms")
+    p.add_argument("--models", default=None, help="ONNX models to start from (default: the shipped ones)")
+    p.add_argument("--data", action="append", required=True,
+                   help="dataset folder (VerSe layout, or case folders with ground_truth.json); repeatable")
+    p.add_argument("--out", required=True, help="run folder; the new ONNX models and the model card go here")
+    p.add_argument("--config", default=None, help="fine-tuning config (default: configs/finetune_real.json)")
+    p.add_argument("--val", action="append", default=[], help="a case to hold out for validation (repeatable)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of the cases held out when --val is not given")
+    p.add_argument("--steps", type=int, default=None, help="steps per net (default: the config's)")
+    p.add_argument("--real-fraction", type=float, default=None, help="share of each batch drawn from real scans")
     p = sub.add_parser("export", help="ONNX models of a training run, with a parity check")
     p.add_argument("run_dir", help="training run folder (holds loc/last.pt and id/last.pt)")
     p.add_argument("out_dir", help="where localization.onnx and identification.onnx go")
@@ -82,6 +93,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from vertedge.onnx_models import default_models_dir
+
+    from .finetune import DEFAULT_CONFIG, finetune
+
+    try:
+        finetune(args.models or default_models_dir(), args.data, args.out, args.config or DEFAULT_CONFIG,
+                 args.val_fraction, args.val, args.steps, args.real_fraction, log=_log)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"vertedge-train finetune: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from vertedge.geometry import Protocol
 
@@ -114,4 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "finetune":
+        return _finetune(args)
     return _train(args)

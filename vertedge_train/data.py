@@ -109,6 +109,70 @@ def verse_scan(ct: Path, ctd: Path) -> Scan:
     return Scan(ct.name[: -len("_ct.nii.gz")], volume, cents, {k: False for k in cents})
 
 
+def find_cases(root: str | os.PathLike[str]) -> list[Path]:
+    """Case folders of `root` in vertedge's real-case layout: `<case>/ground_truth.json` beside `ct.nii.gz`
+    or a `dicom/` series (the layout of `../shared/data/real` and of the robustness benchmark)."""
+    # resolved: a case reached through a link has one cache tag whichever folder links it
+    return [t.parent.resolve() for t in sorted(Path(root).glob("*/ground_truth.json"))
+            if (t.parent / "ct.nii.gz").exists() or (t.parent / "dicom").is_dir()]
+
+
+def case_scan(folder: Path) -> Scan:
+    """A real case (`find_cases`): only vertebra labels kept, cut flags from the truth file."""
+    from vertedge.metrics import read_points
+    from vertedge.volume import load_volume
+
+    folder = Path(folder)
+    volume = load_volume(folder / "ct.nii.gz" if (folder / "ct.nii.gz").exists() else folder / "dicom")
+    truth, cut = read_points(folder / "ground_truth.json")
+    cents = {int(k): np.asarray(v, float) for k, v in truth.items() if int(k) in CLASSES}
+    return Scan(folder.name, volume, cents, {k: k in cut for k in cents})
+
+
+def data_sources(root: str | os.PathLike[str]) -> list[str]:
+    """Training sources of a data folder: VerSe layout (`verse:<ct>::<ctd>`) or real-case layout (`case:<folder>`)."""
+    sources = [f"verse:{ct}::{ctd}" for ct, ctd in find_verse_cases(root)] + [f"case:{c}" for c in find_cases(root)]
+    if not sources:
+        raise ValueError(f"{root}: no cases (neither rawdata/sub-*/*_ct.nii.gz with derivatives/sub-*/*_ctd.json "
+                         "nor */ground_truth.json beside ct.nii.gz or dicom/)")
+    return sources
+
+
+# Everyday variations drawn for a real scan's training variants: they span the robustness
+# benchmark's range (tilt to 15 degrees, roll to 30, in-plane air and FOV, thick slices, noise) so
+# that a pose or field of view the benchmark tries is inside what training saw.
+TILT_DEG, ROLL_DEG, YAW_DEG = 15.0, 30.0, 5.0
+P_PAD, PAD_MM = 0.25, (10.0, 40.0)
+P_FOV, FOV_MM = 0.25, (160.0, 280.0)
+P_THICK, THICK_MM = 0.3, (2.5, 5.0)
+P_NOISE, NOISE_HU = 0.5, (5.0, 60.0)
+CUT_MARGIN_MM = 10.0  # a body centroid this close to an S-I face of the scan: the body is cut
+
+
+def everyday_variant(scan: Scan, rng: np.random.Generator) -> Scan:
+    """`scan` with a random patient pose (about the spine's centre; the centroids move with it), and
+    at random in-plane air padding or a spine-centred field of view, thick slices, noise."""
+    from . import variations
+
+    labels = list(scan.centroids)
+    pts = np.array([scan.centroids[k] for k in labels], float).reshape(-1, 3)
+    centre = pts.mean(0)
+    rot = variations.rotation(rng.uniform(-TILT_DEG, TILT_DEG), rng.uniform(-ROLL_DEG, ROLL_DEG), rng.uniform(-YAW_DEG, YAW_DEG))
+    vol = variations.rotated(scan.volume, rot, centre)
+    pts = variations.turn_points(pts, rot, centre)
+    if rng.random() < P_PAD:
+        vol = variations.pad_in_plane(vol, rng.uniform(*PAD_MM))
+    elif rng.random() < P_FOV:
+        vol = variations.in_plane_window(vol, centre, rng.uniform(*FOV_MM))
+    if rng.random() < P_THICK:
+        vol = variations.thick_slices(vol, rng.uniform(*THICK_MM))
+    if rng.random() < P_NOISE:
+        vol = variations.with_noise(vol, rng.uniform(*NOISE_HU), rng)
+    kept, cut = variations.inside(vol, pts, CUT_MARGIN_MM)
+    return Scan(scan.name, vol, {k: p for k, p, keep in zip(labels, pts, kept) if keep},
+                {k: bool(c) or scan.cut.get(k, False) for k, c, keep in zip(labels, cut, kept) if keep})
+
+
 def crop_si(scan: Scan, lo_frac: float, hi_frac: float) -> Scan:
     """The scan cut to [lo_frac, hi_frac) of its S-I index axis (array cut, origin shifted).
 
@@ -159,18 +223,21 @@ def render_scan(scan: Scan, protocol: Protocol) -> dict[str, np.ndarray]:
 
 
 def scan_variants(scan: Scan, protocol: Protocol, n_variants: int, rng: np.random.Generator,
-                  crop_prob: float = 0.5, min_keep: float = 0.35) -> list[dict[str, np.ndarray]]:
-    """`n_variants` rendered variants: variant 0 the whole scan, others random angle and S-I crop."""
+                  crop_prob: float = 0.5, min_keep: float = 0.35, everyday: bool = False) -> list[dict[str, np.ndarray]]:
+    """`n_variants` rendered variants: variant 0 the whole scan, others random angle and S-I crop
+    (with `everyday`, after an `everyday_variant` of the scan)."""
     out = []
     step = 360.0 / protocol.n_views
     for v in range(n_variants):
         s, p = scan, protocol
         if v > 0:
             p = replace(protocol, start_angle_deg=float(rng.uniform(0, step)))
+            if everyday:
+                s = everyday_variant(scan, rng)
             if rng.random() < crop_prob:
                 keep = rng.uniform(min_keep, 0.9)
                 lo = rng.uniform(0, 1 - keep)
-                s = crop_si(scan, lo, lo + keep)
+                s = crop_si(s, lo, lo + keep)
         out.append(render_scan(s, p))
     return out
 
@@ -189,28 +256,44 @@ def _save_npz(path: Path, sample: dict[str, np.ndarray]) -> None:
         np.savez(tmp, **sample)
 
 
+def scan_of(source: str) -> Scan:
+    """The scan of a source: 'phantom:<seed>', 'verse:<ct>::<ctd>' or 'case:<folder>'."""
+    kind, _, spec = source.partition(":")
+    if kind == "phantom":
+        return phantom_scan(int(spec))
+    if kind == "verse":
+        ct, _, ctd = spec.partition("::")
+        return verse_scan(Path(ct), Path(ctd))
+    if kind == "case":
+        return case_scan(Path(spec))
+    raise ValueError(f"unknown source {source!r}")
+
+
+def source_tag(source: str, everyday: bool = False) -> str:
+    """The cache file prefix of a source: `phantom_<seed>`, or `<kind>_<hash of its path>` (+ `_everyday`)."""
+    kind, _, spec = source.partition(":")
+    if kind == "phantom":
+        return f"phantom_{int(spec)}" + ("_everyday" if everyday else "")
+    if kind not in ("verse", "case"):
+        raise ValueError(f"unknown source {source!r}")
+    return f"{kind}_{hashlib.sha1(spec.encode()).hexdigest()[:10]}" + ("_everyday" if everyday else "")
+
+
 def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: int, seed: int,
-                    crop_prob: float = 0.5, min_keep: float = 0.35) -> int:
-    """Render `n_variants` of one source ('phantom:<seed>' or 'verse:<ct>::<ctd>') into `folder`.
+                    crop_prob: float = 0.5, min_keep: float = 0.35, everyday: bool = False) -> int:
+    """Render `n_variants` of one source ('phantom:<seed>', 'verse:<ct>::<ctd>' or 'case:<folder>') into `folder`.
 
     Skips variants already there; returns how many were written.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    kind, _, spec = source.partition(":")
-    tag = f"phantom_{int(spec)}" if kind == "phantom" else "verse_" + hashlib.sha1(spec.encode()).hexdigest()[:10]
+    tag = source_tag(source, everyday)
     paths = [folder / f"{tag}_v{v}.npz" for v in range(n_variants)]
     if all(p.exists() for p in paths):
         return 0
-    if kind == "phantom":
-        scan = phantom_scan(int(spec))
-    elif kind == "verse":
-        ct, _, ctd = spec.partition("::")
-        scan = verse_scan(Path(ct), Path(ctd))
-    else:
-        raise ValueError(f"unknown source {source!r}")
+    scan = scan_of(source)
     rng = np.random.default_rng([seed, int(hashlib.sha1(tag.encode()).hexdigest()[:8], 16)])
     written = 0
-    for path, sample in zip(paths, scan_variants(scan, protocol, n_variants, rng, crop_prob, min_keep)):
+    for path, sample in zip(paths, scan_variants(scan, protocol, n_variants, rng, crop_prob, min_keep, everyday)):
         if not path.exists():
             _save_npz(path, sample)
             written += 1
@@ -218,20 +301,21 @@ def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: i
 
 
 def _render_worker(args: tuple) -> tuple[str, int, float]:
-    source, protocol_json, folder, n_variants, seed, crop_prob, min_keep = args
+    source, protocol_json, folder, n_variants, seed, crop_prob, min_keep, everyday = args
     import numba
 
     numba.set_num_threads(1)
     t = time.time()
     n = render_to_cache(source, Protocol.from_dict(json.loads(protocol_json)), Path(folder),
-                        n_variants, seed, crop_prob, min_keep)
+                        n_variants, seed, crop_prob, min_keep, everyday)
     return source, n, time.time() - t
 
 
 def prerender(sources: list[str], protocol: Protocol, folder: Path, n_variants: int, seed: int = 0,
-              crop_prob: float = 0.5, min_keep: float = 0.35, workers: int = 1, log=print) -> None:
-    """Render every source into the cache (multiprocessing with `workers` processes); crops keep >= `min_keep` of a scan."""
-    args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob, min_keep) for s in sources]
+              crop_prob: float = 0.5, min_keep: float = 0.35, workers: int = 1, log=print, everyday: bool = False) -> None:
+    """Render every source into the cache (multiprocessing with `workers` processes); crops keep >= `min_keep` of a scan;
+    `everyday`: variants after `everyday_variant` (pose, field of view, slices, noise)."""
+    args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob, min_keep, everyday) for s in sources]
     t0 = time.time()
     if workers <= 1:
         results = map(_render_worker, args)
@@ -258,18 +342,21 @@ def sources_from_config(data_cfg: dict[str, Any]) -> list[str]:
 class Pool:
     """The cached samples in memory (float16 images); `refresh()` picks up newly rendered files."""
 
-    def __init__(self, folder: Path, max_items: int | None = None) -> None:
+    def __init__(self, folder: Path, max_items: int | None = None, tags: set[str] | None = None) -> None:
         self.folder = Path(folder)
         self.items: list[dict[str, np.ndarray]] = []
+        self.tags: list[str] = []  # the source tag of each item (`source_tag`)
         self._seen: set[str] = set()
         self.max_items = max_items
+        self.only = tags  # load only these sources' files (a fine-tune must not see a held-out case)
         self.refresh()
 
     def refresh(self) -> int:
         """Load files not loaded yet; returns how many were added."""
         added = 0
         for f in sorted(glob.glob(str(self.folder / "*_v*.npz"))):
-            if f in self._seen or ".part-" in f:
+            tag = Path(f).name.rsplit("_v", 1)[0]
+            if f in self._seen or ".part-" in f or (self.only is not None and tag not in self.only):
                 continue
             if self.max_items is not None and len(self.items) >= self.max_items:
                 break
@@ -280,6 +367,7 @@ class Pool:
                 continue
             self._seen.add(f)
             self.items.append(item)
+            self.tags.append(tag)
             added += 1
         return added
 
@@ -422,10 +510,17 @@ def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.G
     focus = float(cfg.get("focus", 0.8))
     xs, x2s, hms, tgts, boxes, cls = [], [], [], [], [], []
     boost = float(cfg.get("variant_boost", 1.0))
+    real_fraction = cfg.get("real_fraction")
     weights = None
     if boost != 1.0:  # oversample scans with the rare T13 / L6 variants
         weights = np.array([boost if np.isin(it["labels"], (25, 28)).any() else 1.0 for it in pool.items])
-        weights /= weights.sum()
+    if real_fraction is not None:  # real scans drawn with this probability, phantoms with the rest
+        real = np.array([not t.startswith("phantom_") for t in pool.tags])
+        if real.any() and not real.all():
+            share = np.where(real, float(real_fraction) / real.sum(), (1.0 - float(real_fraction)) / (~real).sum())
+            weights = share if weights is None else weights * share
+    if weights is not None:
+        weights = weights / weights.sum()
     for _ in range(batch):
         item = pool.items[int(rng.choice(len(pool), p=weights)) if weights is not None else int(rng.integers(len(pool)))]
         n_views = item["images"].shape[0]

@@ -132,22 +132,17 @@ def evaluate_2d(run_or_models: str | Path, seeds: list[int], log=print) -> dict[
     return res
 
 
-def evaluate_real(models_dir: str | Path, root: str | Path, log=print) -> dict[str, Any]:
-    """Per-vertebra results of the runtime pipeline on real cases `root/*/ct.nii.gz` + ground_truth.json."""
+def evaluate_scans(models_dir: str | Path, scans: list, log=print) -> dict[str, Any]:
+    """Per scan (`data.Scan`: a real case or a VerSe case), the runtime pipeline's Id-Rate and L-Error
+    (cut vertebrae not scored) and, per truth vertebra, the nearest prediction and its distance (mm)."""
     from vertedge import metrics
     from vertedge.pipeline import Labeler
-    from vertedge.volume import load_volume
 
     labeler = Labeler(models_dir, device="cpu")
     out: dict[str, Any] = {}
-    for case in sorted(Path(root).glob("*/ground_truth.json")):
-        ct = case.parent / "ct.nii.gz"
-        if not ct.exists():
-            continue
-        gt_entries = json.loads(case.read_text())["vertebrae"]
-        gt = {int(e["label"]): np.array(e["world_lps_mm"], float) for e in gt_entries}
-        cut = [int(e["label"]) for e in gt_entries if e.get("cut_by_field_of_view")]
-        result = labeler(load_volume(ct))
+    for scan in scans:
+        gt, cut = scan.centroids, [k for k, c in scan.cut.items() if c]
+        result = labeler(scan.volume)
         pred = result.centroids()
         sc = metrics.score(pred, gt, exclude=cut)
         rows = []
@@ -157,9 +152,16 @@ def evaluate_real(models_dir: str | Path, root: str | Path, log=print) -> dict[s
             dn = float(np.linalg.norm(pred[near] - gt[lab])) if near is not None else float("nan")
             rows.append({"label": lab, "cut": lab in cut, "same_label_dist_mm": d,
                          "nearest_pred": near, "nearest_dist_mm": dn})
-            log(f"[real] {case.parent.name} {lab:>2}{' (cut)' if lab in cut else ''}: nearest prediction "
+            log(f"[real] {scan.name} {lab:>2}{' (cut)' if lab in cut else ''}: nearest prediction "
                 f"{near} at {dn:.1f} mm; same label at {d:.1f} mm")
-        log(f"[real] {case.parent.name}: predicted {[v.name for v in result.vertebrae]}, "
+        log(f"[real] {scan.name}: predicted {[v.name for v in result.vertebrae]}, "
             f"Id-Rate {sc.id_rate['all']:.1f}%, L-Error {sc.l_error_mm['all']:.2f} mm")
-        out[case.parent.name] = {"rows": rows, "scores": sc.to_dict()}
+        out[scan.name] = {"rows": rows, "scores": sc.to_dict()}
     return out
+
+
+def evaluate_real(models_dir: str | Path, root: str | Path, log=print) -> dict[str, Any]:
+    """`evaluate_scans` on the real cases under `root` (`data.find_cases`: */ground_truth.json)."""
+    from .data import case_scan, find_cases
+
+    return evaluate_scans(models_dir, [case_scan(c) for c in find_cases(root)], log)

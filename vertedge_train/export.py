@@ -78,6 +78,8 @@ def _init_note(t: dict[str, Any]) -> str:
             import torch
 
             src = torch.load(init, map_location="cpu", weights_only=False)
+            if "source" in src:  # an ONNX model brought back by from_onnx
+                return f"fine-tuned from the ONNX model {src['source']}; "
             st = src["config"][src["task"]]
             ctx = st.get("context_dilations") or "none"
             return (f"fine-tuned from a {src['step']}-iteration {src['task']} checkpoint (crops {st['crop']}, "
@@ -93,6 +95,8 @@ def training_line(ck: dict[str, Any]) -> str:
     d, a = cfg["data"], cfg.get("augment", {})
     lo, hi = d["train_seeds"]
     verse = f", VerSe roots {d['verse_roots']}" if d.get("verse_roots") else ""
+    if d.get("real_cases"):
+        verse += f", real cases {', '.join(d['real_cases'])} ({d.get('real_fraction', '?')} of each batch)"
     n = ck.get("n_samples")
     per = int(d.get("variants_per_scan", 1))
     seeds = (f"phantom seeds {lo}-{min(hi, lo + -(-n // per)) - 1}" if isinstance(n, int) and n

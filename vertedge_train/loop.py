@@ -161,12 +161,17 @@ def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=pr
         seq = SequenceLoss(CLASSES, float(t.get("seq_alpha", 0.1)), float(t.get("seq_beta", 0.8))).to(device)
     hm = cfg.get("heatmap", {})
     batch_cfg = {"augment": cfg.get("augment", {}), "heatmap": hm, "square_mm": cfg.get("square_mm", 22.0),
-                 "focus": cfg.get("focus", 0.8), "variant_boost": t.get("variant_boost", 1.0)}
+                 "focus": cfg.get("focus", 0.8), "variant_boost": t.get("variant_boost", 1.0),
+                 "real_fraction": cfg["data"].get("real_fraction")}
     crop = tuple(int(v) for v in t["crop"])
     max_s = float(t.get("max_minutes", 1e9)) * 60.0
     refresh_every = int(cfg["data"].get("refresh_every", 50))
     log_every = int(t.get("log_every", 10))
     net.train()
+    if t.get("freeze_bn"):  # fine-tuning: keep the statistics the net was trained with (see from_onnx)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval().requires_grad_(False)
     logf = open(folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed after the loop
     run_avg: dict[str, float] = {}
 
