@@ -76,15 +76,17 @@ TINY = {"base": 4, "levels": 3}  # a U-Net small enough for the CPU tests
 TRAIN_PROTOCOL = Protocol(n_views=4, pixel_mm=8.0, max_rows=128, max_cols=128, step_mm=4.0)
 
 
-def train_config() -> dict:
-    """A tiny training config for the train/ tests."""
-    return {
+def train_config() -> Any:
+    """A tiny training config (`vertedge_train.config.TrainConfig`) for the training tests."""
+    from vertedge_train.config import TrainConfig
+
+    return TrainConfig.from_dict({
         "name": "test", "version": "0.1.0", "seed": 0, "protocol": TRAIN_PROTOCOL.to_dict(),
         "net": TINY, "heatmap": {"sigma_px": 1.5, "amplitude": 1.0, "threshold": 0.3},
         "data": {"train_seeds": [1000, 1002], "variants_per_scan": 1, "crop_prob": 0.5},
         "augment": {"gamma": 1.2, "contrast": 0.1, "offset": 0.02, "noise": 0.01},
         "loc": {"batch": 2, "crop": [32, 32]}, "id": {"batch": 2, "crop": [32, 32]},
-    }
+    })
 
 
 def spine_scan() -> Any:

@@ -16,23 +16,20 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from tests.helpers import train_config  # noqa: E402
-from vertedge.geometry import Protocol  # noqa: E402
 from vertedge.phantom import make_phantom, save_phantom  # noqa: E402
 from vertedge_train.cli import main  # noqa: E402
+from vertedge_train.config import TrainConfig  # noqa: E402
 from vertedge_train.data import cache_folder, source_tag  # noqa: E402
 from vertedge_train.export import FILES, metadata, to_onnx  # noqa: E402
 from vertedge_train.from_onnx import import_onnx  # noqa: E402
 from vertedge_train.loop import build_net  # noqa: E402
 
 
-def _config() -> dict:
-    cfg = train_config()
-    cfg["net"] = {"base": 4, "levels": 3, "kind": "unet"}
-    cfg["id"]["context_dilations"] = [1, 2]
-    return cfg
+def _config() -> TrainConfig:
+    return train_config().with_task("id", context_dilations=(1, 2))
 
 
-def _export_pair(folder: Path, cfg: dict) -> dict:
+def _export_pair(folder: Path, cfg: TrainConfig) -> dict:
     """Two small nets with non-trivial BatchNorm statistics and row context, exported as ONNX."""
     torch.manual_seed(0)
     nets = {}
@@ -59,10 +56,10 @@ def test_an_exported_net_comes_back_as_the_same_function(tmp_path):
     for task, net in nets.items():
         imported = import_onnx(tmp_path / FILES[task])
         assert imported.task == task
-        assert {k: imported.net_config[k] for k in ("base", "levels")} == {"base": 4, "levels": 3}
+        assert (imported.design.base, imported.design.levels) == (4, 3)
         with torch.no_grad():
             np.testing.assert_allclose(imported.net.eval()(x).numpy(), net(x).numpy(), atol=1e-4)
-    assert import_onnx(tmp_path / FILES["id"]).net_config["context_dilations"] == [1, 2]
+    assert import_onnx(tmp_path / FILES["id"]).context == (1, 2)
     to_onnx(nets["loc"], "loc", tmp_path / "half.onnx", metadata("loc", cfg, nets["loc"].state_dict(), "t"), fp16=True)
     with pytest.raises(ValueError, match="fp16"):
         import_onnx(tmp_path / "half.onnx")
@@ -84,7 +81,7 @@ def test_finetune_end_to_end_keeps_the_held_out_case_out(tmp_path, capsys):
     data = tmp_path / "data"
     _case(data, "case_a", 1005)
     _case(data, "case_b", 1006)
-    template = {k: v for k, v in cfg.items() if k not in ("protocol", "net", "heatmap")}
+    template = {k: v for k, v in cfg.to_dict().items() if k not in ("protocol", "net", "heatmap")}
     template["data"].update(train_seeds=[1000, 1000], real_variants=2, real_fraction=0.5, render_workers=1,
                             min_items=1, cache=str(tmp_path / "cache"))
     for task in ("loc", "id"):
@@ -102,7 +99,7 @@ def test_finetune_end_to_end_keeps_the_held_out_case_out(tmp_path, capsys):
     assert set(card["fine-tuned"]["validation"]) == {"case_b"}
     assert "case_b" in (out / "MODEL_CARD.md").read_text()
     # the held-out case was never rendered for training
-    cache = cache_folder(str(tmp_path / "cache"), Protocol.from_dict(cfg["protocol"]))
+    cache = cache_folder(str(tmp_path / "cache"), cfg.protocol)
     tags = {p.name.rsplit("_v", 1)[0] for p in cache.glob("*.npz")}
     assert tags == {source_tag(f"case:{(data / 'case_a').resolve()}", everyday=True)}
     # new weights, the BatchNorms kept as the import set them (identity), the version says fine-tuned

@@ -220,8 +220,8 @@ def test_run_task_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
             return 0
 
     cfg = _cfg()
-    cfg["loc"].update(steps=2, lr=1e-3, checkpoint_every=1, log_every=1)
-    cfg["id"].update(steps=2, lr=1e-3, checkpoint_every=1, log_every=1)
+    for task in ("loc", "id"):
+        cfg = cfg.with_task(task, steps=2, lr=1e-3, checkpoint_every=1, log_every=1)
     for task in ("loc", "id"):
         run_task(task, cfg, tmp_path, log=lambda m: None, pool=_P(), steps=1)
         ck = load_checkpoint(tmp_path, task)

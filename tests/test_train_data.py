@@ -10,6 +10,7 @@ import pytest
 
 from vertedge_train.data import (
     CLASSES,
+    BatchSettings,
     crop_si,
     find_verse_cases,
     heatmap_target,
@@ -58,7 +59,7 @@ def test_sample_batch_shapes_and_pair():
             return 1
 
     rng = np.random.default_rng(0)
-    cfg = {"augment": _cfg()["augment"], "heatmap": _cfg()["heatmap"], "focus": 1.0}
+    cfg = BatchSettings(_cfg().augment, _cfg().heatmap, focus=1.0)
     b = sample_batch(_P(), 3, (32, 32), rng, "loc", cfg)
     assert b["x"].shape == (3, 1, 32, 32) and b["heatmap"].shape == (3, 1, 32, 32)
     assert b["heatmap"].max() > 0.5

@@ -108,22 +108,26 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vertedge.geometry import Protocol
+    from dataclasses import replace
 
+    from vertedge.atomic import write_json
+
+    from .config import TrainConfig
     from .data import cache_folder, prerender, sources_from_config
 
-    cfg = json.loads(Path(args.config).read_text())
+    try:
+        cfg = TrainConfig.load(args.config)
+    except ValueError as e:
+        print(f"vertedge-train: {e}", file=sys.stderr)
+        return 2
     if args.verse:
-        cfg["data"]["verse_roots"] = list(cfg["data"].get("verse_roots", [])) + args.verse
+        cfg = replace(cfg, data=replace(cfg.data, verse_roots=(*cfg.data.verse_roots, *args.verse)))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    protocol = Protocol.from_dict(cfg["protocol"])
+    write_json(out / "config.json", cfg.to_dict())
     if args.command in ("render", "all"):
-        d = cfg["data"]
-        prerender(sources_from_config(d), protocol, cache_folder(d.get("cache"), protocol),
-                  int(d["variants_per_scan"]), int(cfg.get("seed", 0)), float(d.get("crop_prob", 0.5)),
-                  float(d.get("min_keep", 0.35)), workers=args.workers or int(d.get("render_workers", 1)), log=_log)
+        d = cfg.data
+        prerender(sources_from_config(d), cfg.protocol, cache_folder(d.cache, cfg.protocol), d.variants_per_scan, cfg.seed,
+                  d.crop_prob, d.min_keep, workers=args.workers or d.render_workers, log=_log)
     if args.command == "render":
         return 0
     from .loop import run_task

@@ -44,6 +44,8 @@ from vertedge.labels import SPINE_ORDER
 from vertedge.phantom import PHANTOM_VERSION
 from vertedge.volume import Volume
 
+from .config import AugmentConfig, DataConfig, HeatmapConfig
+
 CLASSES: tuple[int, ...] = tuple(SPINE_ORDER)  # id-net channel 1 + j is CLASSES[j]
 HELD_OUT_SEEDS = range(1000)  # evaluation seeds: never used for training
 DEFAULT_CACHE = Path(os.environ.get("VERTEDGE_TRAIN_CACHE", Path.home() / ".cache" / "vertedge-train"))
@@ -328,13 +330,13 @@ def prerender(sources: list[str], protocol: Protocol, folder: Path, n_variants: 
         log(f"[render] {i}/{len(args)} {src}: {n} new variants in {dt:.1f}s (total {time.time() - t0:.0f}s)")
 
 
-def sources_from_config(data_cfg: dict[str, Any]) -> list[str]:
+def sources_from_config(data_cfg: DataConfig) -> list[str]:
     """Training sources: phantom seeds [lo, hi) (>= 1000) and VerSe cases under `verse_roots`."""
-    lo, hi = data_cfg["train_seeds"]
+    lo, hi = data_cfg.train_seeds
     if lo < 1000:
         raise ValueError("training phantom seeds must be >= 1000 (0-999 are held out)")
     out = [f"phantom:{s}" for s in range(lo, hi)]
-    for root in data_cfg.get("verse_roots", []):
+    for root in data_cfg.verse_roots:
         out += [f"verse:{ct}::{ctd}" for ct, ctd in find_verse_cases(root)]
     return out
 
@@ -452,16 +454,16 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def augment_intensity(img: np.ndarray, rng: np.random.Generator, cfg: dict[str, Any]) -> np.ndarray:
+def augment_intensity(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     """Blur (p=`blur_prob`, sigma <= `blur`), gamma, contrast/offset and Gaussian noise on a normalized view."""
     x = np.maximum(img.astype(np.float32), 0.0)
-    if rng.random() < cfg.get("blur_prob", 0.0):
-        x = gaussian_blur(x, float(rng.uniform(0.3, cfg.get("blur", 1.0))))
-    g = np.exp(rng.uniform(-1, 1) * np.log(cfg.get("gamma", 1.4)))
+    if rng.random() < cfg.blur_prob:
+        x = gaussian_blur(x, float(rng.uniform(0.3, cfg.blur)))
+    g = np.exp(rng.uniform(-1, 1) * np.log(cfg.gamma))
     x = x**g
-    x = x * rng.uniform(1 - cfg.get("contrast", 0.15), 1 + cfg.get("contrast", 0.15))
-    x = x + rng.uniform(-cfg.get("offset", 0.05), cfg.get("offset", 0.05))
-    sigma = rng.uniform(0, cfg.get("noise", 0.03))
+    x = x * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+    x = x + rng.uniform(-cfg.offset, cfg.offset)
+    sigma = rng.uniform(0, cfg.noise)
     if sigma > 0:
         x = x + rng.normal(0, sigma, x.shape).astype(np.float32)
     return x.astype(np.float32)
@@ -497,20 +499,29 @@ def crop_view(img: np.ndarray, r0: int, c0: int, crop: tuple[int, int]) -> np.nd
     return out
 
 
+@dataclass(frozen=True)
+class BatchSettings:
+    """What `sample_batch` needs of a training config."""
+
+    augment: AugmentConfig = AugmentConfig()
+    heatmap: HeatmapConfig = HeatmapConfig()
+    square_mm: float = 22.0
+    focus: float = 0.8  # share of crops centred near a vertebra
+    variant_boost: float = 1.0  # oversampling of scans with a T13 or L6
+    real_fraction: float | None = None  # share of real scans in a batch (None: as they come)
+
+
 def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.Generator,
-                 task: str, cfg: dict[str, Any]) -> dict[str, np.ndarray | list]:
+                 task: str, cfg: BatchSettings) -> dict[str, np.ndarray | list]:
     """A batch of random view crops with targets.
 
     task 'loc': heatmap (B, 1, h, w); 'id': target (B, h, w) int64 and, per image, the class
     indices, the square boxes (cranial -> caudal) for the Sequence Loss; 'pair': two views of the
     same scan at the same S-I window (x1, x2) for SimSiam.
     """
-    aug = cfg.get("augment", {})
-    hm = cfg.get("heatmap", {})
-    focus = float(cfg.get("focus", 0.8))
+    aug, hm, focus = cfg.augment, cfg.heatmap, cfg.focus
     xs, x2s, hms, tgts, boxes, cls = [], [], [], [], [], []
-    boost = float(cfg.get("variant_boost", 1.0))
-    real_fraction = cfg.get("real_fraction")
+    boost, real_fraction = cfg.variant_boost, cfg.real_fraction
     weights = None
     if boost != 1.0:  # oversample scans with the rare T13 / L6 variants
         weights = np.array([boost if np.isin(it["labels"], (25, 28)).any() else 1.0 for it in pool.items])
@@ -537,10 +548,10 @@ def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.G
             continue
         pts = item["points"][k] - np.array([r0, c0], np.float32)
         if task == "loc":
-            hms.append(heatmap_target(crop, pts, float(hm.get("sigma_px", 1.5)), float(hm.get("amplitude", 1.0))))
+            hms.append(heatmap_target(crop, pts, hm.sigma_px, hm.amplitude))
         else:
             idx = np.array([CLASSES.index(int(lab)) for lab in item["labels"]], int)
-            half = square_half_px(item["px_mm"][k], float(cfg.get("square_mm", 22.0)))
+            half = square_half_px(item["px_mm"][k], cfg.square_mm)
             tgts.append(id_target(crop, pts, idx, half))
             inside = (pts[:, 0] >= 0) & (pts[:, 0] < crop[0]) & (pts[:, 1] >= 0) & (pts[:, 1] < crop[1])
             bx = square_boxes(pts, half, crop)

@@ -20,6 +20,8 @@ import numpy as np
 
 from vertedge.atomic import atomic_path
 
+from .config import TaskConfig, TrainConfig
+
 OPSET = 17
 FILES = {"loc": "localization.onnx", "id": "identification.onnx"}
 TASK_NAMES = {"loc": "localization", "id": "identification"}
@@ -42,37 +44,34 @@ def weights_hash(state_dict: dict[str, Any]) -> str:
     return h.hexdigest()[:8]
 
 
-def metadata(task: str, cfg: dict[str, Any], state_dict: dict[str, Any], training: str,
+def metadata(task: str, cfg: TrainConfig, state_dict: dict[str, Any], training: str,
              threshold: float | None = None) -> dict[str, str]:
     """The vertedge metadata of one exported model (all values strings)."""
-    from vertedge.geometry import Protocol
-
     from .data import CLASSES
 
-    version = str(cfg.get("version", "0.1.0"))
+    version = cfg.version or "0.1.0"
     short = "loc" if task == "loc" else "id"
     meta = {
         "vertedge.task": TASK_NAMES[task],
-        "vertedge.protocol": Protocol.from_dict(cfg["protocol"]).to_json(),
+        "vertedge.protocol": cfg.protocol.to_json(),
         "vertedge.classes": json.dumps([int(c) for c in CLASSES]),
         "vertedge.model_id": f"vertedge-{short}-{version}-{weights_hash(state_dict)}",
         "vertedge.model_version": version,
         "vertedge.training": training,
     }
     if task == "loc":
-        hm = cfg.get("heatmap", {})
-        amp = float(hm.get("amplitude", 1.0))
+        hm = cfg.heatmap
         meta["vertedge.heatmap"] = json.dumps({
-            "sigma_px": float(hm.get("sigma_px", 1.5)),
-            "amplitude": amp,
-            "threshold": float(hm.get("threshold", 0.3) if threshold is None else threshold) * amp,
+            "sigma_px": hm.sigma_px,
+            "amplitude": hm.amplitude,
+            "threshold": (hm.threshold if threshold is None else threshold) * hm.amplitude,
         })
     return meta
 
 
-def _init_note(t: dict[str, Any]) -> str:
+def _init_note(t: TaskConfig) -> str:
     """How a task's net was initialised (SimSiam encoder, or an earlier checkpoint)."""
-    init = str(t.get("init", ""))
+    init = t.init
     if init.endswith(".pt"):
         try:
             import torch
@@ -80,10 +79,10 @@ def _init_note(t: dict[str, Any]) -> str:
             src = torch.load(init, map_location="cpu", weights_only=False)
             if "source" in src:  # an ONNX model brought back by from_onnx
                 return f"fine-tuned from the ONNX model {src['source']}; "
-            st = src["config"][src["task"]]
-            ctx = st.get("context_dilations") or "none"
-            return (f"fine-tuned from a {src['step']}-iteration {src['task']} checkpoint (crops {st['crop']}, "
-                    f"batch {st['batch']}, row context {ctx}) itself initialised from SimSiam; ")
+            st = TrainConfig.from_dict(src["config"]).task(src["task"])
+            ctx = list(st.context_dilations) or "none"
+            return (f"fine-tuned from a {src['step']}-iteration {src['task']} checkpoint (crops {list(st.crop)}, "
+                    f"batch {st.batch}, row context {ctx}) itself initialised from SimSiam; ")
         except Exception:  # noqa: BLE001 - a note only
             return f"fine-tuned from {init}; "
     return "encoder from SimSiam pretraining; " if init == "pretrain" else ""
@@ -91,22 +90,22 @@ def _init_note(t: dict[str, Any]) -> str:
 
 def training_line(ck: dict[str, Any]) -> str:
     """One line describing what a checkpoint was trained on."""
-    cfg = ck["config"]
-    d, a = cfg["data"], cfg.get("augment", {})
-    lo, hi = d["train_seeds"]
-    verse = f", VerSe roots {d['verse_roots']}" if d.get("verse_roots") else ""
-    if d.get("real_cases"):
-        verse += f", real cases {', '.join(d['real_cases'])} ({d.get('real_fraction', '?')} of each batch)"
+    cfg = TrainConfig.from_dict(ck["config"])
+    d, a, t = cfg.data, cfg.augment, cfg.task(ck["task"])
+    lo, hi = d.train_seeds
+    verse = f", VerSe roots {list(d.verse_roots)}" if d.verse_roots else ""
+    if d.real_cases:
+        verse += f", real cases {', '.join(d.real_cases)} ({d.real_fraction} of each batch)"
     n = ck.get("n_samples")
-    per = int(d.get("variants_per_scan", 1))
+    per = d.variants_per_scan
     seeds = (f"phantom seeds {lo}-{min(hi, lo + -(-n // per)) - 1}" if isinstance(n, int) and n
              else f"phantom seeds {lo}-{hi - 1}")
     return (f"{seeds} ({n if n is not None else '?'} cached scan variants: whole scan + "
-            f"random start angle and S-I field-of-view crops p={d.get('crop_prob')}){verse}; "
-            f"augmentation gamma x/÷{a.get('gamma')}, contrast ±{a.get('contrast')}, offset ±{a.get('offset')}, "
-            f"noise sigma <= {a.get('noise')}, blur p={a.get('blur_prob', 0)}; "
-            f"{_init_note(cfg[ck['task']])}{ck['step']} iterations, batch {cfg[ck['task']]['batch']} crops "
-            f"{cfg[ck['task']]['crop']}; {ck['elapsed'] / 60:.0f} min on CPU; config {cfg.get('name', '?')}")
+            f"random start angle and S-I field-of-view crops p={d.crop_prob}){verse}; "
+            f"augmentation gamma x/÷{a.gamma}, contrast ±{a.contrast}, offset ±{a.offset}, "
+            f"noise sigma <= {a.noise}, blur p={a.blur_prob}; "
+            f"{_init_note(t)}{ck['step']} iterations, batch {t.batch} crops "
+            f"{list(t.crop)}; {ck['elapsed'] / 60:.0f} min on {ck.get('device', 'cpu').upper()}; config {cfg.name}")
 
 
 def to_onnx(net, task: str, path: str | os.PathLike[str], meta: dict[str, str], fp16: bool = False) -> Path:
@@ -187,7 +186,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     for task in ("loc", "id"):
         net, ck = trained_model(run_dir, task)
         nets[task] = net
-        meta = metadata(task, ck["config"], net.state_dict(), training_line(ck), threshold)
+        meta = metadata(task, TrainConfig.from_dict(ck["config"]), net.state_dict(), training_line(ck), threshold)
         p = to_onnx(net, task, Path(out_dir) / FILES[task], meta)
         err = parity(net, p)
         log(f"[export] {p} ({p.stat().st_size / 1e6:.2f} MB) {meta['vertedge.model_id']}: "
@@ -200,8 +199,8 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     total = sum(p.stat().st_size for p in written.values()) / 1e6
     if fp16 and 2 * total <= budget_mb:
         for task, net in nets.items():
-            ck_meta = metadata(task, load_cfg(run_dir, task), net.state_dict(), training_line(_ck(run_dir, task)),
-                               threshold)
+            ck = _ck(run_dir, task)
+            ck_meta = metadata(task, TrainConfig.from_dict(ck["config"]), net.state_dict(), training_line(ck), threshold)
             ck_meta["vertedge.precision"] = "fp16"
             p = to_onnx(net, task, Path(out_dir) / FILES[task].replace(".onnx", ".fp16.onnx"), ck_meta, fp16=True)
             err = parity(net, p)
@@ -215,6 +214,3 @@ def _ck(run_dir, task):
 
     return load_checkpoint(run_dir, task)
 
-
-def load_cfg(run_dir, task):
-    return _ck(run_dir, task)["config"]

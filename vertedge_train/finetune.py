@@ -16,12 +16,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vertedge.atomic import write_json
 from vertedge.geometry import Protocol
 
+from .config import HeatmapConfig, TrainConfig
 from .data import Pool, cache_folder, data_sources, prerender, scan_of, source_tag
 from .export import FILES
 from .from_onnx import Imported, import_onnx, write_init
@@ -57,27 +59,22 @@ def split(sources: Sequence[str], val_fraction: float, val_names: Sequence[str] 
     return train, val
 
 
-def _configure(cfg: dict[str, Any], nets: dict[str, Imported], real: list[str]) -> dict[str, Any]:
+def _configure(cfg: TrainConfig, nets: dict[str, Imported], real: list[str]) -> TrainConfig:
     """The template config completed from the ONNX models: protocol, heatmap, architecture, version."""
-    cfg = json.loads(json.dumps(cfg))
     loc, ident = nets["loc"], nets["id"]
     protocol = Protocol.from_dict(json.loads(loc.metadata["vertedge.protocol"]))
     if Protocol.from_dict(json.loads(ident.metadata["vertedge.protocol"])) != protocol:
         raise ValueError("the two models were trained on different DRR protocols")
-    cfg["protocol"] = json.loads(protocol.to_json())
     hm = json.loads(loc.metadata.get("vertedge.heatmap", "{}"))
     amp = float(hm.get("amplitude", 1.0))
-    cfg["heatmap"] = {"sigma_px": float(hm.get("sigma_px", 1.5)), "amplitude": amp,
-                      "threshold": float(hm.get("threshold", 0.5 * amp)) / amp}
-    cfg["net"] = {k: v for k, v in loc.net_config.items() if k != "context_dilations"}
-    if {k: v for k, v in ident.net_config.items() if k != "context_dilations"} != cfg["net"]:
+    heatmap = HeatmapConfig(float(hm.get("sigma_px", 1.5)), amp, float(hm.get("threshold", 0.5 * amp)) / amp)
+    if ident.design != loc.design:
         raise ValueError("the two models have different encoders; fine-tuning expects one design")
-    cfg["id"]["context_dilations"] = ident.net_config.get("context_dilations", [])
-    if not cfg.get("version"):
-        cfg["version"] = loc.metadata.get("vertedge.model_version", "0") + "+finetune"
-    cfg["data"]["real_cases"] = [source_name(s) for s in real]
-    cfg["source_models"] = {t: n.metadata.get("vertedge.model_id") for t, n in nets.items()}
-    return cfg
+    version = cfg.version or loc.metadata.get("vertedge.model_version", "0") + "+finetune"
+    return replace(cfg, protocol=protocol, heatmap=heatmap, net=loc.design, version=version,
+                   data=replace(cfg.data, real_cases=tuple(source_name(s) for s in real)),
+                   id=replace(cfg.id, context_dilations=ident.context),
+                   source_models={t: n.metadata.get("vertedge.model_id", "?") for t, n in nets.items()})
 
 
 def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str | Path,
@@ -97,51 +94,47 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
     nets = {task: import_onnx(models_dir / FILES[task]) for task in ("loc", "id")}
     sources = sorted({s for root in data_roots for s in data_sources(root)})
     train, val = split(sources, val_fraction, val_names)
-    cfg = _configure(json.loads(Path(config).read_text()), nets, train)
+    cfg = _configure(TrainConfig.load(config), nets, train)
     if real_fraction is not None:
-        cfg["data"]["real_fraction"] = float(real_fraction)
-    d = cfg["data"]
+        cfg = replace(cfg, data=replace(cfg.data, real_fraction=float(real_fraction)))
+    d = cfg.data
     log(f"[finetune] {len(train)} training cases ({', '.join(map(source_name, train))}), "
         f"{len(val)} for validation ({', '.join(map(source_name, val)) or 'none'})")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg)
+    write_json(out / "config.json", cfg.to_dict())
 
-    protocol = Protocol.from_dict(cfg["protocol"])
-    folder = cache_folder(d.get("cache"), protocol)
-    lo, hi = d["train_seeds"]
+    folder = cache_folder(d.cache, cfg.protocol)
+    lo, hi = d.train_seeds
     phantoms = [f"phantom:{s}" for s in range(lo, hi)]
-    workers, seed = int(d.get("render_workers", 1)), int(cfg.get("seed", 0))
-    prerender(phantoms, protocol, folder, int(d["variants_per_scan"]), seed, float(d.get("crop_prob", 0.5)),
-              float(d.get("min_keep", 0.35)), workers=workers, log=log)
-    prerender(train, protocol, folder, int(d["real_variants"]), seed, float(d.get("crop_prob", 0.5)),
-              float(d.get("min_keep", 0.35)), workers=workers, log=log, everyday=True)
+    prerender(phantoms, cfg.protocol, folder, d.variants_per_scan, cfg.seed, d.crop_prob, d.min_keep,
+              workers=d.render_workers, log=log)
+    prerender(train, cfg.protocol, folder, d.real_variants, cfg.seed, d.crop_prob, d.min_keep,
+              workers=d.render_workers, log=log, everyday=True)
     pool = Pool(folder, tags={source_tag(s) for s in phantoms} | {source_tag(s, everyday=True) for s in train})
     log(f"[finetune] {len(pool)} samples, {sum(not t.startswith('phantom_') for t in pool.tags)} of them real")
 
     for task in ("loc", "id"):
         init = write_init(nets[task], out / task / "init.pt")
-        cfg[task]["init"] = str(init)
+        cfg = cfg.with_task(task, init=str(init))
         run_task(task, cfg, out, log=log, pool=pool, steps=steps)
     export_run(out, out, log=log)
 
     card: dict[str, Any] = {
-        "models": dict(cfg["source_models"]),
-        "version": cfg["version"],
+        "models": dict(cfg.source_models),
+        "version": cfg.version,
         "training_cases": [source_name(s) for s in train],
         "validation_cases": [source_name(s) for s in val],
         "phantom_seeds": [lo, hi - 1],
-        "real_fraction": d["real_fraction"],
-        "steps": {t: steps or cfg[t]["steps"] for t in ("loc", "id")},
+        "real_fraction": d.real_fraction,
+        "steps": {t: steps or cfg.task(t).steps for t in ("loc", "id")},
         "minutes": round((time.time() - t0) / 60, 1),
     }
-    seeds = [int(s) for s in cfg.get("validation_seeds", [])]
     for label, folder_ in (("source models", models_dir), ("fine-tuned", out)):
         entry: dict[str, Any] = {}
         if val:
             scans = [scan_of(s) for s in val]
             entry["validation"] = {k: v["scores"] for k, v in evaluate_scans(folder_, scans, log).items()}
-        if seeds:
-            entry["phantoms"] = evaluate_3d(folder_, seeds, log)
+        if cfg.validation_seeds:
+            entry["phantoms"] = evaluate_3d(folder_, list(cfg.validation_seeds), log)
         card[label] = entry
     write_json(out / "model_card.json", card)
     (out / "MODEL_CARD.md").write_text(model_card_markdown(card), encoding="utf-8")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import NetConfig
 from .nets import UNet
 
 TOLERANCE = 1e-3  # max |torch - onnxruntime| on a random image, as for export
@@ -32,7 +33,8 @@ class Imported:
     net: UNet
     task: str  # 'loc' or 'id'
     metadata: dict[str, str]
-    net_config: dict[str, Any]  # {"base", "levels", "kind"} (+ "context_dilations" for id)
+    design: NetConfig  # encoder base channels, levels, kind
+    context: tuple[int, ...]  # row-context dilations (identification), () without
 
 
 def _conv_nodes(model: Any) -> list[tuple[Any, dict[str, Any]]]:
@@ -72,12 +74,10 @@ def import_onnx(path: str | os.PathLike[str]) -> Imported:
     convs = _conv_nodes(model)
     n_pool = sum(n.op_type == "MaxPool" for n in model.graph.node)
     context = tuple(int(a["dilations"][0]) for n, a in convs if n.input[1].startswith("context.convs."))
-    net_config: dict[str, Any] = {"base": int(weights[convs[0][0].input[1]].shape[0]), "levels": n_pool + 1, "kind": "unet"}
-    if task == "id":
-        net_config["context_dilations"] = list(context)
+    design = NetConfig(base=int(weights[convs[0][0].input[1]].shape[0]), levels=n_pool + 1, kind="unet")
     classes = json.loads(meta.get("vertedge.classes", "[]"))
     out_ch = 1 if task == "loc" else 1 + len(classes)
-    net = UNet(out_ch, net_config["base"], net_config["levels"], softmax=task == "id", context=context)
+    net = UNet(out_ch, design.base, design.levels, softmax=task == "id", context=context)
     modules = _torch_convs(net)
     if len(modules) != len(convs):
         raise ValueError(f"{path}: {len(convs)} convolutions in the graph, {len(modules)} in the rebuilt net")
@@ -99,7 +99,7 @@ def import_onnx(path: str | os.PathLike[str]) -> Imported:
     err = float(np.abs(got - ref).max())
     if not err < TOLERANCE:
         raise ValueError(f"{path}: the rebuilt net differs from ONNX Runtime by {err:.2e}")
-    return Imported(net, task, meta, net_config)
+    return Imported(net, task, meta, design, context)
 
 
 def _bn_after(net: UNet, conv: torch.nn.Conv2d) -> torch.nn.BatchNorm2d:

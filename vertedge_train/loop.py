@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +24,24 @@ import numpy as np
 import torch
 
 from vertedge.atomic import atomic_path
-from vertedge.geometry import Protocol
 
-from .data import CLASSES, Pool, cache_folder, sample_batch
+from .config import TaskConfig, TrainConfig
+from .data import CLASSES, BatchSettings, Pool, cache_folder, sample_batch
 from .losses import SequenceLoss, heatmap_loss, id_loss
 from .nets import SimSiam, UNet
 
 TASKS = ("pretrain", "loc", "id")
 
 
-def build_net(task: str, cfg: dict[str, Any]) -> torch.nn.Module:
+def build_net(task: str, cfg: TrainConfig) -> torch.nn.Module:
     """The network of a task from the config's `net` section."""
-    base, levels = int(cfg["net"].get("base", 16)), int(cfg["net"].get("levels", 5))
-    kind = str(cfg["net"].get("kind", "unet"))
+    base, levels, kind = cfg.net.base, cfg.net.levels, cfg.net.kind
     if task == "pretrain":
-        p = cfg["pretrain"]
-        return SimSiam(base, levels, int(p.get("proj_dim", 256)), int(p.get("pred_dim", 64)), kind=kind)
+        return SimSiam(base, levels, cfg.pretrain.proj_dim, cfg.pretrain.pred_dim, kind=kind)
     if task == "loc":
         return UNet(1, base, levels, softmax=False, kind=kind)
     if task == "id":
-        context = tuple(int(d) for d in cfg["id"].get("context_dilations", []))
-        return UNet(1 + len(CLASSES), base, levels, softmax=True, kind=kind, context=context)
+        return UNet(1 + len(CLASSES), base, levels, softmax=True, kind=kind, context=cfg.id.context_dilations)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
@@ -63,32 +61,30 @@ def trained_model(out: str | os.PathLike[str], task: str) -> tuple[torch.nn.Modu
     ck = load_checkpoint(out, task)
     if ck is None:
         raise FileNotFoundError(f"{Path(out) / task / 'last.pt'}: no checkpoint")
-    net = build_net(task, ck["config"])
+    net = build_net(task, TrainConfig.from_dict(ck["config"]))
     net.load_state_dict(ck["model"])
     return net.eval(), ck
 
 
-def _optimizer(net: torch.nn.Module, t: dict[str, Any]) -> torch.optim.Optimizer:
-    if t.get("optimizer", "adam") == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=t["lr"], momentum=t.get("momentum", 0.9),
-                               weight_decay=t.get("weight_decay", 0.0))
-    return torch.optim.Adam(net.parameters(), lr=t["lr"], weight_decay=t.get("weight_decay", 0.0))
+def _optimizer(net: torch.nn.Module, t: TaskConfig) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-def _lr(t: dict[str, Any], progress: float, step: int = 0) -> float:
+def _lr(t: TaskConfig, progress: float, step: int = 0) -> float:
     """Cosine over the progress fraction, or the paper's step decay (x lr_gamma every lr_step steps)."""
-    if t.get("schedule") == "step":
-        return t["lr"] * t.get("lr_gamma", 0.1) ** (step // int(t.get("lr_step", 4000)))
+    if t.schedule == "step":
+        return t.lr * t.lr_gamma ** (step // t.lr_step)
     progress = min(max(progress, 0.0), 1.0)
-    lo = t["lr"] * t.get("min_lr_frac", 0.01)
-    return lo + 0.5 * (t["lr"] - lo) * (1 + math.cos(math.pi * progress))
+    lo = t.lr * t.min_lr_frac
+    return lo + 0.5 * (t.lr - lo) * (1 + math.cos(math.pi * progress))
 
 
-def _pool(cfg: dict[str, Any], log) -> Pool:
-    protocol = Protocol.from_dict(cfg["protocol"])
-    folder = cache_folder(cfg["data"].get("cache"), protocol)
+def _pool(cfg: TrainConfig, log) -> Pool:
+    folder = cache_folder(cfg.data.cache, cfg.protocol)
     pool = Pool(folder)
-    min_items = int(cfg["data"].get("min_items", 30))
+    min_items = cfg.data.min_items
     waited = 0
     while len(pool) < min_items:
         if waited == 0:
@@ -108,21 +104,19 @@ def _tensor(x: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     return t if device is None else t.to(device, non_blocking=True)
 
 
-def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=print,
+def run_task(task: str, cfg: TrainConfig, out: str | os.PathLike[str], log=print,
              pool: Pool | None = None, steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) one task; returns the final checkpoint dict."""
-    t = dict(cfg[task])
-    if steps is not None:
-        t["steps"] = int(steps)
-    torch.set_num_threads(int(cfg.get("threads", 1)))
+    t = cfg.task(task) if steps is None else replace(cfg.task(task), steps=int(steps))
+    torch.set_num_threads(cfg.threads)
     folder = Path(out) / task
     folder.mkdir(parents=True, exist_ok=True)
     ck_path = folder / "last.pt"
     net = build_net(task, cfg)
     opt = _optimizer(net, t)
     step, elapsed = 0, 0.0
-    rng = np.random.default_rng([int(cfg.get("seed", 0)), TASKS.index(task)])
-    torch.manual_seed(int(cfg.get("seed", 0)) * 10 + TASKS.index(task))
+    rng = np.random.default_rng([cfg.seed, TASKS.index(task)])
+    torch.manual_seed(cfg.seed * 10 + TASKS.index(task))
     ck = load_checkpoint(out, task)
     if ck is not None:
         if ck.get("done"):
@@ -133,11 +127,11 @@ def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=pr
         step, elapsed = int(ck["step"]), float(ck["elapsed"])
         rng.bit_generator.state = ck["rng"]
         log(f"[{task}] resumed at step {step} ({elapsed / 60:.1f} min so far)")
-    elif task != "pretrain" and str(t.get("init", "")).endswith(".pt"):
-        src = torch.load(t["init"], map_location="cpu", weights_only=False)
+    elif task != "pretrain" and t.init.endswith(".pt"):
+        src = torch.load(t.init, map_location="cpu", weights_only=False)
         missing, _unexpected = net.load_state_dict(src["model"], strict=False)
-        log(f"[{task}] initialised from {t['init']} (step {src.get('step')}); new: {len(missing)} tensors")
-    elif task != "pretrain" and t.get("init") == "pretrain":
+        log(f"[{task}] initialised from {t.init} (step {src.get('step')}); new: {len(missing)} tensors")
+    elif task != "pretrain" and t.init == "pretrain":
         pre = load_checkpoint(out, "pretrain")
         if pre is not None:
             enc = {k[len("encoder."):]: v for k, v in pre["model"].items() if k.startswith("encoder.")}
@@ -145,7 +139,7 @@ def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=pr
             log(f"[{task}] encoder initialised from SimSiam pretraining ({pre['step']} steps)")
         else:
             log(f"[{task}] no pretraining checkpoint: encoder from scratch")
-    dev = str(cfg.get("device", "cpu"))
+    dev = cfg.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(dev)
@@ -158,17 +152,12 @@ def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=pr
         pool = _pool(cfg, log)
     seq = None
     if task == "id":
-        seq = SequenceLoss(CLASSES, float(t.get("seq_alpha", 0.1)), float(t.get("seq_beta", 0.8))).to(device)
-    hm = cfg.get("heatmap", {})
-    batch_cfg = {"augment": cfg.get("augment", {}), "heatmap": hm, "square_mm": cfg.get("square_mm", 22.0),
-                 "focus": cfg.get("focus", 0.8), "variant_boost": t.get("variant_boost", 1.0),
-                 "real_fraction": cfg["data"].get("real_fraction")}
-    crop = tuple(int(v) for v in t["crop"])
-    max_s = float(t.get("max_minutes", 1e9)) * 60.0
-    refresh_every = int(cfg["data"].get("refresh_every", 50))
-    log_every = int(t.get("log_every", 10))
+        seq = SequenceLoss(CLASSES, t.seq_alpha, t.seq_beta).to(device)
+    settings = BatchSettings(cfg.augment, cfg.heatmap, cfg.square_mm, cfg.focus, t.variant_boost, cfg.data.real_fraction)
+    crop = (int(t.crop[0]), int(t.crop[1]))
+    max_s = t.max_minutes * 60.0
     net.train()
-    if t.get("freeze_bn"):  # fine-tuning: keep the statistics the net was trained with (see from_onnx)
+    if t.freeze_bn:  # fine-tuning: keep the statistics the net was trained with (see from_onnx)
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.eval().requires_grad_(False)
@@ -177,33 +166,32 @@ def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=pr
 
     def save(done: bool) -> dict[str, Any]:
         state = {"task": task, "model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                 "elapsed": elapsed, "rng": rng.bit_generator.state, "config": cfg, "done": done,
+                 "elapsed": elapsed, "rng": rng.bit_generator.state, "config": cfg.to_dict(), "done": done, "device": device.type,
                  "n_samples": len(pool)}
         _save(ck_path, state)
         return state
 
     t_last = time.time()
-    while step < t["steps"] and elapsed < max_s:
-        progress = max(step / t["steps"], elapsed / max_s)
+    while step < t.steps and elapsed < max_s:
+        progress = max(step / t.steps, elapsed / max_s)
         lr = _lr(t, progress, step)
         for g in opt.param_groups:
             g["lr"] = lr
-        if step % refresh_every == 0 and step > 0:
+        if step % cfg.data.refresh_every == 0 and step > 0:
             pool.refresh()
         kind = {"pretrain": "pair", "loc": "loc", "id": "id"}[task]
-        b = sample_batch(pool, int(t["batch"]), crop, rng, kind, batch_cfg)
+        b = sample_batch(pool, t.batch, crop, rng, kind, settings)
         x = _tensor(b["x"], device)
         if task == "pretrain":
             loss = net.loss(x, _tensor(b["x2"], device))
             parts = {"loss": float(loss.detach())}
         elif task == "loc":
             pred = net.forward_logits(x)
-            loss = heatmap_loss(pred, _tensor(b["heatmap"], device), float(hm.get("amplitude", 1.0)), float(t.get("fg_weight", 10.0)))
+            loss = heatmap_loss(pred, _tensor(b["heatmap"], device), cfg.heatmap.amplitude, t.fg_weight)
             parts = {"loss": float(loss.detach())}
         else:
             logits = net.forward_logits(x)
-            loss, parts = id_loss(logits, _tensor(b["target"], device), b["boxes"], seq, float(t.get("bg_weight", 0.1)),
-                                  float(t.get("seq_gamma", 1.0)))
+            loss, parts = id_loss(logits, _tensor(b["target"], device), b["boxes"], seq, t.bg_weight, t.seq_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -213,14 +201,14 @@ def run_task(task: str, cfg: dict[str, Any], out: str | os.PathLike[str], log=pr
         t_last = now
         for k, v in parts.items():
             run_avg[k] = v if k not in run_avg else 0.9 * run_avg[k] + 0.1 * v
-        if step % log_every == 0 or step == t["steps"]:
+        if step % t.log_every == 0 or step == t.steps:
             rec = {"step": step, "lr": lr, "elapsed_s": round(elapsed, 1), "samples": len(pool), **parts,
                    **{f"avg_{k}": round(v, 5) for k, v in run_avg.items()}}
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
-            log(f"[{task}] step {step}/{t['steps']} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in run_avg.items())
+            log(f"[{task}] step {step}/{t.steps} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in run_avg.items())
                 + f" ({elapsed / 60:.1f} min, {len(pool)} samples)")
-        if step % int(t.get("checkpoint_every", 50)) == 0:
+        if step % t.checkpoint_every == 0:
             save(False)
     state = save(True)
     logf.close()
