@@ -1,11 +1,13 @@
-"""Evaluation on held-out phantom seeds (0-999; training never uses them).
+"""Evaluation of exported models: the one place that scores phantoms and real cases (the training
+commands and `benchmarks/accuracy.py` use it). Phantom seeds 0-999 are held out: training never uses them.
 
 2D (per view, against the projected truth): localization peaks from the runtime's own peak finder
 (`vertedge.labelling.peaks_of`, threshold from the model metadata) matched to the projected body
 centroids (nearest, within `match_mm` at the vertebra's depth): detection rate, false positives,
 mean pixel / mm error; identification: per view and vertebra, the argmax of the mean class
 probabilities in its 22 mm square (2D label accuracy).
-3D (when `vertedge.pipeline.Labeler` exists): Id-Rate and L-Error with `vertedge.metrics`.
+3D: the runtime pipeline's Id-Rate and L-Error (`vertedge.metrics`, VerSe rules) on phantoms
+(`score_phantoms`, with hard-case groups) and on real or VerSe cases (`score_scans`). No torch here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vertedge import metrics
+from vertedge.labels import name
+from vertedge.pipeline import Labeler
+
+from .data import Scan, case_scan, find_cases
 
 
 def _sessions(models_dir: Path):
@@ -97,51 +105,52 @@ def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, matc
     return res
 
 
-def evaluate_3d(models_dir: str | Path, seeds: list[int], log=print) -> dict[str, Any] | None:
-    """Id-Rate / L-Error of the full runtime pipeline on phantom seeds (None without the pipeline)."""
-    try:
-        from vertedge import metrics
-        from vertedge.pipeline import Labeler
-    except ImportError:
-        return None
+def hard_cases(params: dict[str, Any]) -> list[str]:
+    """The hard-case groups a phantom belongs to (from what its seed chose)."""
+    groups = [f"region:{params.get('region', '?')}"]
+    for key, group in (("metal", "metal"), ("scoliosis", "scoliosis")):
+        if params.get(key):
+            groups.append(group)
+    if params.get("variant") in ("T13", "L6"):  # "normal" otherwise
+        groups.append(f"variant:{params['variant']}")
+    return groups
+
+
+def score_phantoms(labeler: Labeler, seeds: list[int], log=print) -> tuple[metrics.Scores, list[dict[str, Any]]]:
+    """The runtime pipeline on phantom seeds: scores pooled over the seeds (VerSe Id-Rate and L-Error,
+    cut vertebrae left out) and one record per seed (its hard-case groups, counts, scores, seconds)."""
     from vertedge.phantom import make_phantom
 
-    labeler = Labeler(models_dir, device="cpu")
-    scores = []
+    per_seed, records = [], []
     for seed in seeds:
-        t0 = time.time()
         ph = make_phantom(int(seed))
+        t0 = time.perf_counter()
         result = labeler(ph.volume)
-        pred = result.centroids()
-        sc = metrics.score(pred, ph.centroids, exclude=[k for k, c in ph.cut.items() if c])
-        scores.append(sc)
-        names = " ".join(v.name for v in result.vertebrae)
-        log(f"[eval3d] seed {seed} ({ph.params['region']}): Id-Rate {sc.id_rate['all']:.1f}% "
-            f"L-Error {sc.l_error_mm['all']:.2f} mm; predicted {names} ({time.time() - t0:.1f}s)")
-    total = metrics.pool(scores)
+        sc = metrics.score(result.centroids(), ph.centroids, exclude={k for k, c in ph.cut.items() if c})
+        per_seed.append(sc)
+        records.append({"seed": int(seed), "groups": hard_cases(ph.params), "n_true": len(ph.centroids),
+                        "n_found": len(result.vertebrae), "id_rate": sc.id_rate["all"],
+                        "l_error_mm": sc.l_error_mm["all"], "seconds": round(time.perf_counter() - t0, 2)})
+        log(f"[eval3d] seed {seed} ({ph.params['region']}): Id-Rate {sc.id_rate['all']:.1f}% L-Error "
+            f"{sc.l_error_mm['all']:.2f} mm; predicted {' '.join(v.name for v in result.vertebrae)} "
+            f"({records[-1]['seconds']:.1f}s)")
+    return metrics.pool(per_seed), records
+
+
+def evaluate_3d(models_dir: str | Path, seeds: list[int], log=print) -> dict[str, Any]:
+    """Pooled Id-Rate / L-Error of the models in `models_dir` on phantom seeds (`score_phantoms`)."""
+    total, _ = score_phantoms(Labeler(models_dir, device="cpu"), seeds, log)
     log(metrics.format_table(total))
     return total.to_dict()
 
 
-def evaluate_2d(run_or_models: str | Path, seeds: list[int], log=print) -> dict[str, Any]:
-    """2D (and 3D when possible) evaluation of a models folder (or `<run>/models` after export)."""
-    d = Path(run_or_models)
-    models_dir = d if (d / "localization.onnx").exists() else d / "models"
-    res = {"2d": evaluate_2d_models(models_dir, seeds, log)}
-    res["3d"] = evaluate_3d(models_dir, seeds, log)
-    return res
-
-
-def evaluate_scans(models_dir: str | Path, scans: list, log=print) -> dict[str, Any]:
-    """Per scan (`data.Scan`: a real case or a VerSe case), the runtime pipeline's Id-Rate and L-Error
-    (cut vertebrae not scored) and, per truth vertebra, the nearest prediction and its distance (mm)."""
-    from vertedge import metrics
-    from vertedge.pipeline import Labeler
-
-    labeler = Labeler(models_dir, device="cpu")
+def score_scans(labeler: Labeler, scans: list[Scan], log=print) -> dict[str, Any]:
+    """Per scan (a real or VerSe case, `data.Scan`): what the runtime found, the cut labels, the scores
+    (VerSe rules, cut vertebrae not scored, per vertebra) and, per truth vertebra, the nearest prediction
+    and its distance (mm)."""
     out: dict[str, Any] = {}
     for scan in scans:
-        gt, cut = scan.centroids, [k for k, c in scan.cut.items() if c]
+        gt, cut = scan.centroids, sorted(k for k, c in scan.cut.items() if c)
         result = labeler(scan.volume)
         pred = result.centroids()
         sc = metrics.score(pred, gt, exclude=cut)
@@ -156,12 +165,11 @@ def evaluate_scans(models_dir: str | Path, scans: list, log=print) -> dict[str, 
                 f"{near} at {dn:.1f} mm; same label at {d:.1f} mm")
         log(f"[real] {scan.name}: predicted {[v.name for v in result.vertebrae]}, "
             f"Id-Rate {sc.id_rate['all']:.1f}%, L-Error {sc.l_error_mm['all']:.2f} mm")
-        out[scan.name] = {"rows": rows, "scores": sc.to_dict()}
+        out[scan.name] = {"found": [v.name for v in result.vertebrae], "cut_by_field_of_view": [name(c) for c in cut],
+                          "scores": sc.to_dict(), "rows": rows}
     return out
 
 
 def evaluate_real(models_dir: str | Path, root: str | Path, log=print) -> dict[str, Any]:
-    """`evaluate_scans` on the real cases under `root` (`data.find_cases`: */ground_truth.json)."""
-    from .data import case_scan, find_cases
-
-    return evaluate_scans(models_dir, [case_scan(c) for c in find_cases(root)], log)
+    """`score_scans` of the models in `models_dir` on the real cases under `root` (`data.find_cases`)."""
+    return score_scans(Labeler(models_dir, device="cpu"), [case_scan(c) for c in find_cases(root)], log)

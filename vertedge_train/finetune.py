@@ -85,7 +85,9 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
 
     Returns the model card (also written as `out/model_card.json` and `out/MODEL_CARD.md`).
     """
-    from .evaluate import evaluate_3d, evaluate_scans
+    from vertedge.pipeline import Labeler
+
+    from .evaluate import evaluate_3d, score_scans
     from .export import export_run
     from .loop import run_task
 
@@ -132,7 +134,7 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
         entry: dict[str, Any] = {}
         if val:
             scans = [scan_of(s) for s in val]
-            entry["validation"] = {k: v["scores"] for k, v in evaluate_scans(folder_, scans, log).items()}
+            entry["validation"] = {k: v["scores"] for k, v in score_scans(Labeler(folder_, device="cpu"), scans, log).items()}
         if cfg.validation_seeds:
             entry["phantoms"] = evaluate_3d(folder_, list(cfg.validation_seeds), log)
         card[label] = entry
