@@ -459,6 +459,7 @@ def test_add_round_trip_of_vertedge_markups_edited_in_slicer(tmp_path, capsys):
     truth[LABELS["L3"]] = truth.pop(LABELS["L2"])
     del points[1]  # removed
     truth.pop(LABELS["L1"])
+    doc["markups"].append({"type": "Line", "coordinateSystem": "LPS", "controlPoints": [{"label": "L-1", "position": [0, 0, 0]}]})  # a ruler
     mrk = tmp_path / "patient 7.mrk.json"
     mrk.write_text(json.dumps(doc))
     out = tmp_path / "site"

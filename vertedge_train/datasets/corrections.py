@@ -23,7 +23,7 @@ import numpy as np
 
 from vertedge.atomic import atomic_path
 from vertedge.errors import VertedgeError
-from vertedge.labels import LABELS
+from vertedge.labels import LABELS, NAMES
 from vertedge.verse import write_verse_ctd
 from vertedge.volume import Volume, load_volume, save_volume
 
@@ -48,7 +48,8 @@ def read_markups(path: str | os.PathLike[str]) -> dict[int, np.ndarray]:
 
     Labels are vertebra names (case and surrounding spaces ignored: " l1" is L1); positions are read
     in each markup's `coordinateSystem` ("LPS", the schema's default, or "RAS"). Points whose
-    `positionStatus` is not "defined" (never placed) are left out.
+    `positionStatus` is not "defined" (never placed) are left out, and so are markups other than
+    fiducial lists (a ruler or curve saved beside them).
     """
     name = str(path)
     try:
@@ -60,6 +61,8 @@ def read_markups(path: str | os.PathLike[str]) -> dict[int, np.ndarray]:
         raise VertedgeError(f"{name}: not a 3D Slicer markups file (no 'markups' list)")
     out: dict[int, np.ndarray] = {}
     for markup in markups:
+        if markup.get("type", "Fiducial") != "Fiducial":  # a ruler, curve or plane drawn beside the points
+            continue
         system = str(markup.get("coordinateSystem", "LPS")).upper()
         if system not in ("LPS", "RAS"):
             raise VertedgeError(f"{name}: coordinate system {system!r} is neither LPS nor RAS")
@@ -101,10 +104,8 @@ def check_inside(centroids: dict[int, np.ndarray], volume: Volume, name: str) ->
     for label, lps in centroids.items():
         ijk = volume.world_to_index(lps)
         if np.any(ijk < -0.5) or np.any(ijk > shape - 0.5):
-            from vertedge.labels import name as label_name
-
             raise VertedgeError(
-                f"{name}: point {label_name(label)} at LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm lies outside the scan"
+                f"{name}: point {NAMES[label]} at LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm lies outside the scan"
             )
 
 
