@@ -7,6 +7,7 @@
 - eval:     2D and 3D evaluation of exported models on held-out phantom seeds (and real cases)
 - finetune: the shipped (or given) ONNX models continued on real scans mixed with phantoms
 - export:   a training run's two nets as ONNX models with a parity check (non-zero exit on a mismatch)
+- data:     public datasets (download or index) and corrected scans as training cases (VerSe layout)
 
 Every training command resumes from `<out>/<task>/last.pt`; progress goes to stdout and the loss
 log to `<out>/<task>/log.jsonl`. The config is copied to `<out>/config.json`.
@@ -18,6 +19,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from .datasets.cli import add_data_parser, run_data
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
 
@@ -60,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-mb", type=float, default=40.0, help="size budget for all files together")
     p.add_argument("--threshold", type=float, default=None,
                    help="heatmap peak threshold as a fraction of the amplitude (default: the training config's)")
+    add_data_parser(sub)
     return ap
 
 
@@ -145,4 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "finetune":
         return _finetune(args)
+    if args.command == "data":
+        return run_data(args)
     return _train(args)
