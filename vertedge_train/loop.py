@@ -104,6 +104,51 @@ def _tensor(x: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     return t if device is None else t.to(device, non_blocking=True)
 
 
+def _initialise(task: str, net: torch.nn.Module, init: str, out: str | os.PathLike[str], log) -> None:
+    """A new task net's starting weights: a checkpoint file (`init` ends in .pt; tensors it lacks stay
+    new), the encoder of the run's SimSiam pretraining (`init` = "pretrain"), or random."""
+    if init.endswith(".pt"):
+        src = torch.load(init, map_location="cpu", weights_only=False)
+        missing, _unexpected = net.load_state_dict(src["model"], strict=False)
+        log(f"[{task}] initialised from {init} (step {src.get('step')}); new: {len(missing)} tensors")
+    elif init == "pretrain":
+        pre = load_checkpoint(out, "pretrain")
+        if pre is None:
+            log(f"[{task}] no pretraining checkpoint: encoder from scratch")
+            return
+        enc = {k[len("encoder."):]: v for k, v in pre["model"].items() if k.startswith("encoder.")}
+        net.encoder.load_state_dict(enc)
+        log(f"[{task}] encoder initialised from SimSiam pretraining ({pre['step']} steps)")
+
+
+def _device(name: str) -> torch.device:
+    """"cpu", "cuda", or "auto" (CUDA when torch sees a GPU)."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _freeze_batchnorm(net: torch.nn.Module) -> None:
+    """Keep every BatchNorm's statistics and affine weights as initialised: a fine-tune's few real
+    scans must not replace the statistics the net was trained with (see from_onnx)."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval().requires_grad_(False)
+
+
+def _batch_loss(task: str, net: torch.nn.Module, b: dict[str, Any], device: torch.device, cfg: TrainConfig,
+                seq: SequenceLoss | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch (`data.sample_batch`) and its parts for the log."""
+    t = cfg.task(task)
+    x = _tensor(b["x"], device)
+    if task == "pretrain":
+        loss = net.loss(x, _tensor(b["x2"], device))
+        return loss, {"loss": float(loss.detach())}
+    logits = net.forward_logits(x)
+    if task == "loc":
+        loss = heatmap_loss(logits, _tensor(b["heatmap"], device), cfg.heatmap.amplitude, t.fg_weight)
+        return loss, {"loss": float(loss.detach())}
+    return id_loss(logits, _tensor(b["target"], device), b["boxes"], seq, t.bg_weight, t.seq_gamma)
+
+
 def run_task(task: str, cfg: TrainConfig, out: str | os.PathLike[str], log=print,
              pool: Pool | None = None, steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) one task; returns the final checkpoint dict."""
@@ -127,22 +172,9 @@ def run_task(task: str, cfg: TrainConfig, out: str | os.PathLike[str], log=print
         step, elapsed = int(ck["step"]), float(ck["elapsed"])
         rng.bit_generator.state = ck["rng"]
         log(f"[{task}] resumed at step {step} ({elapsed / 60:.1f} min so far)")
-    elif task != "pretrain" and t.init.endswith(".pt"):
-        src = torch.load(t.init, map_location="cpu", weights_only=False)
-        missing, _unexpected = net.load_state_dict(src["model"], strict=False)
-        log(f"[{task}] initialised from {t.init} (step {src.get('step')}); new: {len(missing)} tensors")
-    elif task != "pretrain" and t.init == "pretrain":
-        pre = load_checkpoint(out, "pretrain")
-        if pre is not None:
-            enc = {k[len("encoder."):]: v for k, v in pre["model"].items() if k.startswith("encoder.")}
-            net.encoder.load_state_dict(enc)
-            log(f"[{task}] encoder initialised from SimSiam pretraining ({pre['step']} steps)")
-        else:
-            log(f"[{task}] no pretraining checkpoint: encoder from scratch")
-    dev = cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(dev)
+    elif task != "pretrain":
+        _initialise(task, net, t.init, out, log)
+    device = _device(cfg.device)
     net.to(device)
     for st in opt.state.values():  # a resumed optimizer's moments follow the net
         for k, v in st.items():
@@ -157,10 +189,8 @@ def run_task(task: str, cfg: TrainConfig, out: str | os.PathLike[str], log=print
     crop = (int(t.crop[0]), int(t.crop[1]))
     max_s = t.max_minutes * 60.0
     net.train()
-    if t.freeze_bn:  # fine-tuning: keep the statistics the net was trained with (see from_onnx)
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.eval().requires_grad_(False)
+    if t.freeze_bn:
+        _freeze_batchnorm(net)
     logf = open(folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed after the loop
     run_avg: dict[str, float] = {}
 
@@ -179,19 +209,8 @@ def run_task(task: str, cfg: TrainConfig, out: str | os.PathLike[str], log=print
             g["lr"] = lr
         if step % cfg.data.refresh_every == 0 and step > 0:
             pool.refresh()
-        kind = {"pretrain": "pair", "loc": "loc", "id": "id"}[task]
-        b = sample_batch(pool, t.batch, crop, rng, kind, settings)
-        x = _tensor(b["x"], device)
-        if task == "pretrain":
-            loss = net.loss(x, _tensor(b["x2"], device))
-            parts = {"loss": float(loss.detach())}
-        elif task == "loc":
-            pred = net.forward_logits(x)
-            loss = heatmap_loss(pred, _tensor(b["heatmap"], device), cfg.heatmap.amplitude, t.fg_weight)
-            parts = {"loss": float(loss.detach())}
-        else:
-            logits = net.forward_logits(x)
-            loss, parts = id_loss(logits, _tensor(b["target"], device), b["boxes"], seq, t.bg_weight, t.seq_gamma)
+        b = sample_batch(pool, t.batch, crop, rng, {"pretrain": "pair", "loc": "loc", "id": "id"}[task], settings)
+        loss, parts = _batch_loss(task, net, b, device, cfg, seq)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
