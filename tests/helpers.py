@@ -170,3 +170,43 @@ def write_bad_inputs(tmp_path, good_path):
     bad["NaN in NIfTI"] = tmp_path / "nan.nii.gz"
     bad["DICOM slice missing"] = write_dicom_series(good, tmp_path / "gap", skip=[good.shape_ijk[2] // 2])
     return bad
+
+
+def ct_datasets(volume, study_uid: str, series_uid: str, **tags: Any) -> list[Any]:
+    """`volume` as a single-frame CT series of pydicom data sets in memory, one per k slice (for C-STORE).
+
+    UIDs below `series_uid`, one Frame of Reference, ImageType ORIGINAL\\PRIMARY\\AXIAL, int16 pixels in
+    HU; `tags` (keyword=value) set or replace attributes of every slice.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    cosines = np.concatenate([volume.direction[:, 0], volume.direction[:, 1]])
+    out = []
+    for k in range(volume.shape_ijk[2]):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, f"{series_uid}.{k + 1}"
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, f"{study_uid}.0"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "TEST^NODE", "NODE-1", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240102", "101010", "1", "A1", ""
+        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "TESTCT", 2, k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SeriesDescription = "abdomen 3mm"
+        ds.ImageOrientationPatient = [f"{c:.9f}" for c in cosines]
+        ds.ImagePositionPatient = [f"{c:.6f}" for c in volume.index_to_world(np.array([0.0, 0.0, k]))]
+        ds.PixelSpacing = [f"{volume.spacing[1]:g}", f"{volume.spacing[0]:g}"]  # row spacing (j), then column spacing (i)
+        ds.SliceThickness = f"{volume.spacing[2]:g}"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = volume.hu.shape[1], volume.hu.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+        ds.KVP, ds.AcquisitionNumber, ds.PatientPosition = "120", 1, "HFS"
+        ds.PixelData = np.ascontiguousarray(volume.hu[k], dtype="<i2").tobytes()
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value)
+        out.append(ds)
+    return out
