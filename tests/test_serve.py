@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,105 +33,13 @@ from vertedge.node.store import safe_key
 from vertedge.phantom import make_phantom
 
 from .conftest import air_volume, paint_ball
-from .helpers import ct_datasets, run_cli
+from .helpers import ORTHANC, Orthanc, ct_datasets, free_port, orthanc_server, run_cli, wait_for
 
 pynetdicom = pytest.importorskip("pynetdicom", reason='pynetdicom is not installed (pip install "vertedge[dicom]")')
-ORTHANC = shutil.which("Orthanc")
 needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="the Orthanc binary is not installed (Debian package orthanc)")
 REPO = Path(__file__).parents[1]
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 CALLER = "SCANNER"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `check` until it returns something true; fail naming `what` after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-# --- Orthanc ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Orthanc:
-    """A private Orthanc server: its DICOM port and REST API."""
-
-    process: subprocess.Popen
-    http_port: int
-    dicom_port: int
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
-            body = r.read()
-        return json.loads(body) if r.headers.get_content_type() == "application/json" else body
-
-    def study_instances(self, study_uid: str) -> list[dict]:
-        """The instances Orthanc holds of a study (its /instances answers), [] when none."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/tools/lookup", data=study_uid.encode(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=10) as r:
-            found = [f for f in json.loads(r.read()) if f["Type"] == "Study"]
-        return self.get(f"/studies/{found[0]['ID']}/instances") if found else []
-
-    def modalities(self, study_uid: str) -> list[str]:
-        """The modality of each instance of a study that Orthanc holds, sorted."""
-        return sorted(i["MainDicomTags"].get("Modality", "") or self._modality(i["ID"]) for i in self.study_instances(study_uid))
-
-    def _modality(self, instance_id: str) -> str:
-        return str(self.get(f"/instances/{instance_id}/simplified-tags").get("Modality", ""))
-
-    def file(self, instance_id: str) -> pydicom.Dataset:
-        from io import BytesIO
-
-        return pydicom.dcmread(BytesIO(self.get(f"/instances/{instance_id}/file")))
-
-
-@contextmanager
-def orthanc_server(folder: Path, dicom_port: int | None = None) -> Iterator[Orthanc]:
-    """Start Orthanc with its own configuration and storage in `folder`; stop it at the end."""
-    http_port, dicom_port = free_port(), dicom_port or free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "Name": "vertedge-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "Plugins": [], "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-        "OrthancExplorerEnabled": False, "WebDavEnabled": False, "ConcurrentJobs": 1, "HttpThreadsCount": 4,
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    log = open(folder / "orthanc.log", "wb")
-    process = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    server = Orthanc(process, http_port, dicom_port)
-
-    def up() -> bool:
-        assert process.poll() is None, (folder / "orthanc.log").read_text(errors="replace")[-2000:]
-        try:
-            return bool(server.get("/system"))
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, 30, "Orthanc to start")
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture
