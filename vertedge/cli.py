@@ -440,7 +440,10 @@ def serve(
 
     _setup_logging(verbose, quiet)
     # pynetdicom logs every association at INFO: the node's own lines say what matters
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose > 1 else logging.ERROR if quiet else logging.WARNING)
+    # (its warnings and errors, e.g. garbage on the port, on the same console)
+    network = logging.getLogger("pynetdicom")
+    network.setLevel(logging.DEBUG if verbose > 1 else logging.ERROR if quiet else logging.WARNING)
+    network.handlers, network.propagate = [_ConsoleHandler()], False
     options = load_config(config)
     node = Node(options)
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread only

@@ -100,8 +100,12 @@ class Node:
         from ..pipeline import Labeler
 
         self.options = options
-        self.labeler = labeler if labeler is not None else Labeler(options.models, device=options.device)
-        self.store = NodeStore(options.storage)
+        self.store = NodeStore(options.storage)  # first: a second node on this storage is refused at once
+        try:
+            self.labeler = labeler if labeler is not None else Labeler(options.models, device=options.device)
+        except BaseException:
+            self.store.close()
+            raise
         self.destinations = {d.label: d for d in options.destinations}
         self.stop = threading.Event()
         self._server: Any = None
@@ -321,6 +325,9 @@ class Node:
         waiting stay in the queue for the next start.
         """
         pending = {s: len(self.store.all_series(s)) for s in ("receiving", "queued", "labelling", "sending")}
+        for sending in self.store.all_series("sending"):  # every send ended before a crash, the series not yet closed
+            if all(s.status != "pending" for s in self.store.sends(sending.series_uid)):
+                self._finished(sending.series_uid)
         self.start_scp()
         sender = threading.Thread(target=self._sender, name="vertedge-send", daemon=True)
         sender.start()
