@@ -1,12 +1,19 @@
 """Helpers the test modules share: tiny ONNX model pairs with vertedge metadata, the CLI run in-process,
 a tiny training config and a stand-in spine scan for the train/ tests, NIfTI and DICOM writers and
-one bad input of every kind."""
+one bad input of every kind, CT series as pydicom data sets, and a private Orthanc server."""
 
 from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import replace
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,8 @@ from vertedge.geometry import Protocol
 from vertedge.labels import LABELS, SPINE_ORDER
 from vertedge.onnx_models import IDENTIFICATION_FILE, LOCALIZATION_FILE
 from vertedge.volume import load_volume, save_volume, to_sitk
+
+ORTHANC = shutil.which("Orthanc")  # Debian's orthanc package
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -172,3 +181,140 @@ def write_bad_inputs(tmp_path, good_path):
     bad["NaN in NIfTI"] = tmp_path / "nan.nii.gz"
     bad["DICOM slice missing"] = write_dicom_series(good, tmp_path / "gap", skip=[good.shape_ijk[2] // 2])
     return bad
+
+
+def ct_datasets(volume, study_uid: str, series_uid: str, **tags: Any) -> list[Any]:
+    """`volume` as a single-frame CT series of pydicom data sets in memory, one per k slice (for C-STORE).
+
+    UIDs below `series_uid`, one Frame of Reference, ImageType ORIGINAL\\PRIMARY\\AXIAL, int16 pixels in
+    HU; `tags` (keyword=value) set or replace attributes of every slice.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    cosines = np.concatenate([volume.direction[:, 0], volume.direction[:, 1]])
+    out = []
+    for k in range(volume.shape_ijk[2]):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, f"{series_uid}.{k + 1}"
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, f"{study_uid}.0"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "TEST^NODE", "NODE-1", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240102", "101010", "1", "A1", ""
+        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "TESTCT", 2, k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SeriesDescription = "abdomen 3mm"
+        ds.ImageOrientationPatient = [f"{c:.9f}" for c in cosines]
+        ds.ImagePositionPatient = [f"{c:.6f}" for c in volume.index_to_world(np.array([0.0, 0.0, k]))]
+        ds.PixelSpacing = [f"{volume.spacing[1]:g}", f"{volume.spacing[0]:g}"]  # row spacing (j), then column spacing (i)
+        ds.SliceThickness = f"{volume.spacing[2]:g}"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = volume.hu.shape[1], volume.hu.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+        ds.KVP, ds.AcquisitionNumber, ds.PatientPosition = "120", 1, "HFS"
+        ds.PixelData = np.ascontiguousarray(volume.hu[k], dtype="<i2").tobytes()
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value)
+        out.append(ds)
+    return out
+
+
+# --- a private Orthanc (tests/test_serve.py, benchmarks/node.py) --------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `check` until it returns something true; fail naming `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# --- Orthanc ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Orthanc:
+    """A private Orthanc server: its DICOM port and REST API."""
+
+    process: subprocess.Popen
+    http_port: int
+    dicom_port: int
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            body = r.read()
+        return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+
+    def study_instances(self, study_uid: str) -> list[dict]:
+        """The instances Orthanc holds of a study (its /instances answers), [] when none."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/tools/lookup", data=study_uid.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            found = [f for f in json.loads(r.read()) if f["Type"] == "Study"]
+        return self.get(f"/studies/{found[0]['ID']}/instances") if found else []
+
+    def modalities(self, study_uid: str) -> list[str]:
+        """The modality of each instance of a study that Orthanc holds, sorted."""
+        return sorted(i["MainDicomTags"].get("Modality", "") or self._modality(i["ID"]) for i in self.study_instances(study_uid))
+
+    def _modality(self, instance_id: str) -> str:
+        return str(self.get(f"/instances/{instance_id}/simplified-tags").get("Modality", ""))
+
+    def file(self, instance_id: str) -> Any:
+        """One instance, as pydicom reads it."""
+        from io import BytesIO
+
+        import pydicom
+
+        return pydicom.dcmread(BytesIO(self.get(f"/instances/{instance_id}/file")))
+
+
+@contextmanager
+def orthanc_server(folder: Path, dicom_port: int | None = None) -> Iterator[Orthanc]:
+    """Start Orthanc with its own configuration and storage in `folder`; stop it at the end."""
+    http_port, dicom_port = free_port(), dicom_port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": "vertedge-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "Plugins": [], "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+        "OrthancExplorerEnabled": False, "WebDavEnabled": False, "ConcurrentJobs": 1, "HttpThreadsCount": 4,
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = open(folder / "orthanc.log", "wb")
+    process = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    server = Orthanc(process, http_port, dicom_port)
+
+    def up() -> bool:
+        assert process.poll() is None, (folder / "orthanc.log").read_text(errors="replace")[-2000:]
+        try:
+            return bool(server.get("/system"))
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 30, "Orthanc to start")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

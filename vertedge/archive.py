@@ -21,7 +21,6 @@ Ray is imported only inside the functions that use it: `import vertedge` stays l
 from __future__ import annotations
 
 import csv
-import fcntl
 import itertools
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import lock_exclusively
 from .batch import (
     Outcome,
     Scan,
@@ -153,12 +153,7 @@ class Manifest:
     def __init__(self, out_dir: Path) -> None:
         self.path = Path(out_dir) / MANIFEST_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path.with_name(LOCK_FILE), "a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise VertedgeError(f"{out_dir}: another vertedge archive is writing to this folder") from None
+        self._lock = lock_exclusively(self.path.with_name(LOCK_FILE), f"{out_dir}: another vertedge archive is writing to this folder")
         self._batched = False
         try:
             self.db = sqlite3.connect(self.path)

@@ -421,6 +421,38 @@ def archive(
 
 
 @app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The node's TOML configuration (see deploy/vertedge-serve.toml).")],
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr (-vv: pynetdicom's too).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+) -> None:
+    """Run a DICOM node: receive series (C-STORE), label the CT volumes, send the SR and the picture on.
+
+    Every received instance is on the disk before it is acknowledged; the queue in STORAGE/node.sqlite
+    lets a restarted node go on where it stopped. SIGTERM or Ctrl-C stops it after the series being
+    labelled. Needs pynetdicom: pip install "vertedge[dicom]".
+    """
+    import signal
+    import threading
+
+    from .node.config import load_config
+    from .node.server import Node
+
+    _setup_logging(verbose, quiet)
+    # pynetdicom logs every association at INFO: the node's own lines say what matters
+    # (its warnings and errors, e.g. garbage on the port, on the same console)
+    network = logging.getLogger("pynetdicom")
+    network.setLevel(logging.DEBUG if verbose > 1 else logging.ERROR if quiet else logging.WARNING)
+    network.handlers, network.propagate = [_ConsoleHandler()], False
+    options = load_config(config)
+    node = Node(options)
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: node.stop.set())
+    node.run()
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("vertedge-demo"),
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
