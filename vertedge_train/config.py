@@ -146,7 +146,8 @@ class TrainConfig:
 
     def with_task(self, name: str, **changes: Any) -> TrainConfig:
         """A copy with fields of one task changed."""
-        return replace(self, **{name: replace(self.task(name), **changes)})
+        task: dict[str, Any] = {name: replace(self.task(name), **changes)}
+        return replace(self, **task)
 
 
 def _build(cls: type, d: Any, where: str) -> Any:

@@ -25,11 +25,13 @@ cut (N,) bool, px_mm (K, N) float32 = mm covered by one pixel at the vertebra's 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -253,7 +255,7 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None, protocol: Protocol) -
     return base / f"{protocol_hash(protocol)}-phantom{PHANTOM_VERSION}"
 
 
-def _save_npz(path: Path, sample: dict[str, np.ndarray]) -> None:
+def _save_npz(path: Path, sample: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         np.savez(tmp, **sample)
 
@@ -319,15 +321,16 @@ def prerender(sources: list[str], protocol: Protocol, folder: Path, n_variants: 
     `everyday`: variants after `everyday_variant` (pose, field of view, slices, noise)."""
     args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob, min_keep, everyday) for s in sources]
     t0 = time.time()
-    if workers <= 1:
-        results = map(_render_worker, args)
-    else:
-        import multiprocessing as mp
+    results: Iterator[tuple[str, int, float]]
+    with contextlib.ExitStack() as stack:
+        if workers <= 1:
+            results = map(_render_worker, args)
+        else:
+            import multiprocessing as mp
 
-        pool = mp.get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(_render_worker, args)
-    for i, (src, n, dt) in enumerate(results, 1):
-        log(f"[render] {i}/{len(args)} {src}: {n} new variants in {dt:.1f}s (total {time.time() - t0:.0f}s)")
+            results = stack.enter_context(mp.get_context("spawn").Pool(workers)).imap_unordered(_render_worker, args)
+        for i, (src, n, dt) in enumerate(results, 1):
+            log(f"[render] {i}/{len(args)} {src}: {n} new variants in {dt:.1f}s (total {time.time() - t0:.0f}s)")
 
 
 def sources_from_config(data_cfg: DataConfig) -> list[str]:

@@ -45,7 +45,7 @@ def evaluate_2d_models(models_dir: str | Path, seeds: list[int], log=print, matc
     protocol = models.protocol
     classes = models.classes
     thr = models.loc_info.heatmap.get("threshold", 0.3)
-    tot = {"gt": 0, "det": 0, "fp": 0, "err_px": [], "err_mm": [], "id_ok": 0, "id_n": 0}
+    tot: dict[str, Any] = {"gt": 0, "det": 0, "fp": 0, "err_px": [], "err_mm": [], "id_ok": 0, "id_n": 0}
     per_region: dict[str, dict[str, int]] = {}
     for seed in seeds:
         t0 = time.time()

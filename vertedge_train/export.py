@@ -118,7 +118,8 @@ def to_onnx(net, task: str, path: str | os.PathLike[str], meta: dict[str, str], 
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
-            net, (x,), buf, input_names=["image"], output_names=[OUTPUT_NAMES[task]], opset_version=OPSET,
+            net, (x,), buf,  # type: ignore[arg-type]  # a file object works; the stub says path only
+            input_names=["image"], output_names=[OUTPUT_NAMES[task]], opset_version=OPSET,
             dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                           OUTPUT_NAMES[task]: {0: "batch", 2: "height", 3: "width"}},
             dynamo=False, do_constant_folding=True,

@@ -109,6 +109,7 @@ def _bn_after(net: UNet, conv: torch.nn.Conv2d) -> torch.nn.BatchNorm2d:
             layers = list(block)
             for a, b in zip(layers, layers[1:]):
                 if a is conv and isinstance(b, torch.nn.BatchNorm2d):
+                    assert b.running_mean is not None and b.running_var is not None  # track_running_stats
                     b.weight.fill_(1.0)
                     b.running_mean.zero_()
                     b.running_var.fill_(1.0 - b.eps)  # (x - 0) / sqrt(var + eps) = x

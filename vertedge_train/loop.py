@@ -117,7 +117,7 @@ def _initialise(task: str, net: torch.nn.Module, init: str, out: str | os.PathLi
             log(f"[{task}] no pretraining checkpoint: encoder from scratch")
             return
         enc = {k[len("encoder."):]: v for k, v in pre["model"].items() if k.startswith("encoder.")}
-        net.encoder.load_state_dict(enc)
+        net.get_submodule("encoder").load_state_dict(enc)
         log(f"[{task}] encoder initialised from SimSiam pretraining ({pre['step']} steps)")
 
 
@@ -139,9 +139,10 @@ def _batch_loss(task: str, net: torch.nn.Module, b: dict[str, Any], device: torc
     """The loss of one batch (`data.sample_batch`) and its parts for the log."""
     t = cfg.task(task)
     x = _tensor(b["x"], device)
-    if task == "pretrain":
+    if isinstance(net, SimSiam):
         loss = net.loss(x, _tensor(b["x2"], device))
         return loss, {"loss": float(loss.detach())}
+    assert isinstance(net, UNet)
     logits = net.forward_logits(x)
     if task == "loc":
         loss = heatmap_loss(logits, _tensor(b["heatmap"], device), cfg.heatmap.amplitude, t.fg_weight)

@@ -41,6 +41,8 @@ class SequenceLoss(torch.nn.Module):
     def __init__(self, classes: Sequence[int], alpha: float = 0.1, beta: float = 0.8) -> None:
         super().__init__()
         w = transition_matrix(classes, alpha, beta)
+        self.weights: torch.Tensor
+        self.penalty: torch.Tensor
         self.register_buffer("weights", torch.tensor(w / beta, dtype=torch.float32))
         self.register_buffer("penalty", torch.tensor(np.where(w > 0, 0.0, -1e9), dtype=torch.float32))
 

@@ -38,7 +38,7 @@ class Encoder(nn.Module):
     def __init__(self, base: int = 16, levels: int = 5, in_ch: int = 1) -> None:
         super().__init__()
         ch = channels(base, levels)
-        self.out_channels = ch
+        self.out_channels: list[int] = ch
         self.stages = nn.ModuleList(
             [_block(in_ch if i == 0 else ch[i - 1], ch[i]) for i in range(levels)]
         )
@@ -94,7 +94,7 @@ class ResNetEncoder(nn.Module):
             stages.append(nn.Sequential(*layers))
             cin = 4 * mid
         self.stages = nn.ModuleList(stages)
-        self.out_channels = [width // 2, width] + [4 * width * 2**i for i in range(len(blocks))]
+        self.out_channels: list[int] = [width // 2, width] + [4 * width * 2**i for i in range(len(blocks))]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = [self.full(x)]
@@ -107,7 +107,7 @@ class ResNetEncoder(nn.Module):
         return feats
 
 
-def make_encoder(base: int = 16, levels: int = 5, kind: str = "unet") -> nn.Module:
+def make_encoder(base: int = 16, levels: int = 5, kind: str = "unet") -> Encoder | ResNetEncoder:
     """The shared encoder: 'unet' (plain, `levels` stages from `base` channels) or 'resnet50'."""
     if kind == "unet":
         return Encoder(base, levels)
@@ -159,6 +159,7 @@ class RowContext(nn.Module):
         )
         self.out = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None  # Conv2d's default bias=True
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
