@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vertedge.labels import NAMES, SPINE_ORDER
-from vertedge.phantom import REGIONS, _bone, make_phantom, save_phantom
+from vertedge.phantom import REGIONS, make_phantom, save_phantom
 from vertedge.verse import read_verse_ctd
 from vertedge.volume import load_volume
 
@@ -57,7 +57,7 @@ BONE_TOL_HU = 60.0  # below the seed's cancellous HU: noise (median of 27 voxels
 
 def _cancellous_hu(ph) -> float:
     """The cancellous-bone HU the phantom's seed chose (its bodies' core; C1-C2 and arches denser)."""
-    return _bone(ph.params)[0]
+    return ph.spec.bone.cancellous
 
 
 def test_centroids_inside_bone_of_their_body(small_phantoms):
