@@ -93,7 +93,7 @@ class PhantomParams:
             orientation = str(rng.choice(ORIENTATIONS, p=ORIENTATION_P))
         if orientation not in ORIENTATIONS:
             raise VertedgeError(f"unknown orientation {orientation!r}; expected one of {', '.join(ORIENTATIONS)}")
-        variant = str(rng.choice(list(VARIANTS), p=VARIANT_P))
+        variant = str(rng.choice(VARIANTS, p=VARIANT_P))
         scol: list[tuple[float, float, float]] = []
         if rng.random() < SCOLIOSIS_P:  # a primary curve of 8-30 mm, sometimes a compensating one below it
             amp = float(rng.uniform(8, 30) * rng.choice([-1, 1]))
@@ -102,7 +102,7 @@ class PhantomParams:
             if rng.random() < DOUBLE_CURVE_P:
                 s1 = scol[0][2] - 60.0
                 scol.append((-amp * float(rng.uniform(0.4, 0.8)), s1, s1 + float(rng.uniform(150, 220))))
-        contrast = str(rng.choice(list(CONTRASTS), p=CONTRAST_P))
+        contrast = str(rng.choice(CONTRASTS, p=CONTRAST_P))
         metal = rng.random() < METAL_P
         first = int(rng.integers(16, 22))  # top instrumented level: T9 to L2 (VerSe labels 16-21)
         u = rng.uniform

@@ -1,4 +1,4 @@
-"""CT numbers (HU) of the phantom's soft tissues and its bone, the one place the phantom's intensities are set.
+"""CT numbers (HU) of the phantom's tissues and its bone: the fixed ones, and how bone follows the seed's density.
 
 The soft-tissue values are the usual unenhanced CT numbers of radiology tables (air -1000 by
 definition of the Hounsfield scale, fat -100, muscle +50, blood +45, aerated lung about -850).
