@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vertedge.labels import NAMES, SPINE_ORDER
-from vertedge.phantom import REGIONS, _bone, make_phantom, save_phantom
+from vertedge.phantom import REGIONS, BoneHU, PhantomParams, make_phantom, save_phantom
 from vertedge.verse import read_verse_ctd
 from vertedge.volume import load_volume
 
@@ -57,7 +57,7 @@ BONE_TOL_HU = 60.0  # below the seed's cancellous HU: noise (median of 27 voxels
 
 def _cancellous_hu(ph) -> float:
     """The cancellous-bone HU the phantom's seed chose (its bodies' core; C1-C2 and arches denser)."""
-    return _bone(ph.params)[0]
+    return ph.spec.bone.cancellous
 
 
 def test_centroids_inside_bone_of_their_body(small_phantoms):
@@ -208,6 +208,21 @@ def test_field_of_view_cut_is_flagged():
             assert ph.cut[label] == outside
             cuts += outside
     assert cuts > 0
+
+
+def test_params_record_reads_back():
+    ph = make_phantom(8, "lumbar", shape=(16, 16, 16))
+    spec = ph.spec
+    assert spec.region == "lumbar" and isinstance(spec.scoliosis, tuple) and isinstance(spec.anchor_lps, tuple)
+    assert PhantomParams.from_dict(spec.to_dict()) == spec
+    assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()  # plain JSON types
+    assert {k: ph.params[k] for k in spec.to_dict()} == spec.to_dict()
+
+
+def test_bone_hu_spans_osteoporotic_to_young_adult():
+    weak, strong = BoneHU.for_density(0.15), BoneHU.for_density(1.5)  # the ends of the drawn density range
+    assert (weak.cancellous, weak.cortical) == pytest.approx((55.5, 269.5))
+    assert (strong.cancellous, strong.cortical) == pytest.approx((285.0, 715.0))
 
 
 def test_bad_arguments_are_refused():
