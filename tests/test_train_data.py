@@ -110,3 +110,41 @@ def test_verse_layout_reader(tmp_path):
         np.testing.assert_allclose(scan.centroids[lab], c, atol=1e-3)
     item = render_scan(scan, PROTOCOL)
     assert list(item["labels"]) == sorted(ph.centroids, key=CLASSES.index)
+
+
+def test_everyday_variants_move_the_truth_with_the_patient():
+    """Whatever pose, field of view, slices and noise a variant draws, each kept centroid still sits in
+    its bright ball (the stand-in's vertebral body); the scan is not the stored one."""
+    from vertedge_train.data import everyday_variant
+
+    scan = _spine_scan()
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        v = everyday_variant(scan, rng)
+        assert v.centroids and set(v.centroids) <= set(scan.centroids)
+        moved = [k for k in v.centroids if not np.allclose(v.centroids[k], scan.centroids[k], atol=1.0)]
+        assert moved  # the patient was turned
+        for k, c in v.centroids.items():
+            ijk = np.round(v.volume.world_to_index(c)).astype(int)
+            inside = np.all(ijk >= 0) and np.all(ijk < np.array(v.volume.shape_ijk))
+            if inside:
+                assert v.volume.hu[ijk[2], ijk[1], ijk[0]] > 500, (k, ijk)
+
+
+def test_pool_holds_only_its_sources_and_batches_keep_the_real_fraction(tmp_path):
+    """A fine-tune's pool never loads a held-out case's files; `real_fraction` of a batch is real
+    whatever the number of phantom samples."""
+    from vertedge_train.config import AugmentConfig
+    from vertedge_train.data import Pool
+
+    sample = render_scan(_spine_scan(), PROTOCOL)
+    for tag, value in [*[(f"phantom_{1000 + i}", 0.0) for i in range(9)], ("case_abc_everyday", 1.0), ("case_out_everyday", 1.0)]:
+        np.savez(tmp_path / f"{tag}_v0.npz", **{**sample, "images": np.full_like(sample["images"], value)})
+    pool = Pool(tmp_path, tags={*(f"phantom_{1000 + i}" for i in range(9)), "case_abc_everyday"})
+    assert len(pool) == 10 and "case_out_everyday" not in pool.tags
+    flat = AugmentConfig(gamma=1.0, contrast=0.0, offset=0.0, noise=0.0)
+    for fraction, expected in ((0.5, 0.5), (None, 0.1)):
+        settings = BatchSettings(flat, _cfg().heatmap, focus=1.0, real_fraction=fraction)
+        b = sample_batch(pool, 400, (32, 32), np.random.default_rng(0), "loc", settings)
+        real = (b["x"].reshape(400, -1).max(1) > 0.5).mean()
+        assert abs(real - expected) < 0.08, (fraction, real)
