@@ -2,13 +2,16 @@
 
 Usage:
     python benchmarks/latency.py [--device cpu] [--repeats 5] [--sizes 256x256x256,512x512x600]
-                                 [--views 5,10,20] [--json results.json] [--markdown results.md]
+                                 [--views 5,10,20] [--formats nii.gz,nii,dicom,dicom-rle]
+                                 [--json results.json] [--markdown results.md]
 
 Each volume size runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
 A phantom of that size is written as .nii.gz, then: decode (load_volume), the pipeline stages
 (Labeler timings: drr, localization_net, peaks, fusion, identification_net, voting) and the
 writes, one warm-up and `--repeats` timed runs; median and p95 per stage. Peers for decode:
-SimpleITK against nibabel on the same .nii.gz.
+SimpleITK against nibabel on the same .nii.gz. `--formats`: the reference size (512x512x600) also
+as .nii, an uncompressed DICOM series and an RLE Lossless one, each from the file to the labels in
+its own subprocess (the readers alone against SimpleITK, nibabel and pydicom: `decode.py`).
 """
 
 from __future__ import annotations
@@ -135,6 +138,30 @@ def drr_scaling(path: Path, pixel_mms: list[float], repeats: int) -> list[dict[s
     return out
 
 
+def write_format(volume_path: Path, fmt: str, folder: Path) -> Path:
+    """The scan at `volume_path` (.nii.gz) written as `fmt`: nii.gz (itself), nii, dicom or dicom-rle."""
+    from decode import write_dicom
+
+    from vertedge.volume import load_volume, save_volume
+
+    if fmt == "nii.gz":
+        return volume_path
+    volume = load_volume(volume_path)
+    if fmt == "nii":
+        path = folder / "scan.nii"
+        save_volume(volume, path)
+        return path
+    if fmt in ("dicom", "dicom-rle"):
+        return write_dicom(volume, folder / fmt, rle=fmt == "dicom-rle")
+    raise ValueError(f"unknown format {fmt!r} (nii.gz, nii, dicom, dicom-rle)")
+
+
+def size_mib(path: Path) -> float:
+    """A file's or a folder's size in MiB."""
+    files = [path] if path.is_file() else [f for f in path.iterdir() if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 1)
+
+
 def decode_peers(shape: tuple[int, int, int], repeats: int) -> dict[str, Any]:
     """SimpleITK against nibabel reading the same .nii.gz to an int16 array."""
     import SimpleITK as sitk
@@ -177,6 +204,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Stage times are medians in ms.", "", f"| DRR only, {report['drr_scaling_volume']} | detector | K | median ms |", "|---|---|---|---|"]
     for d in report["drr_scaling"]:
         lines.append(f"| {d['pixel_mm']} mm pixels | {d['detector'][0]}x{d['detector'][1]} | {d['views']} | {d['median_ms']:.0f} |")
+    if report.get("formats"):
+        lines += ["", f"| {report['drr_scaling_volume']} as | on disk MiB | decode ms | labelling ms (after decode) | "
+                  "file to labels ms | peak RSS MiB |", "|---|---|---|---|---|---|"]
+        for f in report["formats"]:
+            st = f["stages"]
+            after = st["total"]["median_ms"] - st["decode"]["median_ms"]
+            lines.append(f"| {f['format']} | {f['disk_mib']} | {st['decode']['median_ms']:.0f} | {after:.0f} | "
+                         f"{st['total']['median_ms']:.0f} | {f['peak_rss_mib']:.0f} |")
     lines += ["", "| decode .nii.gz | file MiB | SimpleITK ms | nibabel ms |", "|---|---|---|---|"]
     for d in report["decode"]:
         nib = d.get("nibabel", {}).get("median_ms", float("nan"))
@@ -196,6 +231,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="256x256x256,512x512x300,512x512x600,512x512x1000")
     ap.add_argument("--views", default="10", help="comma-separated K; the first for every size, the rest on 512x512x600")
     ap.add_argument("--pixel-mm", default="10,5,2.5", help="detector pitches for the DRR-only scaling run")
+    ap.add_argument("--formats", default="nii.gz,nii,dicom,dicom-rle", help="formats of the reference size ('' for none)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", default=None)
     ap.add_argument("--repeats", type=int, default=5)
@@ -212,17 +248,25 @@ def main() -> None:
     # every size at the first K, then the other K values on the scaling reference size
     reference = (512, 512, 600) if (512, 512, 600) in sizes else sizes[0]
     jobs = [(s, ks[0]) for s in sizes] + [(reference, k) for k in ks[1:]]
-    runs = []
+    runs, formats = [], []
+
+    def one(path: Path, k: int) -> dict[str, Any]:
+        cmd = [sys.executable, __file__, "--one", f"{path}:{k}", "--device", args.device, "--repeats", str(args.repeats)]
+        if args.models:
+            cmd += ["--models", args.models]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
     with tempfile.TemporaryDirectory() as tmp:
         scans = {s: Path(tmp) / f"{'x'.join(map(str, s))}.nii.gz" for s in sizes}
         infos = {s: phantom_for(s, p) for s, p in scans.items()}
         for shape, k in jobs:
-            cmd = [sys.executable, __file__, "--one", f"{scans[shape]}:{k}", "--device", args.device, "--repeats", str(args.repeats)]
-            if args.models:
-                cmd += ["--models", args.models]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            runs.append({**infos[shape], **json.loads(out.strip().splitlines()[-1])})
+            runs.append({**infos[shape], **one(scans[shape], k)})
             print(f"{shape} K={runs[-1]['views']}: total {runs[-1]['stages']['total']['median_ms']:.0f} ms", file=sys.stderr)
+        for fmt in filter(None, args.formats.split(",")):
+            path = write_format(scans[reference], fmt, Path(tmp))
+            formats.append({"format": fmt, "disk_mib": size_mib(path), **one(path, ks[0])})
+            print(f"{fmt}: file to labels {formats[-1]['stages']['total']['median_ms']:.0f} ms", file=sys.stderr)
         scaling = drr_scaling(scans[reference], [float(p) for p in args.pixel_mm.split(",")], args.repeats)
     report = {
         "machine": machine(),
@@ -230,6 +274,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
         "runs": runs,
+        "formats": formats,
         "drr_scaling": scaling,
         "drr_scaling_volume": "x".join(map(str, reference)),
         "decode": [decode_peers(s, args.repeats) for s in sizes[:2]],
