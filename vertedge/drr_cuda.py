@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .drr import CONTENT_HU
+from .drr import content_bounds
 from .errors import VertedgeError
 from .geometry import Protocol, Views
 from .volume import Volume
@@ -116,18 +116,6 @@ class DeviceVolume:
         return tuple(int(n) for n in self.hu.shape[::-1])  # type: ignore[return-value]
 
 
-def _content_bounds(hu: cupy.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(lo, hi) inclusive (i, j, k) of the voxels above CONTENT_HU, on the device; None if there are none."""
-    cupy = _cupy()
-    mask = hu > CONTENT_HU
-    occupied = [mask.any(axis=axes) for axes in ((0, 1), (0, 2), (1, 2))]  # along i, j, k
-    if not bool(occupied[2].any()):
-        return None
-    lo = np.array([int(cupy.argmax(o)) for o in occupied])
-    hi = np.array([o.size - 1 - int(cupy.argmax(o[::-1])) for o in occupied])
-    return lo, hi
-
-
 def host_to_device(a: np.ndarray) -> cupy.ndarray:
     """Copy a C-contiguous host array to the current device, page-locking it in place for the copy.
 
@@ -154,8 +142,9 @@ def host_to_device(a: np.ndarray) -> cupy.ndarray:
 def upload_volume(volume: Volume) -> DeviceVolume:
     """Copy the volume's voxels to the current device once (int16 kept; other dtypes as float32).
 
-    On the device the volume is cropped to its content box, as `vertedge.drr.content_box` does on
-    the host, so both backends march through the same voxels.
+    On the device the volume is cropped to its content box (`vertedge.drr.content_bounds`, computed
+    there), as `vertedge.drr.content_box` crops it on the host, so both backends march through the
+    same voxels.
     """
     cupy = _cupy()
     hu = np.asarray(volume.hu)
@@ -164,7 +153,7 @@ def upload_volume(volume: Volume) -> DeviceVolume:
     dtype = hu.dtype if hu.dtype in _KERNELS else np.dtype(np.float32)
     device_hu = host_to_device(np.ascontiguousarray(hu, dtype=dtype))
     origin = np.asarray(volume.origin, np.float64).copy()
-    bounds = _content_bounds(device_hu)
+    bounds = content_bounds(device_hu)
     if bounds is not None:
         (i0, j0, k0), (i1, j1, k1) = bounds
         device_hu = cupy.ascontiguousarray(device_hu[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1])
