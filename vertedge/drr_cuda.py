@@ -2,7 +2,9 @@
 
 Computes what `vertedge.drr.render` computes (same geometry, sampling and intensity transform;
 see that module and the kernel's header for precision), for all K views in one launch, and keeps
-the result on the device for the networks. CuPy is imported lazily: importing this module needs
+the result on the device for the networks. The kernel's constants come from Python at compile
+time (`kernel_defines`): the intensity transform's from `vertedge.drr`, the record layout and the
+block limit from this module. CuPy is imported lazily: importing this module needs
 no CuPy and no GPU; `cuda_available` says whether this backend can run here and, if not, why.
 """
 
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .drr import content_bounds
+from .drr import PER_HU, content_bounds
 from .errors import VertedgeError
 from .geometry import Protocol, Views
 from .volume import Volume
@@ -26,8 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 KERNEL_FILE = "drr.cu"
 _KERNELS = {np.dtype(np.int16): "drr_int16", np.dtype(np.float32): "drr_float32"}
-_GEOM_DOUBLES = 24  # doubles per view; must match `struct ViewGeom` in kernels/drr.cu
-_MAX_THREADS_PER_BLOCK = 256  # __launch_bounds__ of the kernels
+_GEOM_DOUBLES = 24  # doubles per view record (`_geometry`); the kernel static_asserts its struct ViewGeom
+_MAX_THREADS_PER_BLOCK = 256  # the kernels' __launch_bounds__
 # (cols, rows) per block: 32 x 8 was the fastest of 16 x 16, 32 x 8 and 8 x 8 on an H200 (by ~10%,
 # benchmarks/gpu.py): a warp along one detector row reads neighbouring voxels along the volume's rows
 DEFAULT_BLOCK = (32, 8)
@@ -90,11 +92,24 @@ def kernel_source() -> str:
     )
 
 
+def kernel_defines() -> tuple[str, ...]:
+    """The -D options kernels/drr.cu is compiled with: the constants it shares with the host code.
+
+    The kernel has no copy of them (it stops with #error without them), so the CPU and CUDA
+    renderers cannot drift apart; .ci/compile_kernels.sh asks this function for the same options.
+    """
+    return (
+        f"-DVERTEDGE_PER_HU={float(PER_HU)!r}f",  # a float literal: the march is float arithmetic
+        f"-DVERTEDGE_VIEW_GEOM_DOUBLES={_GEOM_DOUBLES}",
+        f"-DVERTEDGE_MAX_THREADS_PER_BLOCK={_MAX_THREADS_PER_BLOCK}",
+    )
+
+
 @functools.cache
 def _module(float_setup: bool) -> Any:
     """The compiled cupy.RawModule of kernels/drr.cu (compiled on first get_function, cached)."""
     cupy = _cupy()
-    options: tuple[str, ...] = ("-std=c++17",)
+    options: tuple[str, ...] = ("-std=c++17", *kernel_defines())
     if float_setup:
         options += ("-DVERTEDGE_DRR_FLOAT_SETUP",)
     # The kernels are extern "C" (unmangled), so get_function takes their plain names and no
