@@ -104,7 +104,7 @@ def test_device_values_are_parsed_and_checked():
             parse_device(bad)
 
 
-def test_cuda_n_makes_gpu_n_current_for_cupy_and_onnx_runtime(monkeypatch):
+def test_cuda_n_makes_gpu_n_current_for_cupy_and_onnx_runtime(monkeypatch, vertedge_log):
     """Without a GPU: a stand-in CuPy with two devices records which one is made current."""
     import types
 
@@ -127,7 +127,8 @@ def test_cuda_n_makes_gpu_n_current_for_cupy_and_onnx_runtime(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, Device=Device)))
     monkeypatch.setattr(device, "cuda_status", lambda: (True, "GPU model 0"))
-    assert device.choose_device("cuda:1") == ("cuda", "CUDA on GPU model 1 (GPU 1)")
+    assert device.choose_device("cuda:1") == "cuda"
+    assert vertedge_log.records[-1].getMessage() == "CUDA on GPU model 1 (GPU 1)"
     assert device.current_gpu() == 1
     (name, options), _ = providers_for("cuda", device_id=device.current_gpu())
     assert name == "CUDAExecutionProvider" and options["device_id"] == "1"

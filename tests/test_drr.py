@@ -153,6 +153,18 @@ def test_content_bounds_agree_between_the_numba_pass_and_array_reductions():
         np.testing.assert_array_equal(np.concatenate(got), np.concatenate(ref))
 
 
+def test_backend_table_names_its_devices_and_the_cpu_backend_is_drr(structured_volume):
+    from vertedge.drr_backends import DRR_BACKENDS
+
+    assert {name: backend.device for name, backend in DRR_BACKENDS.items()} == {"cpu": "cpu", "cuda": "cuda"}
+    cpu = DRR_BACKENDS["cpu"]
+    assert cpu.synchronize is None and DRR_BACKENDS["cuda"].synchronize is not None
+    protocol = Protocol(pixel_mm=4.0, n_views=3)
+    views = make_views(structured_volume, protocol)
+    images = cpu.images(structured_volume, views, protocol)
+    np.testing.assert_array_equal(images, normalize(render(structured_volume, views, protocol), protocol))
+
+
 def test_phantom_saved_lps_ras_permuted_gives_same_drrs_and_projections(tmp_path):
     from vertedge.phantom import make_phantom
     from vertedge.volume import load_volume, save_volume

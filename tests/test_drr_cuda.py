@@ -217,6 +217,23 @@ def test_normalize_cuda_matches_cpu():
 
 @pytest.mark.gpu
 @cuda_gpu
+def test_cuda_backend_gives_the_cpu_backends_images_on_the_device():
+    import cupy
+
+    from vertedge.drr_backends import DRR_BACKENDS
+
+    vol = _phantom()
+    protocol = Protocol(n_views=4, pixel_mm=3.0)
+    views = make_views(vol, protocol)
+    gpu = DRR_BACKENDS["cuda"].images(vol, views, protocol)
+    DRR_BACKENDS["cuda"].synchronize()
+    assert isinstance(gpu, cupy.ndarray) and gpu.dtype == cupy.float32
+    cpu = DRR_BACKENDS["cpu"].images(vol, views, protocol)
+    assert _rel_err(cupy.asnumpy(gpu), cpu) < RTOL
+
+
+@pytest.mark.gpu
+@cuda_gpu
 def test_host_to_device_copies_exactly_and_unlocks_the_memory():
     import cupy
 

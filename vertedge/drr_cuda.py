@@ -264,3 +264,8 @@ def normalize_cuda(line_integrals: cupy.ndarray, protocol: Protocol) -> cupy.nda
     scale = cupy.percentile(line_integrals, protocol.norm_percentile)
     # the same floor as vertedge.drr.normalize, applied on the device: no host sync
     return (line_integrals / cupy.maximum(scale, 1e-6)).astype(cupy.float32)
+
+
+def synchronize() -> None:
+    """Wait until the current CUDA stream (CuPy's) has done its queued work, e.g. a render."""
+    _cupy().cuda.get_current_stream().synchronize()
