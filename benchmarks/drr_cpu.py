@@ -42,7 +42,7 @@ from vertedge.volume import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 PROTOCOLS = {
-    "default": Protocol(),
+    "default": Protocol.paper(),  # named "default" in RESULTS.md's commands and rows
     "light": Protocol(pixel_mm=4.0, max_rows=512, max_cols=512, step_mm=2.0),
 }
 

@@ -178,11 +178,11 @@ def test_drr_renders_what_the_models_see_unless_asked_for_the_papers_protocol(tm
     assert len(list((tmp_path / "m").glob("view_*.png"))) == protocol.n_views
     code, _, err = run_cli(monkeypatch, capsys, "drr", scan, "-o", str(tmp_path / "p"), "--protocol", "paper", "-k", "2")
     assert code == 0, err
-    assert json.loads((tmp_path / "p" / "views.json").read_text())["protocol"] == Protocol().with_views(2).to_dict()
+    assert json.loads((tmp_path / "p" / "views.json").read_text())["protocol"] == Protocol.paper().with_views(2).to_dict()
     code, _, err = run_cli(monkeypatch, capsys, "drr", scan, "-o", str(tmp_path / "s"), "-k", "2")
     shipped = Models(device="cpu").protocol.with_views(2)
     assert code == 0 and json.loads((tmp_path / "s" / "views.json").read_text())["protocol"] == shipped.to_dict()
-    assert shipped != Protocol().with_views(2)
+    assert shipped != Protocol.paper().with_views(2)
     code, _, err = run_cli(monkeypatch, capsys, "drr", scan, "-o", str(tmp_path / "x"), "--protocol", "other")
     assert code == 2 and err == "vertedge: error: --protocol other: choose models or paper\n"
 

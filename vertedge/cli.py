@@ -106,7 +106,7 @@ def drr(
     if protocol_name == "paper" and models is not None:
         raise VertedgeError("--models applies to --protocol models only")
     check_out_dir(out_dir)
-    base = Models(models, device="cpu").protocol if protocol_name == "models" else Protocol()
+    base = Models(models, device="cpu").protocol if protocol_name == "models" else Protocol.paper()
     volume = load_volume(scan)
     protocol = base.with_views(views)
     geometry = make_views(volume, protocol)
