@@ -58,19 +58,11 @@ class Protocol:
         the source 500 mm from the axis and 1000 mm from the detector.
         """
         return cls(
-            n_views=10,
-            start_angle_deg=0.0,
-            source_iso_mm=500.0,
-            source_det_mm=1000.0,
-            pixel_mm=2.0,
-            max_rows=1024,
-            max_cols=1024,
-            size_multiple=32,
-            step_mm=1.0,
-            mu_water_per_mm=0.02,
-            bone_hu=150.0,
-            bone_gain=6.0,
-            norm_percentile=99.5,
+            n_views=10, start_angle_deg=0.0,  # the paper's
+            # geometry: this project's
+            source_iso_mm=500.0, source_det_mm=1000.0, pixel_mm=2.0, max_rows=1024, max_cols=1024, size_multiple=32,
+            # sampling and intensity: this project's
+            step_mm=1.0, mu_water_per_mm=0.02, bone_hu=150.0, bone_gain=6.0, norm_percentile=99.5,
         )
 
     @property
