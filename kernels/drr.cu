@@ -7,8 +7,13 @@
 // [-0.5, n - 0.5] per axis (outer voxel faces) with t in mm from the source, t in [0, |P - S|];
 // the clipped chord is cut into n = ceil(len / step_mm) equal steps, HU is sampled trilinearly
 // at each step's midpoint with coordinates clamped to [0, n - 1] (edge voxels extend), and
-// out = mu_water * dt * sum(max(0, 1 + HU / 1000) + bone_gain * max(0, HU - bone_hu) / 1000),
-// dimensionless. A ray that misses gives 0.
+// out = mu_water * dt * sum(relative_mu(HU)), dimensionless, with vertedge/drr.py's intensity
+// transform relative_mu(HU) = max(0, 1 + HU * PER_HU) + bone_gain * PER_HU * max(0, HU - bone_hu).
+// A ray that misses gives 0.
+//
+// Constants shared with the host code are not written here: vertedge/drr_cuda.py
+// (`kernel_defines`) passes them as -D options when CuPy compiles this file, and
+// .ci/compile_kernels.sh asks it for the same options.
 //
 // Precision. Per-pixel ray setup (direction, normalization, slab clipping, n and dt) is done in
 // double, as on the CPU: n = ceil(len / step_mm) is a discontinuous function of the chord length,
@@ -35,6 +40,11 @@
 // streams, while a per-launch array is not; every thread of a block reads the same view, so the
 // loads are uniform and served by one cache line broadcast either way.
 
+#if !defined(VERTEDGE_PER_HU) || !defined(VERTEDGE_VIEW_GEOM_DOUBLES) || \
+    !defined(VERTEDGE_MAX_THREADS_PER_BLOCK)
+#error "compile with the -D options of vertedge.drr_cuda.kernel_defines()"
+#endif
+
 #ifdef VERTEDGE_DRR_FLOAT_SETUP
 typedef float setup_t;
 #else
@@ -50,7 +60,8 @@ __device__ __forceinline__ double setup_abs(double x) { return fabs(x); }
 __device__ __forceinline__ float setup_ceil(float x) { return ceilf(x); }
 __device__ __forceinline__ double setup_ceil(double x) { return ceil(x); }
 
-// Per-view geometry, float64, laid out as 24 doubles by vertedge/drr_cuda.py (`_geometry`).
+// Per-view geometry, float64, laid out as VERTEDGE_VIEW_GEOM_DOUBLES doubles by vertedge/drr_cuda.py
+// (`_geometry`).
 struct ViewGeom {
     double src_idx[3];   // source in continuous voxel-index space: W (S - origin)
     double det0[3];      // detector pixel (0, 0) centre minus source, world mm
@@ -59,6 +70,8 @@ struct ViewGeom {
     double w2i[9];       // world_to_index W, row-major: index step per world mm
     double pad[3];       // keeps the record 192 bytes (a multiple of 64)
 };
+static_assert(sizeof(ViewGeom) == VERTEDGE_VIEW_GEOM_DOUBLES * sizeof(double),
+              "struct ViewGeom must be the record vertedge/drr_cuda.py writes");
 
 // Trilinear HU at continuous index (x, y, z), identical index logic to `_sample`: coordinates
 // clamped to [0, n - 1]; lower corner min(floor, n - 2) (0 for a one-voxel axis); the upper
@@ -187,20 +200,22 @@ __device__ __forceinline__ void drr_impl(const T* __restrict__ hu, int ni, int n
         const float fs = static_cast<float>(s);  // exact below 2^24 steps
         const float h = sample_hu(hu, fmaf(fs, sx, x0), fmaf(fs, sy, y0), fmaf(fs, sz, z0), xmax,
                                   ymax, zmax, i0max, j0max, k0max, ni, plane, si, sj, sk);
-        acc += fmaxf(0.0f, fmaf(h, 0.001f, 1.0f)) + bone_gain * 0.001f * fmaxf(0.0f, h - bone_hu);
+        // relative_mu (vertedge/drr.py)
+        acc += fmaxf(0.0f, fmaf(h, VERTEDGE_PER_HU, 1.0f)) +
+               bone_gain * VERTEDGE_PER_HU * fmaxf(0.0f, h - bone_hu);
     }
     out[pix] = acc * static_cast<float>(dt) * mu_water;
 }
 
 // C linkage: unmangled names for cupy.RawModule.get_function and for nvcc -c in CI.
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(VERTEDGE_MAX_THREADS_PER_BLOCK)
     drr_int16(const short* __restrict__ hu, int ni, int nj, int nk,
               const ViewGeom* __restrict__ geom, int rows, int cols, double step_mm,
               float mu_water, float bone_hu, float bone_gain, float* __restrict__ out) {
     drr_impl<short>(hu, ni, nj, nk, geom, rows, cols, step_mm, mu_water, bone_hu, bone_gain, out);
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(VERTEDGE_MAX_THREADS_PER_BLOCK)
     drr_float32(const float* __restrict__ hu, int ni, int nj, int nk,
                 const ViewGeom* __restrict__ geom, int rows, int cols, double step_mm,
                 float mu_water, float bone_hu, float bone_gain, float* __restrict__ out) {

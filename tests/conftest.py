@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -51,6 +52,20 @@ def paint_ball(volume: Volume, center_lps: np.ndarray, radius_mm: float, hu: int
     world = volume.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3))
     inside = np.linalg.norm(world - center_lps, axis=1) <= radius_mm
     volume.hu.reshape(-1)[inside] = hu
+
+
+@pytest.fixture
+def vertedge_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """caplog holding every record of the `vertedge` loggers, DEBUG included.
+
+    A CLI command run in this process gives the `vertedge` logger its own console handler and
+    stops its propagation (cli._setup_logging); both are undone here for the test.
+    """
+    logger = logging.getLogger("vertedge")
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "handlers", [])
+    caplog.set_level(logging.DEBUG, logger="vertedge")
+    return caplog
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_device_values_are_parsed_and_checked():
             parse_device(bad)
 
 
-def test_cuda_n_makes_gpu_n_current_for_cupy_and_onnx_runtime(monkeypatch):
+def test_cuda_n_makes_gpu_n_current_for_cupy_and_onnx_runtime(monkeypatch, vertedge_log):
     """Without a GPU: a stand-in CuPy with two devices records which one is made current."""
     import types
 
@@ -127,7 +127,8 @@ def test_cuda_n_makes_gpu_n_current_for_cupy_and_onnx_runtime(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, Device=Device)))
     monkeypatch.setattr(device, "cuda_status", lambda: (True, "GPU model 0"))
-    assert device.choose_device("cuda:1") == ("cuda", "CUDA on GPU model 1 (GPU 1)")
+    assert device.choose_device("cuda:1") == "cuda"
+    assert vertedge_log.records[-1].getMessage() == "CUDA on GPU model 1 (GPU 1)"
     assert device.current_gpu() == 1
     (name, options), _ = providers_for("cuda", device_id=device.current_gpu())
     assert name == "CUDAExecutionProvider" and options["device_id"] == "1"
@@ -177,11 +178,11 @@ def test_drr_renders_what_the_models_see_unless_asked_for_the_papers_protocol(tm
     assert len(list((tmp_path / "m").glob("view_*.png"))) == protocol.n_views
     code, _, err = run_cli(monkeypatch, capsys, "drr", scan, "-o", str(tmp_path / "p"), "--protocol", "paper", "-k", "2")
     assert code == 0, err
-    assert json.loads((tmp_path / "p" / "views.json").read_text())["protocol"] == Protocol().with_views(2).to_dict()
+    assert json.loads((tmp_path / "p" / "views.json").read_text())["protocol"] == Protocol.paper().with_views(2).to_dict()
     code, _, err = run_cli(monkeypatch, capsys, "drr", scan, "-o", str(tmp_path / "s"), "-k", "2")
     shipped = Models(device="cpu").protocol.with_views(2)
     assert code == 0 and json.loads((tmp_path / "s" / "views.json").read_text())["protocol"] == shipped.to_dict()
-    assert shipped != Protocol().with_views(2)
+    assert shipped != Protocol.paper().with_views(2)
     code, _, err = run_cli(monkeypatch, capsys, "drr", scan, "-o", str(tmp_path / "x"), "--protocol", "other")
     assert code == 2 and err == "vertedge: error: --protocol other: choose models or paper\n"
 

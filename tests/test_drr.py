@@ -103,6 +103,68 @@ def test_content_box_skips_only_air(structured_volume):
     assert (outside <= -500).all()
 
 
+@pytest.mark.parametrize("hu", [-1000, -300, 0, 150, 400, 1800])
+def test_kernel_integrates_the_intensity_transform(hu):
+    """A uniform slab of one HU: every ray through it integrates mu_per_mm(HU) x its chord (bone term included)."""
+    from vertedge.drr import mu_per_mm
+
+    vol = air_volume((40, 40, 40), (1.0, 1.0, 1.0))
+    vol.hu[:] = hu  # fills the whole box: each ray's chord is its clipped length, trilinear is exact
+    protocol = Protocol(pixel_mm=4.0, n_views=3, step_mm=1.0, bone_hu=120.0, bone_gain=5.0)
+    views = make_views(vol, protocol)
+    images = render(vol, views, protocol)
+    rows, cols = np.indices(views.shape)
+    rc = np.broadcast_to(np.stack([rows, cols], -1).reshape(1, -1, 2), (views.n_views, rows.size, 2))
+    origins, dirs = pixel_rays(views, rc)
+    chord = _chord_mm(vol.world_to_index(origins), dirs @ np.linalg.inv(vol.index_to_world_matrix).T,
+                      np.full(3, -0.5), np.full(3, 39.5))
+    expected = float(mu_per_mm(np.array(hu), protocol)) * chord
+    np.testing.assert_allclose(images.reshape(views.n_views, -1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_relative_mu_by_hand():
+    """Air 0, water 1, below air clamped to 0; above bone_hu the bone term adds gain per 1000 HU."""
+    from vertedge.drr import relative_mu
+
+    hu = np.array([-2000.0, -1000.0, -300.0, 0.0, 120.0, 400.0, 1120.0])
+    np.testing.assert_allclose(relative_mu(hu, 120.0, 5.0), [0.0, 0.0, 0.7, 1.0, 1.12, 1.4 + 1.4, 2.12 + 5.0])
+    assert relative_mu(400.0, 120.0, 5.0) == pytest.approx(2.8)  # scalars too (the kernel's use)
+
+
+def test_content_bounds_agree_between_the_numba_pass_and_array_reductions():
+    """The host (Numba) and the device path's reductions (run here on NumPy) give the same box."""
+    from vertedge.drr import CONTENT_HU, _reduced_bounds, content_bounds
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        hu = np.full(tuple(rng.integers(1, 12, 3)), -1000, np.int16)
+        n = int(rng.integers(0, 4))
+        for k, j, i in zip(*(rng.integers(0, s, n) for s in hu.shape), strict=True):
+            hu[k, j, i] = rng.choice([-499, 200, 1000])
+        hu[0, 0, 0] = CONTENT_HU  # at the threshold: not content
+        got, ref = content_bounds(hu), _reduced_bounds(hu, CONTENT_HU)
+        above = np.argwhere(hu > CONTENT_HU)[:, ::-1]  # (i, j, k)
+        if above.size == 0:
+            assert got is None and ref is None
+            continue
+        assert got is not None and ref is not None
+        np.testing.assert_array_equal(got[0], above.min(0))
+        np.testing.assert_array_equal(got[1], above.max(0))
+        np.testing.assert_array_equal(np.concatenate(got), np.concatenate(ref))
+
+
+def test_backend_table_names_its_devices_and_the_cpu_backend_is_drr(structured_volume):
+    from vertedge.drr_backends import DRR_BACKENDS
+
+    assert {name: backend.device for name, backend in DRR_BACKENDS.items()} == {"cpu": "cpu", "cuda": "cuda"}
+    cpu = DRR_BACKENDS["cpu"]
+    assert cpu.synchronize is None and DRR_BACKENDS["cuda"].synchronize is not None
+    protocol = Protocol(pixel_mm=4.0, n_views=3)
+    views = make_views(structured_volume, protocol)
+    images = cpu.images(structured_volume, views, protocol)
+    np.testing.assert_array_equal(images, normalize(render(structured_volume, views, protocol), protocol))
+
+
 def test_phantom_saved_lps_ras_permuted_gives_same_drrs_and_projections(tmp_path):
     from vertedge.phantom import make_phantom
     from vertedge.volume import load_volume, save_volume

@@ -58,12 +58,34 @@ def test_module_imports_and_reports_why_without_cuda():
 def test_kernel_source_is_found_and_matches_the_host_layout():
     src = drr_cuda.kernel_source()
     for name in drr_cuda._KERNELS.values():
-        assert re.search(rf'extern "C" __global__ void __launch_bounds__\(\d+\)\s+{name}\(', src)
-    assert f"__launch_bounds__({drr_cuda._MAX_THREADS_PER_BLOCK})" in src
-    # struct ViewGeom must be exactly the doubles that _geometry writes per view
+        assert re.search(rf'extern "C" __global__ void __launch_bounds__\(VERTEDGE_MAX_THREADS_PER_BLOCK\)\s+{name}\(', src)
+    # struct ViewGeom must be exactly the doubles that _geometry writes per view (nvcc also
+    # static_asserts it; this checks it where no compiler is at hand)
     body = re.search(r"struct ViewGeom \{(.*?)\};", src, re.S).group(1)
     sizes = [int(n) for n in re.findall(r"^\s*double \w+\[(\d+)\];", body, re.M)]
     assert sum(sizes) == drr_cuda._GEOM_DOUBLES
+
+
+def _code_of(cuda_source: str) -> str:
+    """CUDA C without its comments."""
+    return re.sub(r"//[^\n]*|/\*.*?\*/", "", cuda_source, flags=re.S)
+
+
+def test_kernel_takes_the_host_constants_from_python():
+    """kernels/drr.cu writes none of the constants it shares with the host: they come from kernel_defines."""
+    from vertedge.drr import PER_HU
+
+    defines = dict(d.removeprefix("-D").split("=", 1) for d in drr_cuda.kernel_defines())
+    code = _code_of(drr_cuda.kernel_source())
+    used = set(re.findall(r"\bVERTEDGE_\w+", code)) - {"VERTEDGE_DRR_FLOAT_SETUP"}  # the one build switch
+    assert used == set(defines)  # every constant it uses is given, and every one given is used
+    assert np.float32(float(defines["VERTEDGE_PER_HU"].removesuffix("f"))) == np.float32(PER_HU)
+    assert defines["VERTEDGE_PER_HU"].endswith("f")  # a float literal: no double arithmetic in the march
+    assert int(defines["VERTEDGE_VIEW_GEOM_DOUBLES"]) == drr_cuda._GEOM_DOUBLES
+    assert int(defines["VERTEDGE_MAX_THREADS_PER_BLOCK"]) == drr_cuda._MAX_THREADS_PER_BLOCK
+    # no copy of the transform's constant in any spelling (0.001f, 1e-3, 1000.0f ...)
+    numbers = {float(n) for n in re.findall(r"(?<![\w.])(\d+\.?\d*(?:[eE][-+]?\d+)?)f?\b", code)}
+    assert not numbers & {PER_HU, 1.0 / PER_HU}, sorted(numbers)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
@@ -72,11 +94,19 @@ def test_kernel_source_is_found_and_matches_the_host_layout():
 )
 def test_kernel_compiles_with_nvcc(tmp_path: Path, defines: list[str]):
     src = Path(__file__).resolve().parents[1] / "kernels" / "drr.cu"
-    cmd = ["nvcc", "-std=c++17", "--Werror", "all-warnings", "-c", "-arch=sm_90", *defines]
+    cmd = ["nvcc", "-std=c++17", "--Werror", "all-warnings", "-c", "-arch=sm_90", *drr_cuda.kernel_defines(), *defines]
     cmd += [str(src), "-o", str(tmp_path / "drr.o")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "drr.o").stat().st_size > 0
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_kernel_does_not_compile_without_the_host_constants(tmp_path: Path):
+    src = Path(__file__).resolve().parents[1] / "kernels" / "drr.cu"
+    cmd = ["nvcc", "-std=c++17", "-E", str(src), "-o", str(tmp_path / "drr.i")]  # the preprocessor is enough
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "kernel_defines" in result.stderr
 
 
 @pytest.mark.skipif(_HAS_CUPY, reason="checks the error raised without CuPy")
@@ -173,8 +203,10 @@ def test_block_shape_does_not_change_the_images(block: tuple[int, int]):
 
 @pytest.mark.gpu
 @cuda_gpu
-def test_normalize_cuda_matches_cpu():
+def test_normalize_cuda_and_the_cuda_backend_match_cpu():
     import cupy
+
+    from vertedge.drr_backends import DRR_BACKENDS
 
     vol = _phantom()
     protocol = Protocol(n_views=4, pixel_mm=3.0)
@@ -183,6 +215,11 @@ def test_normalize_cuda_matches_cpu():
     got = drr_cuda.normalize_cuda(cupy.asarray(cpu), protocol)
     assert isinstance(got, cupy.ndarray) and got.dtype == cupy.float32
     np.testing.assert_allclose(cupy.asnumpy(got), normalize(cpu, protocol), rtol=1e-5, atol=1e-6)
+    # the backend the pipeline uses: render and normalize on the device, then wait for them
+    images = DRR_BACKENDS["cuda"].images(vol, views, protocol)
+    DRR_BACKENDS["cuda"].synchronize()
+    assert isinstance(images, cupy.ndarray) and images.dtype == cupy.float32
+    assert _rel_err(cupy.asnumpy(images), normalize(cpu, protocol)) <= RTOL
 
 
 @pytest.mark.gpu

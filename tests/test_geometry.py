@@ -86,3 +86,19 @@ def test_protocol_round_trips_through_json():
     assert Protocol.from_dict(json.loads(p.to_json())) == p
     with pytest.raises(ValueError):
         Protocol.from_dict({**p.to_dict(), "bogus": 1})
+
+
+def test_paper_protocol_is_the_paper_gpu_config_and_the_defaults_not_the_shipped_models():
+    import json
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "vertedge_train" / "configs" / "paper_gpu.json"
+    paper = Protocol.paper()
+    assert paper == Protocol.from_dict(json.loads(config.read_text())["protocol"])
+    assert paper.n_views == 10 and np.allclose(np.diff(paper.angles_deg), 36.0)  # the paper's K, every 360/K deg
+    # the defaults are the paper's (configs without a protocol and the tests read them) ...
+    assert Protocol() == paper
+    # ... and the shipped models' protocol, from their metadata, is another
+    from vertedge.onnx_models import Models
+
+    assert Models(device="cpu").protocol != paper

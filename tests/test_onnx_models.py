@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -99,8 +100,10 @@ def test_fp16_variants_only_on_cuda_and_missing_ones_are_named(tmp_path):
         _pick(tmp_path, LOCALIZATION_FILE, fp16=True)
 
 
-def test_cuda_provider_that_cannot_start_falls_back_on_auto_only(tmp_path, monkeypatch):
+def test_cuda_provider_that_cannot_start_falls_back_on_auto_only(tmp_path, monkeypatch, vertedge_log):
     import vertedge.pipeline as pipeline
+    from vertedge import device
+    from vertedge.drr_backends import DRR_BACKENDS
 
     protocol = Protocol(pixel_mm=4.0, n_views=4)
     write_pair(tmp_path, metadata("localization", protocol), metadata("identification", protocol))
@@ -110,10 +113,14 @@ def test_cuda_provider_that_cannot_start_falls_back_on_auto_only(tmp_path, monke
             raise CudaProviderError("ONNX Runtime could not start its CUDA provider")
         return Models(folder, device, fp16, options)
 
-    monkeypatch.setattr(pipeline, "choose_device", lambda requested: ("cuda", "CUDA on a test GPU"))
+    monkeypatch.setattr(pipeline, "choose_device", lambda requested: "cuda")
     monkeypatch.setattr(pipeline, "Models", models_without_cuda)
+    monkeypatch.setattr(device, "gpu_packages_installed", lambda: True)  # ONNX Runtime lists CUDA, after all
     labeler = Labeler(tmp_path, device="auto")
-    assert labeler.device == "cpu" and labeler.device_note.startswith("running on CPU: ONNX Runtime could not")
+    assert labeler.device == "cpu" and labeler.drr_backend is DRR_BACKENDS["cpu"]
+    fallback = vertedge_log.records[-1]
+    assert fallback.levelno == logging.WARNING
+    assert fallback.getMessage().startswith("running on CPU: ONNX Runtime could not start its CUDA provider")
     with pytest.raises(VertedgeError, match="--device cuda: ONNX Runtime could not start"):
         Labeler(tmp_path, device="cuda")
 

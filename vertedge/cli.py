@@ -106,7 +106,7 @@ def drr(
     if protocol_name == "paper" and models is not None:
         raise VertedgeError("--models applies to --protocol models only")
     check_out_dir(out_dir)
-    base = Models(models, device="cpu").protocol if protocol_name == "models" else Protocol()
+    base = Models(models, device="cpu").protocol if protocol_name == "models" else Protocol.paper()
     volume = load_volume(scan)
     protocol = base.with_views(views)
     geometry = make_views(volume, protocol)
@@ -253,17 +253,11 @@ def run(
     Ctrl-C stops a batch with its summary written (exit 130); --skip-existing resumes it.
     """
     from .batch import check_dicom_scans, check_out_dir, expand_inputs, run_batch, write_summary
-    from .device import gpu_packages_installed
     from .pipeline import Labeler
 
     _setup_logging(verbose, quiet)
     check_out_dir(out_dir)
-    labeler = Labeler(models, device=device, n_views=views, fp16=fp16)
-    if labeler.device == "cpu" and device != "cpu":
-        # a CPU install has no CUDA to miss; a GPU install falling back is worth a line
-        log.log(logging.WARNING if gpu_packages_installed() else logging.DEBUG, labeler.device_note)
-    else:
-        log.debug(labeler.device_note)
+    labeler = Labeler(models, device=device, n_views=views, fp16=fp16)  # logs the device it chose
     if fp16 and labeler.device == "cpu":
         log.warning("--fp16 is ignored on the CPU (it selects the fp16 models on CUDA)")
     log.debug(f"models {labeler.models.ids['localization']}, {labeler.models.ids['identification']}; protocol {labeler.protocol.to_json()}")

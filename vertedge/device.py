@@ -1,12 +1,20 @@
-"""Choosing CPU or CUDA: CUDA needs both CuPy (DRR kernels) and ONNX Runtime's CUDA provider."""
+"""Choosing CPU or CUDA: CUDA needs both CuPy (DRR kernels) and ONNX Runtime's CUDA provider.
+
+The choice is logged where it is made, on the `vertedge.device` logger: the device chosen at DEBUG;
+a fallback from CUDA to the CPU at WARNING on a GPU install and at DEBUG on a CPU install, which has
+no CUDA to miss (`log_cpu_fallback`).
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 from .errors import VertedgeError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+log = logging.getLogger(__name__)
 
 
 def onnx_providers() -> list[str]:
@@ -84,19 +92,32 @@ def current_gpu() -> int:
     return int(cupy.cuda.runtime.getDevice())
 
 
-def choose_device(requested: str) -> tuple[str, str]:
-    """Resolve 'auto' | 'cpu' | 'cuda' | 'cuda:N' to 'cpu' or 'cuda', with a one-line note on the choice.
+def log_cpu_fallback(reason: str) -> None:
+    """Log that labelling runs on the CPU because CUDA cannot (`reason`, one line).
 
-    'cuda:N' also makes GPU N the current device (`select_gpu`).
+    A warning on a GPU install (`gpu_packages_installed`), whose user means to use the GPU; a debug
+    detail on a CPU install, where running on the CPU is what was installed for.
+    """
+    log.log(logging.WARNING if gpu_packages_installed() else logging.DEBUG, "running on CPU: %s", reason)
+
+
+def choose_device(requested: str) -> str:
+    """Resolve 'auto' | 'cpu' | 'cuda' | 'cuda:N' to 'cpu' or 'cuda', logging the choice.
+
+    'cuda:N' also makes GPU N the current device (`select_gpu`). 'cuda' or 'cuda:N' where CUDA is
+    not usable raise VertedgeError; 'auto' then falls back to the CPU (`log_cpu_fallback`).
     """
     kind, index = parse_device(requested)
     if kind == "cpu":
-        return "cpu", "CPU requested"
+        log.debug("CPU requested")
+        return "cpu"
     ok, what = cuda_status()
     if ok:
         if index is not None:
             what = f"{select_gpu(index)} (GPU {index})"
-        return "cuda", f"CUDA on {what}"
+        log.debug("CUDA on %s", what)
+        return "cuda"
     if kind == "cuda":
         raise VertedgeError(f"--device {requested}: CUDA is not usable here: {what}")
-    return "cpu", f"running on CPU: CUDA is not usable here: {what}"
+    log_cpu_fallback(f"CUDA is not usable here: {what}")
+    return "cpu"

@@ -1,17 +1,23 @@
-"""Digitally reconstructed radiographs on the CPU: a Numba ray marcher over the original voxel grid.
+"""Digitally reconstructed radiographs: the intensity transform, the content box, and the CPU ray marcher.
 
-Intensity transform (recorded in `Protocol`): HU -> linear attenuation per mm
+Intensity transform (the protocol's `mu_water_per_mm`, `bone_hu`, `bone_gain`; `relative_mu`):
+HU -> linear attenuation per mm
 `mu = mu_water * (max(0, 1 + HU / 1000) + bone_gain * max(0, HU - bone_hu) / 1000)`: water-scaled
 attenuation at the CT's effective energy, plus the extra attenuation bone has at a radiograph's lower
 effective energy (photoelectric absorption grows with atomic number), which makes the spine stand out
-as on a real radiograph. HU is sampled trilinearly at the midpoints of
-equal steps (<= `step_mm`) between the ray's entry into and exit from the volume's box (outer
-voxel faces; edge voxels extend to the faces). A pixel's value is the line integral
-`L = sum(mu * step)`, dimensionless: the log of I0/I, i.e. already a radiograph's log image
-(bone bright). `normalize` scales the K views of a scan together into the network's input.
+as on a real radiograph. This module is the one definition of it and of its constants: the CUDA
+kernel gets them as compile-time defines (`vertedge.drr_cuda.kernel_defines`).
+
+The CPU renderer (Numba): HU is sampled trilinearly at the midpoints of equal steps (<= `step_mm`)
+between the ray's entry into and exit from the volume's box (outer voxel faces; edge voxels extend
+to the faces). A pixel's value is the line integral `L = sum(mu * step)`, dimensionless: the log of
+I0/I, i.e. already a radiograph's log image (bone bright). `normalize` scales the K views of a scan
+together into the network's input.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numba
 import numpy as np
@@ -19,13 +25,42 @@ import numpy as np
 from .geometry import Protocol, Views
 from .numba_cache import announce_compilation
 from .volume import Volume
+from .xp import array_module
 
 # Every run labels through this module, so this says when any vertedge kernel compiles.
 announce_compilation()
 
+# The intensity transform lives here, in the file of the cached kernel that inlines it: Numba's disk
+# cache checks only the source file of a cached function, so a transform kept in another module
+# could change while stale compiled kernels went on being loaded.
+
+# Attenuation relative to water per HU: HU = 1000 (mu / mu_water - 1), so water (0 HU) is 1 and
+# air (-1000 HU) is 0.
+PER_HU = 0.001
+
 # Voxels at or below this are air, padding or air noise (mu <= 0.5 mu_water): the march skips the
 # box they fill. Real content below it outside the body (foam pads, blankets) is negligible.
 CONTENT_HU = -500.0
+
+
+def relative_mu(hu: Any, bone_hu: float, bone_gain: float) -> Any:
+    """Attenuation relative to water, mu / mu_water (dimensionless), of HU (a float or a NumPy array).
+
+    `max(0, 1 + HU / 1000)` (0 for air and below) plus `bone_gain` water-attenuations per 1000 HU
+    above `bone_hu`. Multiply by the protocol's `mu_water_per_mm` for mu per mm. The CPU kernel
+    inlines this function (`_relative_mu`); kernels/drr.cu spells the same arithmetic in C.
+    """
+    return np.maximum(0.0, 1.0 + hu * PER_HU) + bone_gain * PER_HU * np.maximum(0.0, hu - bone_hu)
+
+
+def mu_per_mm(hu: np.ndarray, protocol: Protocol, dtype: type[np.floating] = np.float64) -> np.ndarray:
+    """Linear attenuation per mm of every voxel (same shape as `hu`) by the protocol's transform, computed in `dtype`."""
+    rel = relative_mu(np.asarray(hu, dtype), float(protocol.bone_hu), float(protocol.bone_gain))
+    return (float(protocol.mu_water_per_mm) * rel).astype(dtype, copy=False)
+
+
+# The same function compiled for the ray marcher's inner loop (inlined into `_render`'s IR).
+_relative_mu = numba.njit(inline="always", fastmath=True)(relative_mu)
 
 
 @numba.njit(inline="always", fastmath=True)
@@ -106,7 +141,7 @@ def _render(
             t = t0 + 0.5 * dt
             for _ in range(n):
                 h = _sample(hu, oi + t * di, oj + t * dj, ok + t * dk)
-                acc += max(0.0, 1.0 + h * 0.001) + bone_gain * 0.001 * max(0.0, h - bone_hu)
+                acc += _relative_mu(h, bone_hu, bone_gain)
                 t += dt
             out[v, r, c] = acc * dt * mu_water
 
@@ -132,20 +167,45 @@ def _slice_extents(hu, threshold):
     return ext
 
 
+def _reduced_bounds(hu: Any, threshold_hu: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """`content_bounds` by whole-array reductions of the array's own module (NumPy or CuPy)."""
+    xp = array_module(hu)
+    mask = hu > threshold_hu
+    occupied = [mask.any(axis=axes) for axes in ((0, 1), (0, 2), (1, 2))]  # along i, j, k
+    if not bool(occupied[2].any()):
+        return None
+    lo = np.array([int(xp.argmax(o)) for o in occupied])
+    hi = np.array([o.size - 1 - int(xp.argmax(o[::-1])) for o in occupied])
+    return lo, hi
+
+
+def content_bounds(hu: Any, threshold_hu: float = CONTENT_HU) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo, hi): inclusive (i, j, k) voxel indices of the smallest box holding every voxel above `threshold_hu`.
+
+    None when no voxel is above it. `hu` is (nk, nj, ni) HU, a NumPy array (Numba, one pass over the
+    voxels, parallel over slices, no mask) or a CuPy array (reductions on its device, so a volume on
+    the GPU is not read back); both give the same box.
+    """
+    if array_module(hu) is not np:
+        return _reduced_bounds(hu, threshold_hu)
+    ext = _slice_extents(hu, threshold_hu)
+    ks = np.flatnonzero(ext[:, 0])
+    if ks.size == 0:
+        return None
+    e = ext[ks]
+    lo = np.array([e[:, 3].min(), e[:, 1].min(), ks[0]])
+    hi = np.array([e[:, 4].max(), e[:, 2].max(), ks[-1]])
+    return lo, hi
+
+
 def content_box(volume: Volume, threshold_hu: float = CONTENT_HU) -> Volume:
     """The smallest sub-volume (a view, no copy) holding every voxel above `threshold_hu`.
 
     Outside it the volume is air (or the scanner's padding), which adds nothing to a line
     integral, so rays that miss it end at once and the others march only through it.
     """
-    ext = _slice_extents(volume.hu, threshold_hu)
-    ks = np.flatnonzero(ext[:, 0])
-    if ks.size == 0:
-        return volume
-    e = ext[ks]
-    lo = np.array([e[:, 3].min(), e[:, 1].min(), ks[0]])
-    hi = np.array([e[:, 4].max(), e[:, 2].max(), ks[-1]])
-    return volume.subvolume(lo, hi)
+    bounds = content_bounds(volume.hu, threshold_hu)
+    return volume if bounds is None else volume.subvolume(*bounds)
 
 
 def render(volume: Volume, views: Views, protocol: Protocol) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Computes what `vertedge.drr.render` computes (same geometry, sampling and intensity transform;
 see that module and the kernel's header for precision), for all K views in one launch, and keeps
-the result on the device for the networks. CuPy is imported lazily: importing this module needs
+the result on the device for the networks. The kernel's constants come from Python at compile
+time (`kernel_defines`): the intensity transform's from `vertedge.drr`, the record layout and the
+block limit from this module. CuPy is imported lazily: importing this module needs
 no CuPy and no GPU; `cuda_available` says whether this backend can run here and, if not, why.
 """
 
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .drr import CONTENT_HU
+from .drr import PER_HU, content_bounds
 from .errors import VertedgeError
 from .geometry import Protocol, Views
 from .volume import Volume
@@ -26,8 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 KERNEL_FILE = "drr.cu"
 _KERNELS = {np.dtype(np.int16): "drr_int16", np.dtype(np.float32): "drr_float32"}
-_GEOM_DOUBLES = 24  # doubles per view; must match `struct ViewGeom` in kernels/drr.cu
-_MAX_THREADS_PER_BLOCK = 256  # __launch_bounds__ of the kernels
+_GEOM_DOUBLES = 24  # doubles per view record (`_geometry`); the kernel static_asserts its struct ViewGeom
+_MAX_THREADS_PER_BLOCK = 256  # the kernels' __launch_bounds__
 # (cols, rows) per block: 32 x 8 was the fastest of 16 x 16, 32 x 8 and 8 x 8 on an H200 (by ~10%,
 # benchmarks/gpu.py): a warp along one detector row reads neighbouring voxels along the volume's rows
 DEFAULT_BLOCK = (32, 8)
@@ -90,11 +92,24 @@ def kernel_source() -> str:
     )
 
 
+def kernel_defines() -> tuple[str, ...]:
+    """The -D options kernels/drr.cu is compiled with: the constants it shares with the host code.
+
+    The kernel has no copy of them (it stops with #error without them), so the CPU and CUDA
+    renderers cannot drift apart; .ci/compile_kernels.sh asks this function for the same options.
+    """
+    return (
+        f"-DVERTEDGE_PER_HU={float(PER_HU)!r}f",  # a float literal: the march is float arithmetic
+        f"-DVERTEDGE_VIEW_GEOM_DOUBLES={_GEOM_DOUBLES}",
+        f"-DVERTEDGE_MAX_THREADS_PER_BLOCK={_MAX_THREADS_PER_BLOCK}",
+    )
+
+
 @functools.cache
 def _module(float_setup: bool) -> Any:
     """The compiled cupy.RawModule of kernels/drr.cu (compiled on first get_function, cached)."""
     cupy = _cupy()
-    options: tuple[str, ...] = ("-std=c++17",)
+    options: tuple[str, ...] = ("-std=c++17", *kernel_defines())
     if float_setup:
         options += ("-DVERTEDGE_DRR_FLOAT_SETUP",)
     # The kernels are extern "C" (unmangled), so get_function takes their plain names and no
@@ -114,18 +129,6 @@ class DeviceVolume:
     def shape_ijk(self) -> tuple[int, int, int]:
         """Number of voxels along index axes (i, j, k)."""
         return tuple(int(n) for n in self.hu.shape[::-1])  # type: ignore[return-value]
-
-
-def _content_bounds(hu: cupy.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(lo, hi) inclusive (i, j, k) of the voxels above CONTENT_HU, on the device; None if there are none."""
-    cupy = _cupy()
-    mask = hu > CONTENT_HU
-    occupied = [mask.any(axis=axes) for axes in ((0, 1), (0, 2), (1, 2))]  # along i, j, k
-    if not bool(occupied[2].any()):
-        return None
-    lo = np.array([int(cupy.argmax(o)) for o in occupied])
-    hi = np.array([o.size - 1 - int(cupy.argmax(o[::-1])) for o in occupied])
-    return lo, hi
 
 
 def host_to_device(a: np.ndarray) -> cupy.ndarray:
@@ -154,8 +157,9 @@ def host_to_device(a: np.ndarray) -> cupy.ndarray:
 def upload_volume(volume: Volume) -> DeviceVolume:
     """Copy the volume's voxels to the current device once (int16 kept; other dtypes as float32).
 
-    On the device the volume is cropped to its content box, as `vertedge.drr.content_box` does on
-    the host, so both backends march through the same voxels.
+    On the device the volume is cropped to its content box (`vertedge.drr.content_bounds`, computed
+    there), as `vertedge.drr.content_box` crops it on the host, so both backends march through the
+    same voxels.
     """
     cupy = _cupy()
     hu = np.asarray(volume.hu)
@@ -164,7 +168,7 @@ def upload_volume(volume: Volume) -> DeviceVolume:
     dtype = hu.dtype if hu.dtype in _KERNELS else np.dtype(np.float32)
     device_hu = host_to_device(np.ascontiguousarray(hu, dtype=dtype))
     origin = np.asarray(volume.origin, np.float64).copy()
-    bounds = _content_bounds(device_hu)
+    bounds = content_bounds(device_hu)
     if bounds is not None:
         (i0, j0, k0), (i1, j1, k1) = bounds
         device_hu = cupy.ascontiguousarray(device_hu[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1])
@@ -260,3 +264,8 @@ def normalize_cuda(line_integrals: cupy.ndarray, protocol: Protocol) -> cupy.nda
     scale = cupy.percentile(line_integrals, protocol.norm_percentile)
     # the same floor as vertedge.drr.normalize, applied on the device: no host sync
     return (line_integrals / cupy.maximum(scale, 1e-6)).astype(cupy.float32)
+
+
+def synchronize() -> None:
+    """Wait until the current CUDA stream (CuPy's) has done its queued work, e.g. a render."""
+    _cupy().cuda.get_current_stream().synchronize()

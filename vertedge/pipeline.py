@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, drr
+from . import __version__
 from .anchors import review
-from .device import choose_device
+from .device import choose_device, log_cpu_fallback
+from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
 from .fusion import fuse
 from .geometry import Views, make_views
@@ -134,39 +135,25 @@ class Labeler:
         """Choose the device and open the models; `fp16` runs the fp16 models on CUDA; `options` are
         the pipeline's settings (recorded in every result)."""
         self.options = options
-        self.device, self.device_note = choose_device(device)
+        self.device = choose_device(device)  # logs the choice (vertedge.device)
         try:
             self.models = Models(models_dir, self.device, fp16, self.options)
         except CudaProviderError as e:
             if device != "auto":
                 raise VertedgeError(f"--device cuda: {e}") from e
-            self.device, self.device_note = "cpu", f"running on CPU: {e}"
+            log_cpu_fallback(str(e))
+            self.device = "cpu"
             self.models = Models(models_dir, "cpu", options=self.options)
         self.protocol = self.models.protocol.with_views(n_views)
-
-    def _device_sync(self) -> Callable[[], None] | None:
-        """The current CUDA stream's synchronize on CUDA, else None (host work is synchronous)."""
-        if self.device != "cuda":
-            return None
-        import cupy
-
-        return cupy.cuda.get_current_stream().synchronize
-
-    def _render(self, volume: Volume, views: Views) -> Any:
-        """Normalized DRRs (K, H, W) float32, on the chosen device (a CuPy array on CUDA)."""
-        if self.device == "cuda":
-            from .drr_cuda import normalize_cuda, render_cuda
-
-            return normalize_cuda(render_cuda(volume, views, self.protocol), self.protocol)
-        return drr.normalize(drr.render(volume, views, self.protocol), self.protocol)
+        self.drr_backend = DRR_BACKENDS[self.device]  # renders the network input on the chosen device
 
     def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
         """Find and label the vertebrae of one scan."""
-        timer = _Timer(self._device_sync())
+        timer = _Timer(self.drr_backend.synchronize)
         protocol, options = self.protocol, self.options
         with timer("drr"):
             views = make_views(volume, protocol)
-            images = self._render(volume, views)
+            images = self.drr_backend.images(volume, views, protocol)
         with timer("localization_net"):
             heatmaps = self.models.localize(images)
         with timer("peaks"):

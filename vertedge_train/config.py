@@ -106,7 +106,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     device: str = "cpu"  # "cpu", "cuda" or "auto"
-    protocol: Protocol = field(default_factory=Protocol)
+    protocol: Protocol = field(default_factory=Protocol.paper)  # fine-tunes replace it by the models' (finetune)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     heatmap: HeatmapConfig = HeatmapConfig()
