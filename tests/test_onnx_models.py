@@ -151,3 +151,16 @@ def test_cuda_sessions_get_the_options_cuda_provider_settings(tmp_path, monkeypa
     onnx_models._session(tmp_path / LOCALIZATION_FILE, "cuda", device_id=1, options=options)
     cuda = {"cudnn_conv_algo_search": "DEFAULT", "use_tf32": "0", "device_id": "1"}
     assert seen["providers"] == [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+
+
+def test_views_in_chunks_give_the_same_outputs():
+    """The CPU runs the views a few at a time (`cpu_views_per_run`) to keep memory low: the outputs
+    are those of one call with every view."""
+    from dataclasses import replace
+
+    x = np.random.default_rng(0).random((5, 96, 64), dtype=np.float32)
+    whole = Models(None, "cpu", options=replace(DEFAULT_OPTIONS, cpu_views_per_run=5))
+    chunked = Models(None, "cpu", options=replace(DEFAULT_OPTIONS, cpu_views_per_run=2))
+    np.testing.assert_allclose(chunked.localize(x), whole.localize(x), atol=1e-5)
+    np.testing.assert_allclose(chunked.identify(x), whole.identify(x), atol=1e-5)
+    assert chunked.identify(x).shape == (5, 1 + len(chunked.classes), 96, 64)

@@ -150,10 +150,11 @@ def _session(
 class _Net:
     """One ONNX session; runs host arrays directly and CuPy arrays through IO binding (no host copy)."""
 
-    def __init__(self, session: Any, output: str, device_id: int = 0) -> None:
+    def __init__(self, session: Any, output: str, device_id: int = 0, host_views_per_run: int = 1) -> None:
         self.session = session
         self.output = output
         self.device_id = device_id
+        self.host_views_per_run = max(1, int(host_views_per_run))
         self.half = session.get_inputs()[0].type == "tensor(float16)"  # an fp16 export
         self.channels = session.get_outputs()[0].shape[1]
         if not isinstance(self.channels, int):  # device outputs are allocated before the run
@@ -163,9 +164,10 @@ class _Net:
         """Output (K, channels, H, W) float32 for normalized DRRs (K, H, W), on the device they came from."""
         xp = array_module(images)
         x = xp.ascontiguousarray(images[:, None], dtype=xp.float16 if self.half else xp.float32)
-        if xp is np:
-            (out,) = self.session.run([self.output], {"image": x})
-            return out.astype(np.float32, copy=False)
+        if xp is np:  # in chunks of views: ONNX Runtime's CPU arena grows with the batch
+            step = self.host_views_per_run
+            outs = [self.session.run([self.output], {"image": x[i : i + step]})[0] for i in range(0, len(x), step)]
+            return np.concatenate(outs).astype(np.float32, copy=False)
         return self._run_bound(x)
 
     def _run_bound(self, x: Any) -> Any:
@@ -209,7 +211,8 @@ class Models:
         gpu = current_gpu() if device == "cuda" else 0
         loc, self.loc_info = _session(_pick(folder, LOCALIZATION_FILE, half), device, half, gpu, options)
         ident, self.id_info = _session(_pick(folder, IDENTIFICATION_FILE, half), device, half, gpu, options)
-        self._loc, self._id = _Net(loc, "heatmap", gpu), _Net(ident, "prob", gpu)
+        per_run = options.cpu_views_per_run
+        self._loc, self._id = _Net(loc, "heatmap", gpu, per_run), _Net(ident, "prob", gpu, per_run)
         if (self.loc_info.task, self.id_info.task) != ("localization", "identification"):
             raise VertedgeError(f"{folder}: model tasks are {self.loc_info.task}/{self.id_info.task}")
         if self.loc_info.protocol != self.id_info.protocol:
