@@ -11,7 +11,7 @@ field of view, S-I crops down to a third, thick slices, noise, and the same voxe
 permuted and flipped grid. Every pose change resamples the patient into the stored scan's
 axis-aligned grid (air outside it), as a scanner does, and moves the ground truth with the
 patient: `x' = R (x - c) + c` about the spine centre `c`. The variations live in
-`train.variations`, so that a training augmentation can draw from the same code.
+`vertedge_train.variations`, so that a training augmentation can draw from the same code.
 
 Per case and variation: Id-Rate and L-Error (VerSe rules, `vertedge.metrics`; vertebrae cut by
 the field of view are not scored) and every prediction's correctness: a prediction is right when
@@ -35,14 +35,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: train.variations
-
 from vertedge import metrics
 from vertedge.pipeline import Labeler
 from vertedge.volume import Volume, load_volume
 from vertedge_train import variations
 
-CUT_MARGIN_MM = 10.0  # a body centroid this close to an S-I border of the scan: the body is cut
 MATCH_MM = metrics.ID_RADIUS_MM
 
 
@@ -68,7 +65,7 @@ def _moved(case: Case, volume: Volume, truth: dict[int, np.ndarray] | None = Non
     scan, or lies near one of its S-I faces, is cut: not scored, but a prediction on it is judged."""
     truth = case.truth if truth is None else truth
     labels = list(truth)
-    kept, cut = variations.inside(volume, np.array([truth[k] for k in labels]), CUT_MARGIN_MM)
+    kept, cut = variations.inside(volume, np.array([truth[k] for k in labels]))  # cut: variations.CUT_MARGIN_MM
     new_cut = {k for k, keep, c in zip(labels, kept, cut) if c or not keep}
     return Case(case.name, volume, dict(truth), frozenset(new_cut | set(case.cut)))
 

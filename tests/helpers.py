@@ -1,5 +1,5 @@
 """Helpers the test modules share: tiny ONNX model pairs with vertedge metadata, the CLI run in-process,
-a tiny training config and a stand-in spine scan for the train/ tests, NIfTI and DICOM writers and
+a tiny training config and a stand-in spine scan for the training tests, NIfTI and DICOM writers and
 one bad input of every kind, CT series as pydicom data sets, and a private Orthanc server."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def train_config() -> Any:
 
 
 def spine_scan() -> Any:
-    """A stand-in CT (a `train.data.Scan`): soft-tissue slab with bright balls (the 'bodies') at known
+    """A stand-in CT (a `vertedge_train.data.Scan`): soft-tissue slab with bright balls (the 'bodies') at known
     centroids along S-I."""
     from vertedge_train.data import Scan
 

@@ -10,7 +10,9 @@ Sources of scans:
   the held-out evaluation seeds and are refused here);
 - real data in the VerSe layout: `<root>/rawdata/sub-*/*_ct.nii.gz` with
   `<root>/derivatives/sub-*/*_ctd.json` (read with `vertedge.verse.read_verse_ctd`, so the file's
-  axis codes may differ from the image's; labels outside `SPINE_ORDER`, e.g. 26 sacrum, are dropped).
+  axis codes may differ from the image's; labels outside `SPINE_ORDER`, e.g. 26 sacrum, are dropped);
+- real cases in vertedge's own layout (`<case>/ground_truth.json` beside `ct.nii.gz` or `dicom/`),
+  for `vertedge-train finetune`, whose variants start from `everyday_variant` (pose, FOV, slices, noise).
 
 Scan-level augmentation (before rendering, so it goes into the cache): a random start angle
 (`Protocol.start_angle_deg` in [0, 360/K)) and a random field-of-view crop along the S-I axis (the
@@ -150,7 +152,6 @@ P_PAD, PAD_MM = 0.25, (10.0, 40.0)
 P_FOV, FOV_MM = 0.25, (160.0, 280.0)
 P_THICK, THICK_MM = 0.3, (2.5, 5.0)
 P_NOISE, NOISE_HU = 0.5, (5.0, 60.0)
-CUT_MARGIN_MM = 10.0  # a body centroid this close to an S-I face of the scan: the body is cut
 
 
 def everyday_variant(scan: Scan, rng: np.random.Generator) -> Scan:
@@ -172,7 +173,7 @@ def everyday_variant(scan: Scan, rng: np.random.Generator) -> Scan:
         vol = variations.thick_slices(vol, rng.uniform(*THICK_MM))
     if rng.random() < P_NOISE:
         vol = variations.with_noise(vol, rng.uniform(*NOISE_HU), rng)
-    kept, cut = variations.inside(vol, pts, CUT_MARGIN_MM)
+    kept, cut = variations.inside(vol, pts)
     return Scan(scan.name, vol, {k: p for k, p, keep in zip(labels, pts, kept) if keep},
                 {k: bool(c) or scan.cut.get(k, False) for k, c, keep in zip(labels, cut, kept) if keep})
 

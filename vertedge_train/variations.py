@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from vertedge.volume import Volume, from_sitk, to_sitk
 
 AIR_HU = -1024.0
+CUT_MARGIN_MM = 10.0  # a body centroid this close to an S-I face of the scan: the body is cut
 
 
 def rotation(tilt_deg: float = 0.0, roll_deg: float = 0.0, yaw_deg: float = 0.0) -> np.ndarray:
@@ -155,7 +156,7 @@ def with_noise(volume: Volume, sigma_hu: float, rng: np.random.Generator) -> Vol
     return replace(volume, hu=noisy)
 
 
-def inside(volume: Volume, points_lps: np.ndarray, cut_margin_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def inside(volume: Volume, points_lps: np.ndarray, cut_margin_mm: float = CUT_MARGIN_MM) -> tuple[np.ndarray, np.ndarray]:
     """(kept (N,) bool, cut (N,) bool) for body centroids: inside the scan's box; cut when within
     `cut_margin_mm` of one of its S-I faces (the body reaches past the scan)."""
     ijk = volume.world_to_index(np.asarray(points_lps, float).reshape(-1, 3))

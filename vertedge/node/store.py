@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -26,13 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.uid import UID
+
 from ..atomic import lock_exclusively
 from ..errors import VertedgeError
 
 QUEUE_FILE = "node.sqlite"
 LOCK_FILE = "node.lock"
-# PS3.5 9.1: components of digits without leading zeros, separated by dots, at most 64 characters
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 # receiving: instances arrive; queued: complete and chosen; labelling; sending: outputs written,
 # C-STOREs pending; done; rejected: the selector said no; failed: labelling failed, or a send gave up
@@ -75,7 +74,7 @@ CREATE TABLE IF NOT EXISTS sends (
 def safe_key(uid: str) -> str:
     """`uid` as a file name: itself when it is a valid DICOM UID, else 'x' and a digest of it
     (a UID like '../../x' or one with a slash names no folder)."""
-    if len(uid) <= 64 and _UID.match(uid):
+    if UID(uid).is_valid:  # PS3.5 9.1: digits without leading zeros, dot-separated, <= 64 characters
         return uid
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
