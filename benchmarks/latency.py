@@ -97,19 +97,22 @@ def measure_one(path: Path, views: int, device: str, models: str | None, repeats
             t1 = time.perf_counter()
             write_result(result, volume, Path(tmp) / "out", "scan")
             write = (time.perf_counter() - t1) * 1e3
+            rows, cols = make_views(volume, labeler.protocol).shape
+            input_mib = volume.hu.size * 2 / 2**20
+            found, stage_ms = len(result.vertebrae), result.timings_ms
+            # as `vertedge run` of one scan after another: the last scan is gone before the next is read
+            del volume, result
             if i == 0:
                 continue  # warm-up: JIT compile, session first run
-            timings = {"decode": decode, **result.timings_ms, "write": write}
+            timings = {"decode": decode, **stage_ms, "write": write}
             for stage in STAGES:
                 samples[stage].append(timings.get(stage, 0.0))
             samples["total"].append(sum(timings.get(s, 0.0) for s in STAGES))
-        rows, cols = make_views(volume, labeler.protocol).shape
-        input_mib = volume.hu.size * 2 / 2**20
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "views": labeler.protocol.n_views,
         "detector": [rows, cols],
-        "found": len(result.vertebrae),
+        "found": found,
         "device": labeler.device,
         "stages": {s: stats(v) for s, v in samples.items()},
         "peak_rss_mib": round(peak_mib, 1),

@@ -8,7 +8,9 @@ Conventions (ITK/SimpleITK, DICOM):
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,11 +185,25 @@ def dicom_series_ids(folder: Path) -> list[str]:
 def dicom_series_files(folder: Path, series_id: str | None = None) -> list[str]:
     """Files of DICOM series `series_id` directly in `folder`, by default of the one with the most files."""
     ids = dicom_series_ids(folder) if series_id is None else [series_id]
-    return max(
+    files = max(
         (list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in ids),
         key=len,
         default=[],
     )
+    _return_freed_heap()
+    return files
+
+
+def _return_freed_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    GDCM's series scan reads every file whole and frees it, and glibc keeps those pages: 300 MiB
+    of a 600-file series stayed resident, on top of the volume read next.
+    """
+    if sys.platform.startswith("linux"):
+        malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # absent from musl
+        if malloc_trim is not None:
+            malloc_trim(0)
 
 
 def _read(p: Path, name: str, series_id: str | None = None) -> Volume:
