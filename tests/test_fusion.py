@@ -7,6 +7,7 @@ import pytest
 
 from vertedge.fusion import (
     Fused,
+    detection_rays,
     distinct_vertebrae,
     fuse,
     intersect_rays,
@@ -163,6 +164,39 @@ def test_fuse_degraded_detections() -> None:
     assert fused.n_views[-1] == 3
     assert not np.isin(np.arange(len(view), len(view) + 3), fused.support).any()
 
+
+def test_a_detection_two_objects_share_serves_one_and_points_fit_their_own_detections() -> None:
+    """An object 50 mm behind vertebra 5 along view 0's ray is one blob with it in that view.
+
+    The vertebra, seen in more views, takes the shared detection; the object keeps its other three.
+    Every point is Eq. 5 on its support's rays, its residual and view count describe those rays,
+    and a detection serves one point at most, in its own view's column.
+    """
+    views, truth = _views(), _spine(12)
+    ray = truth[5] - views.sources[0]
+    behind = truth[5] + 50.0 * ray / np.linalg.norm(ray)
+    view, _, rc = _detections(views, truth)
+    seen_behind = np.array([1, 2, 3])
+    view = np.concatenate([view, seen_behind])
+    rc = np.concatenate([rc, project(views, behind[None])[0][seen_behind, 0]])
+    rc = rc + np.random.default_rng(9).uniform(-1.0, 1.0, rc.shape)
+    peaks = _peaks(view, rc)
+    fused = fuse(peaks, views, FusionOptions(max_off_spine_mm=1e3))  # keep the object beside the spine
+    assert len(fused) == 13
+    found = np.argmin(np.linalg.norm(fused.points_lps - behind, axis=1))
+    assert np.linalg.norm(fused.points_lps[found] - behind) < 2.0
+    np.testing.assert_array_equal(view[fused.support[found][fused.support[found] >= 0]], seen_behind)
+    used = fused.support >= 0
+    taken = fused.support[used]
+    assert len(np.unique(taken)) == len(taken)
+    np.testing.assert_array_equal(view[taken], np.nonzero(used)[1])
+    np.testing.assert_array_equal(fused.n_views, used.sum(axis=1))
+    origins, dirs = (x[fused.support] for x in detection_rays(peaks, views))  # (n, K, 3); -1 entries unused
+    np.testing.assert_allclose(intersect_rays(origins, dirs, used.astype(float)), fused.points_lps, atol=1e-9)
+    v = fused.points_lps[:, None] - origins
+    perp = v - np.einsum("nki,nki->nk", v, dirs)[..., None] * dirs
+    rms = np.sqrt(np.where(used, np.einsum("nki,nki->nk", perp, perp), 0.0).sum(axis=1) / fused.n_views)
+    np.testing.assert_allclose(fused.residual_mm, rms, atol=1e-9)
 
 def test_fuse_needs_min_views() -> None:
     views, truth = _views(), _spine(8)

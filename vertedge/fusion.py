@@ -21,12 +21,18 @@ A vertebra missed in some views keeps the others; a spurious blob in one view ca
 ordered along the spine, stray points off it are dropped (`on_spine`), and of two chain neighbours
 closer than half the local gap, a vertebra found twice, the better-seen one stays
 (`distinct_vertebrae`).
+
+Steps 1-3 are Numba kernels (`cache=True`: compiled on first use, then loaded from the cache,
+`numba_cache`): as NumPy array code most of their time went to the overhead of the calls, a dozen
+small-array calls per refinement round, three rounds per chosen vertebra.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .geometry import Views, pixel_rays
@@ -54,31 +60,85 @@ class Fused:
         return len(self.points_lps)
 
 
+@numba.njit(cache=True)
+def _add_ray(s: np.ndarray, q: np.ndarray, a: np.ndarray, n: np.ndarray, w: float) -> None:
+    """Add one ray's terms of Eq. 5 in place: w (I - n n^T) to S (3, 3) and w (I - n n^T) a to q (3,); origin a, unit dir n (3,) mm."""
+    na = n[0] * a[0] + n[1] * a[1] + n[2] * a[2]
+    for i in range(3):
+        q[i] += w * (a[i] - na * n[i])
+        for j in range(3):
+            s[i, j] += w * ((1.0 if i == j else 0.0) - n[i] * n[j])
+
+
+@numba.njit(cache=True)
+def _solve_point(s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The point p (3,) mm with S p = q (S (3, 3), q (3,) from `_add_ray`); NaN if the rays do not fix it.
+
+    Solved by the adjugate (Cramer's rule), exact enough for S's condition numbers here (< ~100).
+    det / (trace / 3)^3 is the eigenvalues' product over their mean cubed: ~0 when the rays are
+    parallel (or fewer than two).
+    """
+    c00 = s[1, 1] * s[2, 2] - s[1, 2] * s[2, 1]
+    c01 = s[1, 2] * s[2, 0] - s[1, 0] * s[2, 2]
+    c02 = s[1, 0] * s[2, 1] - s[1, 1] * s[2, 0]
+    det = s[0, 0] * c00 + s[0, 1] * c01 + s[0, 2] * c02
+    scale = (s[0, 0] + s[1, 1] + s[2, 2]) / 3.0
+    p = np.full(3, np.nan)
+    if not det > _RELATIVE_SINGULAR * scale**3:
+        return p
+    c10 = s[0, 2] * s[2, 1] - s[0, 1] * s[2, 2]
+    c11 = s[0, 0] * s[2, 2] - s[0, 2] * s[2, 0]
+    c12 = s[0, 1] * s[2, 0] - s[0, 0] * s[2, 1]
+    c20 = s[0, 1] * s[1, 2] - s[0, 2] * s[1, 1]
+    c21 = s[0, 2] * s[1, 0] - s[0, 0] * s[1, 2]
+    c22 = s[0, 0] * s[1, 1] - s[0, 1] * s[1, 0]
+    # the inverse is the transposed cofactor matrix over det
+    p[0] = (c00 * q[0] + c10 * q[1] + c20 * q[2]) / det
+    p[1] = (c01 * q[0] + c11 * q[1] + c21 * q[2]) / det
+    p[2] = (c02 * q[0] + c12 * q[1] + c22 * q[2]) / det
+    return p
+
+
+@numba.njit(cache=True)
+def _intersect_batch(origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Least-squares points (B, 3) mm of B ray sets: origins, unit dirs (B, R, 3), weights (B, R)."""
+    points = np.empty((origins.shape[0], 3))
+    for b in range(origins.shape[0]):
+        s, q = np.zeros((3, 3)), np.zeros(3)
+        for r in range(origins.shape[1]):
+            _add_ray(s, q, origins[b, r], dirs[b, r], weights[b, r])
+        points[b] = _solve_point(s, q)
+    return points
+
+
 def intersect_rays(
     origins: np.ndarray, dirs: np.ndarray, weights: np.ndarray | None = None
 ) -> np.ndarray:
     """Least-squares point (..., 3) mm of rays origins, unit dirs (..., R, 3), weights (..., R); NaN if undetermined.
 
-    Eq. 5: S p = q with S = sum w (I - n n^T), q = sum w (I - n n^T) a, solved batched over `...`.
+    Eq. 5: S p = q with S = sum w (I - n n^T), q = sum w (I - n n^T) a, solved for every ray set of
+    `...`; the fusion's refinement fits its points with the same kernels.
     """
-    a = np.asarray(origins, dtype=np.float64)
-    n = np.asarray(dirs, dtype=np.float64)
-    w = np.ones(a.shape[:-1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    s = w.sum(axis=-1)[..., None, None] * np.eye(3) - np.einsum("...r,...ri,...rj->...ij", w, n, n)
-    na = np.einsum("...ri,...ri->...r", n, a)
-    q = np.einsum("...r,...ri->...i", w, a) - np.einsum("...r,...r,...ri->...i", w, na, n)
-    # det / (trace / 3)^3 is the eigenvalues' product over their mean cubed: ~0 when rays are parallel
-    scale = np.trace(s, axis1=-2, axis2=-1) / 3.0
-    ok = np.linalg.det(s) > _RELATIVE_SINGULAR * scale**3
-    p = np.linalg.solve(np.where(ok[..., None, None], s, np.eye(3)), q[..., None])[..., 0]
-    return np.where(ok[..., None], p, np.nan)
+    a, n = np.broadcast_arrays(np.asarray(origins, dtype=np.float64), np.asarray(dirs, dtype=np.float64))
+    w = np.ones(a.shape[:-1]) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), a.shape[:-1])
+    batch, rays = a.shape[:-2], a.shape[-2]
+    size = math.prod(batch)
+    # fresh C-ordered writable copies: one compiled specialization serves every caller
+    points = _intersect_batch(
+        np.array(a.reshape(size, rays, 3), order="C"),
+        np.array(n.reshape(size, rays, 3), order="C"),
+        np.array(w.reshape(size, rays), order="C"),
+    )
+    return points.reshape(batch + (3,))
 
 
-def ray_distance(points: np.ndarray, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Perpendicular distance (...) mm of points (..., 3) to rays origins/unit dirs (..., 3), broadcast."""
-    v = np.asarray(points) - origins
-    perp = v - np.einsum("...i,...i->...", v, dirs)[..., None] * dirs
-    return np.sqrt(np.einsum("...i,...i->...", perp, perp))
+@numba.njit(cache=True)
+def _ray_distance(p: np.ndarray, a: np.ndarray, n: np.ndarray) -> float:
+    """Perpendicular distance mm of point p (3,) to the ray with origin a and unit dir n (3,)."""
+    v0, v1, v2 = p[0] - a[0], p[1] - a[1], p[2] - a[2]
+    along = v0 * n[0] + v1 * n[1] + v2 * n[2]
+    e0, e1, e2 = v0 - along * n[0], v1 - along * n[1], v2 - along * n[2]
+    return np.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
 
 
 def detection_rays(peaks: Peaks, views: Views) -> tuple[np.ndarray, np.ndarray]:
@@ -87,55 +147,42 @@ def detection_rays(peaks: Peaks, views: Views) -> tuple[np.ndarray, np.ndarray]:
     return origins[:, 0], dirs[:, 0]
 
 
-def _closest_approach(
-    a1: np.ndarray, n1: np.ndarray, a2: np.ndarray, n2: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Midpoint (P, 3) mm of the common perpendicular of ray pairs (origins a, unit dirs n; (P, 3)) and its length (P,) mm.
-
-    The two-ray case of `intersect_rays` in closed form; NaN for (nearly) parallel rays.
-    """
-    w = a1 - a2
-    b = np.einsum("pi,pi->p", n1, n2)
-    d = np.einsum("pi,pi->p", n1, w)
-    e = np.einsum("pi,pi->p", n2, w)
-    denom = 1.0 - b * b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # denom = sin^2 of the angle between the rays: the same ~1e-12 cut as intersect_rays
-        denom = np.where(denom > _RELATIVE_SINGULAR, denom, np.nan)
-        t1 = (b * e - d) / denom
-        t2 = (e - b * d) / denom
-    p1 = a1 + t1[:, None] * n1
-    p2 = a2 + t2[:, None] * n2
-    return 0.5 * (p1 + p2), np.linalg.norm(p1 - p2, axis=1)
-
-
+@numba.njit(cache=True)
 def _pair_hypotheses(
-    view: np.ndarray,
-    origins: np.ndarray,
-    dirs: np.ndarray,
-    angles_deg: np.ndarray,
-    min_angle_deg: float,
-    max_residual_mm: float,
+    view: np.ndarray, origins: np.ndarray, dirs: np.ndarray, separated: np.ndarray, max_residual_mm: float
 ) -> np.ndarray:
-    """(P, 3) world LPS mm triangulations of detection pairs from well-separated views whose rays nearly meet."""
-    i, j = np.triu_indices(len(view), 1)
-    diff = np.abs(angles_deg[view[i]] - angles_deg[view[j]]) % 180.0
-    keep = np.minimum(diff, 180.0 - diff) >= min_angle_deg
-    i, j = i[keep], j[keep]
-    points, gap = _closest_approach(origins[i], dirs[i], origins[j], dirs[j])
-    return points[np.isfinite(gap) & (gap <= max_residual_mm)]
+    """(P, 3) world LPS mm triangulations of detection pairs (i < j, in that order) from views far enough apart whose rays nearly meet.
 
-
-def _all_ray_distances(points: np.ndarray, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Perpendicular distance (H, M) mm of every point (H, 3) to every ray (origins, unit dirs (M, 3)).
-
-    |p - a|^2 - ((p - a) . n)^2 expanded into matrix products: one (H, 3) x (3, M) product each
-    instead of an (H, M, 3) temporary. In float64 the cancellation costs ~1e-10 mm^2 at ~1 m.
+    `separated` (K, K) bool: which views may pair. A pair's point is the midpoint of its rays'
+    common perpendicular, whose length is the rays' gap: the two-ray case of Eq. 5 in closed form.
     """
-    pa = points @ origins.T
-    sq = np.einsum("hi,hi->h", points, points)[:, None] - 2.0 * pa + np.einsum("mi,mi->m", origins, origins)
-    along = points @ dirs.T - np.einsum("mi,mi->m", origins, dirs)
-    return np.sqrt(np.maximum(sq - along**2, 0.0))
+    m = len(view)
+    points = np.empty((m * (m - 1) // 2, 3))
+    count = 0
+    for i in range(m):
+        a1, n1 = origins[i], dirs[i]
+        for j in range(i + 1, m):
+            if not separated[view[i], view[j]]:
+                continue
+            a2, n2 = origins[j], dirs[j]
+            w0, w1, w2 = a1[0] - a2[0], a1[1] - a2[1], a1[2] - a2[2]
+            b = n1[0] * n2[0] + n1[1] * n2[1] + n1[2] * n2[2]
+            d = n1[0] * w0 + n1[1] * w1 + n1[2] * w2
+            e = n2[0] * w0 + n2[1] * w1 + n2[2] * w2
+            denom = 1.0 - b * b
+            # denom = sin^2 of the angle between the rays: the same ~1e-12 cut as `_solve_point`
+            if not denom > _RELATIVE_SINGULAR:
+                continue
+            t1 = (b * e - d) / denom
+            t2 = (e - b * d) / denom
+            gap2 = 0.0
+            for c in range(3):
+                p1, p2 = a1[c] + t1 * n1[c], a2[c] + t2 * n2[c]
+                gap2 += (p1 - p2) ** 2
+                points[count, c] = 0.5 * (p1 + p2)  # written in any case, counted only within the gate
+            if np.sqrt(gap2) <= max_residual_mm:
+                count += 1
+    return points[:count].copy()
 
 
 def _slots_by_view(view: np.ndarray, n_views: int) -> np.ndarray:
@@ -148,6 +195,27 @@ def _slots_by_view(view: np.ndarray, n_views: int) -> np.ndarray:
     return slots
 
 
+@numba.njit(cache=True)
+def _first_of_each(support: np.ndarray) -> np.ndarray:
+    """Row index of the first occurrence of each distinct row of support (H, K), rows in ascending lexicographic order.
+
+    What `np.unique(support, axis=0, return_index=True)[1]` gives: stable sorts by the last column
+    first, then each earlier one, order the rows lexicographically with equal rows in input order.
+    """
+    order = np.arange(len(support))
+    for k in range(support.shape[1] - 1, -1, -1):
+        order = order[np.argsort(support[order, k], kind="mergesort")]
+    first = np.ones(len(order), np.bool_)
+    for i in range(1, len(order)):
+        first[i] = False
+        for k in range(support.shape[1]):
+            if support[order[i], k] != support[order[i - 1], k]:
+                first[i] = True
+                break
+    return order[first]
+
+
+@numba.njit(cache=True)
 def _refine(
     points: np.ndarray,
     origins: np.ndarray,
@@ -161,33 +229,54 @@ def _refine(
     A re-fitted point is a function of its rays alone, so hypotheses that pick the same rays
     coincide from then on: one of each is kept (H' <= H), which is what makes refinement cheap
     (hundreds of pair hypotheses collapse to a few per vertebra after the first round). A
-    hypothesis left with fewer than two rays cannot be re-fitted, move, or be chosen: it is dropped.
+    hypothesis left with fewer than two rays cannot be re-fitted, move, or be chosen: it is
+    dropped. The kept ones are in ascending lexicographic order of their supports, the order
+    that breaks exact ties in `_select`.
     """
-    valid = (slots >= 0) & available[slots]
-    support = np.full((len(points), len(slots)), -1, np.int64)
+    n_views = slots.shape[0]
+    support = np.full((len(points), n_views), -1, np.int64)  # typed before the rounds, which replace it
     for _ in range(_REFINE_ROUNDS):
-        dist = np.where(valid, _all_ray_distances(points, origins, dirs)[:, slots], np.inf)  # (H, K, D)
-        nearest = np.argmin(dist, axis=2)
-        used = np.take_along_axis(dist, nearest[..., None], 2)[..., 0] <= max_residual_mm
-        support = np.where(used, slots[np.arange(len(slots)), nearest], -1)
-        fitted = intersect_rays(origins[support], dirs[support], used.astype(np.float64))
-        ok = np.isfinite(fitted).all(axis=1)
-        support, first = np.unique(support[ok], axis=0, return_index=True)
-        points = fitted[ok][first]
+        support = np.full((len(points), n_views), -1, np.int64)
+        fitted = np.empty((len(points), 3))
+        fits = np.zeros(len(points), np.bool_)
+        for h in range(len(points)):
+            s, q = np.zeros((3, 3)), np.zeros(3)
+            for k in range(n_views):
+                nearest, nearest_mm = -1, np.inf
+                for m in slots[k]:  # first of equals wins, as np.argmin
+                    if m >= 0 and available[m]:
+                        dist = _ray_distance(points[h], origins[m], dirs[m])
+                        if dist < nearest_mm:
+                            nearest, nearest_mm = m, dist
+                if nearest_mm <= max_residual_mm:
+                    support[h, k] = nearest
+                    _add_ray(s, q, origins[nearest], dirs[nearest], 1.0)
+            fitted[h] = _solve_point(s, q)
+            fits[h] = np.isfinite(fitted[h]).all()
+        kept = np.flatnonzero(fits)
+        kept = kept[_first_of_each(support[kept])]
+        points, support = fitted[kept], support[kept]
     return points, support
 
 
+@numba.njit(cache=True)
 def _fit_quality(
     points: np.ndarray, support: np.ndarray, origins: np.ndarray, dirs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Views used (H,) int64 and RMS ray distance (H,) mm of hypotheses (H, 3) with support (H, K)."""
-    used = support >= 0
-    dist = ray_distance(points[:, None], origins[support], dirs[support])
-    n_used = used.sum(axis=1)
-    rms = np.sqrt(np.where(used, dist**2, 0.0).sum(axis=1) / np.maximum(n_used, 1))
+    n_used = np.zeros(len(points), np.int64)
+    rms = np.zeros(len(points))
+    for h in range(len(points)):
+        sum_sq = 0.0
+        for m in support[h]:
+            if m >= 0:
+                n_used[h] += 1
+                sum_sq += _ray_distance(points[h], origins[m], dirs[m]) ** 2
+        rms[h] = np.sqrt(sum_sq / max(n_used[h], 1))
     return n_used, rms
 
 
+@numba.njit(cache=True)
 def _select(
     points: np.ndarray,
     origins: np.ndarray,
@@ -196,27 +285,44 @@ def _select(
     min_views: int,
     max_residual_mm: float,
     min_separation_mm: float,
-) -> list[tuple[np.ndarray, np.ndarray, float, int]]:
-    """Greedy choice of vertebrae among hypotheses (H, 3) mm: (point (3,), support (K,), RMS mm, views) each."""
-    available = np.ones(len(origins), bool)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy choice of vertebrae among hypotheses (H, 3) mm, in order of choice: points (n, 3) mm, support (n, K), RMS (n,) mm, views (n,)."""
+    available = np.ones(len(origins), np.bool_)
     points, support = _refine(points, origins, dirs, slots, available, max_residual_mm)
-    accepted = []
+    most = len(origins) // 2  # every hypothesis rests on >= 2 rays, and a chosen one uses them up
+    chosen, chosen_support = np.empty((most, 3)), np.empty((most, slots.shape[0]), np.int64)
+    chosen_rms, chosen_views = np.empty(most), np.empty(most, np.int64)
+    n = 0
     while len(points):
         n_used, rms = _fit_quality(points, support, origins, dirs)
-        best = np.lexsort((rms, -n_used))[0]
+        best = 0  # most views, then lowest RMS, then first
+        for h in range(1, len(points)):
+            if n_used[h] > n_used[best] or (n_used[h] == n_used[best] and rms[h] < rms[best]):
+                best = h
         if n_used[best] < min_views:
             break
-        accepted.append((points[best], support[best], float(rms[best]), int(n_used[best])))
-        taken = support[best][support[best] >= 0]
-        available[taken] = False
-        far = np.linalg.norm(points - points[best], axis=1) > min_separation_mm
-        points, support = points[far], support[far]
-        # only hypotheses that used a detection just taken can change
-        touched = np.isin(support, taken).any(axis=1)
-        refit, refit_support = _refine(points[touched], origins, dirs, slots, available, max_residual_mm)
-        points = np.concatenate([points[~touched], refit])
-        support = np.concatenate([support[~touched], refit_support])
-    return accepted
+        chosen[n], chosen_support[n], chosen_rms[n], chosen_views[n] = points[best], support[best], rms[best], n_used[best]
+        taken = support[best].copy()
+        for m in taken:
+            if m >= 0:
+                available[m] = False
+        # Hypotheses near the chosen one go. Of the rest, only those that used a detection just
+        # taken can change: a view's detection can only sit in that view's column of the support.
+        far, touched = np.zeros(len(points), np.bool_), np.zeros(len(points), np.bool_)
+        for h in range(len(points)):
+            gap2 = 0.0
+            for c in range(3):
+                gap2 += (points[h, c] - points[best, c]) ** 2
+            far[h] = np.sqrt(gap2) > min_separation_mm
+            for k in range(len(taken)):
+                if taken[k] >= 0 and support[h, k] == taken[k]:
+                    touched[h] = True
+        kept, redo = np.flatnonzero(far & ~touched), np.flatnonzero(far & touched)
+        refit, refit_support = _refine(points[redo], origins, dirs, slots, available, max_residual_mm)
+        points = np.concatenate((points[kept], refit))
+        support = np.concatenate((support[kept], refit_support))
+        n += 1
+    return chosen[:n].copy(), chosen_support[:n].copy(), chosen_rms[:n].copy(), chosen_views[:n].copy()
 
 
 def _empty_fused(n_views: int) -> Fused:
@@ -237,19 +343,21 @@ def fuse(peaks: Peaks, views: Views, options: FusionOptions = DEFAULT_OPTIONS.fu
     k = views.n_views
     if len(peaks) == 0:
         return _empty_fused(k)
-    origins, dirs = detection_rays(peaks, views)
-    points = _pair_hypotheses(
-        peaks.view, origins, dirs, views.angles_deg, o.min_pair_angle_deg, o.max_residual_mm
+    origins, dirs = (np.ascontiguousarray(x) for x in detection_rays(peaks, views))
+    view = np.asarray(peaks.view, dtype=np.int64)
+    angle = np.abs(views.angles_deg[:, None] - views.angles_deg[None]) % 180.0
+    separated = np.minimum(angle, 180.0 - angle) >= o.min_pair_angle_deg
+    points = _pair_hypotheses(view, origins, dirs, separated, float(o.max_residual_mm))
+    slots = _slots_by_view(view, k)
+    pts, sup, res, nv = _select(
+        points, origins, dirs, slots, int(o.min_views), float(o.max_residual_mm), float(o.min_separation_mm)
     )
-    slots = _slots_by_view(peaks.view, k)
-    accepted = _select(points, origins, dirs, slots, o.min_views, o.max_residual_mm, o.min_separation_mm)
-    if not accepted:
+    if not len(pts):
         return _empty_fused(k)
-    pts, sup, res, nv = (np.array(x) for x in zip(*accepted))
     order = order_along_spine(pts)
     order = order[on_spine(pts[order], o.max_off_spine_mm)]
     order = order[distinct_vertebrae(pts[order], nv[order], res[order], o.max_duplicate_gap)]
-    return Fused(pts[order], res[order], nv[order].astype(np.int64), sup[order].astype(np.int64))
+    return Fused(pts[order], res[order], nv[order], sup[order])
 
 
 def off_spine_mm(points_lps: np.ndarray) -> np.ndarray:

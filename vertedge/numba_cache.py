@@ -1,10 +1,10 @@
 """Numba's on-disk cache of the CPU kernels: where it lives, and one line while it is being filled.
 
-The `cache=True` kernels (drr, peaks, phantom) compile on their first call, 10-30 s in all, and are
-stored for later runs. By default Numba stores them beside their module, in the installed
-package's `__pycache__`: pip does not know those files, so an uninstall leaves them behind in a
-`vertedge/` folder without `__init__.py`, which then shadows a later editable install as an
-empty namespace package. They go to the user's cache folder instead.
+The `cache=True` kernels (drr, peaks, fusion, phantom) compile on their first call, 10-30 s in
+all, and are stored for later runs. By default Numba stores them beside their module, in the
+installed package's `__pycache__`: pip does not know those files, so an uninstall leaves them
+behind in a `vertedge/` folder without `__init__.py`, which then shadows a later editable install
+as an empty namespace package. They go to the user's cache folder instead.
 """
 
 from __future__ import annotations
