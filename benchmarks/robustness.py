@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from vertedge import metrics
+from vertedge.options import DEFAULT_OPTIONS
 from vertedge.pipeline import Labeler
 from vertedge.volume import Volume, load_volume
 from vertedge_train import variations
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variations", default=",".join(VARIATIONS))
     ap.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     ap.add_argument("--models", default=None)
+    ap.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
+                    help="a PipelineOptions field for an ablation, e.g. upright_min_deg=null (repeatable)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
@@ -264,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in VARIATIONS]
     if unknown:
         ap.error(f"unknown variations {unknown}; known: {', '.join(VARIATIONS)}")
-    labeler = Labeler(args.models, device="cpu")
+    try:
+        options = replace(DEFAULT_OPTIONS, **{k: json.loads(v) for k, _, v in (o.partition("=") for o in args.option)})
+    except (TypeError, ValueError) as e:
+        ap.error(f"--option: {e}")
+    labeler = Labeler(args.models, device="cpu", options=options)
     cases = real_cases(Path(args.real)) if Path(args.real).is_dir() else []
     seeds = _seeds(args.phantoms)
     wanted = set(filter(None, args.cases.split(",")))
@@ -291,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(records, summ))
     print(f"[robustness] {len(records)} runs in {time.time() - t_start:.0f} s", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({"records": records, "summary": summ, "models": labeler.models.ids},
+        Path(args.json).write_text(json.dumps({"records": records, "summary": summ, "models": labeler.models.ids,
+                                               "options": options.to_dict()},
                                               indent=1, default=float))
     if args.markdown:
         Path(args.markdown).write_text(markdown(records, summ))

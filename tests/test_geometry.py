@@ -79,6 +79,21 @@ def test_rotation_axis_follows_si_axis_of_a_permuted_scan():
     np.testing.assert_allclose(v0.det_origin, v1.det_origin, atol=1e-9)
 
 
+def test_views_about_a_given_axis_see_that_axis_upright():
+    """With `axis_lps`, a line along that axis through the centre projects onto the detector's
+    middle column in every view (an upright spine), and the S-I axis is the default."""
+    vol = air_volume((64, 64, 64), (1.0, 1.0, 1.0))
+    protocol = Protocol(n_views=10)
+    axis = rotation("x", 15) @ np.array([0.0, 0.0, 1.0])  # a patient tilted 15 degrees about L-R
+    views = make_views(vol, protocol, axis_lps=2.0 * axis)  # any length: it is normalized
+    rc, _ = project(views, vol.center_world + np.outer(np.linspace(-80, 80, 5), axis))
+    np.testing.assert_allclose(rc[..., 1], (views.shape[1] - 1) / 2, atol=1e-6)
+    assert (np.diff(rc[..., 0], axis=1) < 0).all()  # superior up in every view
+    default, si = make_views(vol, protocol), make_views(vol, protocol, axis_lps=vol.si_axis()[1])
+    np.testing.assert_allclose(default.sources, si.sources, atol=1e-9)
+    np.testing.assert_allclose(default.row_dir, si.row_dir, atol=1e-12)
+
+
 def test_protocol_round_trips_through_json():
     p = Protocol(n_views=6, pixel_mm=3.0)
     import json

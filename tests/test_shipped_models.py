@@ -111,3 +111,30 @@ def test_the_options_and_version_a_scan_was_labelled_with_are_in_its_result(labe
     none = Labeler(device="cpu", options=strict)(ph.volume)
     assert none.vertebrae == () and none.to_dict()["options"]["fusion"]["min_views"] == labeler.protocol.n_views + 1
     json.dumps(none.to_dict())  # JSON-ready
+
+
+@pytest.mark.slow
+def test_a_tilted_lumbar_spine_is_rendered_again_about_its_own_axis():
+    """A patient tilted 15 degrees about L-R: the first pass's vertebrae lean, so the views are
+    rendered again about the spine's axis, and the labels and centroids are those of the upright
+    scan. With `upright_min_deg` None the views stay about the scan's S-I axis."""
+    from dataclasses import replace
+
+    from vertedge.options import DEFAULT_OPTIONS
+    from vertedge.pipeline import spine_axis
+    from vertedge_train import variations
+
+    ph = make_phantom(2, "lumbar")  # T12-L5, nothing cut
+    centre = np.mean(list(ph.centroids.values()), axis=0)
+    rot = variations.rotation(tilt_deg=15.0)
+    tilted = variations.rotated(ph.volume, rot, centre)
+    truth = {k: variations.turn_points(p, rot, centre) for k, p in ph.centroids.items()}
+    result = Labeler(device="cpu")(tilted, keep_images=True)
+    points = np.array([v.world_lps_mm for v in result.vertebrae])
+    view_axis = -result.views.row_dir[0]
+    assert np.degrees(np.arccos(view_axis @ [0.0, 0.0, 1.0])) > 5.0
+    assert np.degrees(np.arccos(view_axis @ spine_axis(points))) < 3.0
+    s = score(result.centroids(), truth)
+    assert s.id_rate["all"] == 100.0 and s.l_error_mm["all"] < 3.0, s.per_vertebra
+    fixed = Labeler(device="cpu", options=replace(DEFAULT_OPTIONS, upright_min_deg=None))(tilted, keep_images=True)
+    np.testing.assert_allclose(-fixed.views.row_dir[0], tilted.si_axis()[1], atol=1e-12)

@@ -159,14 +159,16 @@ def make_views(
     protocol: Protocol,
     shape: tuple[int, int] | None = None,
     center_lps: np.ndarray | None = None,
+    axis_lps: np.ndarray | None = None,
 ) -> Views:
     """Views about the volume's S-I axis through its centre; detector fitted to the projection.
 
     `shape` (rows, cols) fixes the detector size; by default it is the smallest size (a multiple of
     `protocol.size_multiple`, at most `max_rows` x `max_cols`) that holds the whole volume's box in
-    every view, centred on the central ray.
+    every view, centred on the central ray. `center_lps` (mm) and `axis_lps` (a unit vector
+    pointing superior) move the rotation axis, e.g. onto the spine's own axis.
     """
-    _, axis = volume.si_axis()
+    axis = volume.si_axis()[1] if axis_lps is None else np.asarray(axis_lps, float) / np.linalg.norm(axis_lps)
     center = volume.center_world if center_lps is None else np.asarray(center_lps, float)
     posterior = np.array([0.0, 1.0, 0.0])
     d0 = posterior - (posterior @ axis) * axis

@@ -62,6 +62,12 @@ class PipelineOptions:
     seen_views: float = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
     full_gap: float = 0.85  # x the local gap: points this far apart, both seen in `seen_views`, are two vertebrae
     review: ReviewOptions = field(default_factory=ReviewOptions)
+    # The nets learned from phantoms whose spine runs along the scan's S-I axis (the principal axis
+    # of their centroids within 1 degree of it in most, 2.5 on average); a real lumbar or thoracic
+    # segment leans 8-9 degrees in the sagittal plane, and a tilted patient more. When the first
+    # pass's vertebrae lean more than this, the views are rendered again about the spine's own axis
+    # (`pipeline.spine_axis`); None: never.
+    upright_min_deg: float | None = 3.0
     # Views per ONNX Runtime call on the CPU. One at a time is lighter and no slower: on a 512 x 512 x
     # 600 scan's 10 views of 512 x 288 pixels both nets peak at 2.6 GiB in one call and 0.85 GiB one
     # view at a time (1.6 s against 1.3 s, 2-core AMD EPYC). On CUDA all views go in one call.

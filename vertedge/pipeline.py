@@ -19,7 +19,7 @@ from .anchors import review
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
-from .fusion import fuse
+from .fusion import Fused, fuse
 from .geometry import Views, make_views
 from .labelling import label, one_per_label, peaks_of
 from .labels import name as label_name
@@ -121,6 +121,13 @@ def input_description(volume: Volume) -> dict[str, Any]:
     }
 
 
+def spine_axis(points_lps: np.ndarray) -> np.ndarray:
+    """(3,) unit vector, world LPS, pointing superior: the principal axis of vertebra centroids (n, 3) mm."""
+    centred = points_lps - points_lps.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    return axis if axis[2] >= 0 else -axis
+
+
 class Labeler:
     """Holds both models (and the GPU kernels when used); call it on a Volume per scan."""
 
@@ -147,19 +154,29 @@ class Labeler:
         self.protocol = self.models.protocol.with_views(n_views)
         self.drr_backend = DRR_BACKENDS[self.device]  # renders the network input on the chosen device
 
+    def _localize(self, volume: Volume, views: Views, timer: _Timer) -> tuple[Views, Any, Fused]:
+        """Render `views`, find the vertebrae in each and fuse them: (views, images, fused points)."""
+        with timer("drr"):
+            images = self.drr_backend.images(volume, views, self.protocol)
+        with timer("localization_net"):
+            heatmaps = self.models.localize(images)
+        with timer("peaks"):
+            peaks = peaks_of(heatmaps, views, self.models.loc_info.heatmap["threshold"], self.options)
+        with timer("fusion"):
+            fused = fuse(peaks, views, self.options.fusion)
+        return views, images, fused
+
     def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
         """Find and label the vertebrae of one scan."""
         timer = _Timer(self.drr_backend.synchronize)
         protocol, options = self.protocol, self.options
-        with timer("drr"):
-            views = make_views(volume, protocol)
-            images = self.drr_backend.images(volume, views, protocol)
-        with timer("localization_net"):
-            heatmaps = self.models.localize(images)
-        with timer("peaks"):
-            peaks = peaks_of(heatmaps, views, self.models.loc_info.heatmap["threshold"], options)
-        with timer("fusion"):
-            fused = fuse(peaks, views, options.fusion)
+        views, images, fused = self._localize(volume, make_views(volume, protocol), timer)
+        upright = options.upright_min_deg
+        if upright is not None and len(fused) >= 3:
+            axis = spine_axis(fused.points_lps)
+            lean_deg = np.degrees(np.arccos(min(1.0, float(axis @ volume.si_axis()[1]))))
+            if lean_deg > upright:
+                views, images, fused = self._localize(volume, make_views(volume, protocol, axis_lps=axis), timer)
         vertebrae: tuple[Vertebra, ...] = ()
         if len(fused):
             with timer("identification_net"):
