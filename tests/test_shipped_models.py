@@ -129,12 +129,12 @@ def test_a_tilted_lumbar_spine_is_rendered_again_about_its_own_axis():
     rot = variations.rotation(tilt_deg=15.0)
     tilted = variations.rotated(ph.volume, rot, centre)
     truth = {k: variations.turn_points(p, rot, centre) for k, p in ph.centroids.items()}
-    result = Labeler(device="cpu")(tilted, keep_images=True)
+    result = Labeler(device="cpu")(tilted)
     points = np.array([v.world_lps_mm for v in result.vertebrae])
-    view_axis = -result.views.row_dir[0]
+    view_axis = np.array(result.to_dict()["view_axis_lps"])  # recorded in every result
     assert np.degrees(np.arccos(view_axis @ [0.0, 0.0, 1.0])) > 5.0
     assert np.degrees(np.arccos(view_axis @ spine_axis(points))) < 3.0
     s = score(result.centroids(), truth)
     assert s.id_rate["all"] == 100.0 and s.l_error_mm["all"] < 3.0, s.per_vertebra
-    fixed = Labeler(device="cpu", options=replace(DEFAULT_OPTIONS, upright_min_deg=None))(tilted, keep_images=True)
-    np.testing.assert_allclose(-fixed.views.row_dir[0], tilted.si_axis()[1], atol=1e-12)
+    fixed = Labeler(device="cpu", options=replace(DEFAULT_OPTIONS, upright_min_deg=None))(tilted)
+    np.testing.assert_allclose(fixed.view_axis_lps, tilted.si_axis()[1], atol=1e-12)

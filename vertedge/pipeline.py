@@ -68,6 +68,9 @@ class Result:
     views: Views | None = field(default=None, repr=False)
     images: np.ndarray | None = field(default=None, repr=False)  # (K, H, W) normalized DRRs
     options: dict[str, Any] = field(default_factory=dict)  # the `PipelineOptions` it was labelled with
+    # world LPS unit vector the views were rendered about: the scan's S-I axis, or the spine's own
+    # where the first pass found it leaning (`PipelineOptions.upright_min_deg`)
+    view_axis_lps: tuple[float, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without the images)."""
@@ -78,6 +81,7 @@ class Result:
             "vertedge_version": __version__,
             "device": self.device,
             "options": self.options,
+            "view_axis_lps": None if self.view_axis_lps is None else [round(v, 6) for v in self.view_axis_lps],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
 
@@ -208,6 +212,7 @@ class Labeler:
             device=self.device,
             timings_ms=timer.ms,
             options=options.to_dict(),
+            view_axis_lps=tuple(float(v) for v in -views.row_dir[0]),  # type: ignore[arg-type]
             views=views if keep_images else None,
             images=to_host(images) if keep_images else None,
         )
