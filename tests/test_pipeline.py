@@ -119,3 +119,26 @@ def test_two_points_found_in_most_views_are_never_one_vertebra() -> None:
     # a chain of three has no local gap, so only the views decide there
     short = Fused(points[1:4], np.zeros(3), n_views[1:4], np.zeros((3, 10), np.int64))
     assert may_be_one_vertebra(short, 10).tolist() == [False, True]
+
+
+def test_upright_axis_is_the_spine_axis_only_where_the_spine_leans() -> None:
+    """The views are rendered again about the vertebrae's principal axis when it leans more than
+    the threshold from the scan's S-I axis; a near-upright chain, two points or no threshold: never."""
+    from vertedge.pipeline import upright_axis
+
+    from .conftest import rotation
+
+    si = np.array([0.0, 0.0, 1.0])
+    s = np.linspace(-100, 100, 7)[:, None]
+    bend = np.zeros((7, 3))
+    bend[:, 1] = 0.002 * s[:, 0] ** 2  # a curve in the sagittal plane: the chord is what counts
+    for lean, expect in ((10.0, True), (2.0, False)):
+        axis = rotation("x", lean) @ si
+        points = s * axis + bend + [5.0, -20.0, 300.0]
+        found = upright_axis(points[::-1], si, 3.0)  # cranio-caudal order does not matter
+        assert (found is not None) == expect
+        if expect:
+            assert found @ axis > np.cos(np.radians(1.0)) and found[2] > 0
+    leaning = s * (rotation("x", 10.0) @ si)
+    assert upright_axis(leaning[:2], si, 3.0) is None
+    assert upright_axis(leaning, si, None) is None

@@ -66,7 +66,7 @@ class PipelineOptions:
     # of their centroids within 1 degree of it in most, 2.5 on average); a real lumbar or thoracic
     # segment leans 8-9 degrees in the sagittal plane, and a tilted patient more. When the first
     # pass's vertebrae lean more than this, the views are rendered again about the spine's own axis
-    # (`pipeline.spine_axis`); None: never.
+    # (`pipeline.upright_axis`); None: never.
     upright_min_deg: float | None = 3.0
     # Views per ONNX Runtime call on the CPU. One at a time is lighter and no slower: on a 512 x 512 x
     # 600 scan's 10 views of 512 x 288 pixels both nets peak at 2.6 GiB in one call and 0.85 GiB one

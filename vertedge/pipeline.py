@@ -132,6 +132,18 @@ def spine_axis(points_lps: np.ndarray) -> np.ndarray:
     return axis if axis[2] >= 0 else -axis
 
 
+def upright_axis(points_lps: np.ndarray, si_axis: np.ndarray, min_deg: float | None) -> np.ndarray | None:
+    """The axis to render the views about again so that a leaning spine stands as the nets learned
+    spines to stand (`PipelineOptions.upright_min_deg`): the principal axis of the first pass's
+    vertebrae (n, 3) mm when it leans more than `min_deg` degrees from the scan's `si_axis`, else None
+    (also for fewer than three vertebrae, or `min_deg` None)."""
+    if min_deg is None or len(points_lps) < 3:
+        return None
+    axis = spine_axis(points_lps)
+    lean_deg = np.degrees(np.arccos(min(1.0, float(axis @ si_axis))))
+    return axis if lean_deg > min_deg else None
+
+
 class Labeler:
     """Holds both models (and the GPU kernels when used); call it on a Volume per scan."""
 
@@ -175,12 +187,9 @@ class Labeler:
         timer = _Timer(self.drr_backend.synchronize)
         protocol, options = self.protocol, self.options
         views, images, fused = self._localize(volume, make_views(volume, protocol), timer)
-        upright = options.upright_min_deg
-        if upright is not None and len(fused) >= 3:
-            axis = spine_axis(fused.points_lps)
-            lean_deg = np.degrees(np.arccos(min(1.0, float(axis @ volume.si_axis()[1]))))
-            if lean_deg > upright:
-                views, images, fused = self._localize(volume, make_views(volume, protocol, axis_lps=axis), timer)
+        axis = upright_axis(fused.points_lps, volume.si_axis()[1], options.upright_min_deg)
+        if axis is not None:
+            views, images, fused = self._localize(volume, make_views(volume, protocol, axis_lps=axis), timer)
         vertebrae: tuple[Vertebra, ...] = ()
         if len(fused):
             with timer("identification_net"):
