@@ -1,4 +1,4 @@
-"""The fast readers (ISA-L NIfTI, memory-mapped .nii, pydicom series) give exactly SimpleITK's Volume."""
+"""The fast readers (rapidgzip or ISA-L NIfTI, memory-mapped .nii, pydicom series) give exactly SimpleITK's Volume."""
 
 from __future__ import annotations
 
