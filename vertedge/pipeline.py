@@ -132,15 +132,15 @@ def spine_axis(points_lps: np.ndarray) -> np.ndarray:
     return axis if axis[2] >= 0 else -axis
 
 
-def upright_axis(points_lps: np.ndarray, si_axis: np.ndarray, min_deg: float | None) -> np.ndarray | None:
+def upright_axis(points_lps: np.ndarray, view_axis: np.ndarray, min_deg: float | None) -> np.ndarray | None:
     """The axis to render the views about again so that a leaning spine stands as the nets learned
-    spines to stand (`PipelineOptions.upright_min_deg`): the principal axis of the first pass's
-    vertebrae (n, 3) mm when it leans more than `min_deg` degrees from the scan's `si_axis`, else None
-    (also for fewer than three vertebrae, or `min_deg` None)."""
+    spines to stand (`PipelineOptions.upright_min_deg`): the principal axis of the vertebrae found
+    (n, 3) mm when it leans more than `min_deg` degrees from the `view_axis` they were found about
+    (at first the scan's S-I axis), else None (also for fewer than three vertebrae, or `min_deg` None)."""
     if min_deg is None or len(points_lps) < 3:
         return None
     axis = spine_axis(points_lps)
-    lean_deg = np.degrees(np.arccos(min(1.0, float(axis @ si_axis))))
+    lean_deg = np.degrees(np.arccos(min(1.0, float(axis @ view_axis))))
     return axis if lean_deg > min_deg else None
 
 
@@ -187,8 +187,15 @@ class Labeler:
         timer = _Timer(self.drr_backend.synchronize)
         protocol, options = self.protocol, self.options
         views, images, fused = self._localize(volume, make_views(volume, protocol), timer)
-        axis = upright_axis(fused.points_lps, volume.si_axis()[1], options.upright_min_deg)
-        if axis is not None:
+        # Views about a leaning spine's own axis; a view that sees the spine tilted underestimates
+        # its lean (a phantom tilted 12 degrees read as 8), so the axis is estimated again from
+        # each new rendering until it moves by no more than the threshold.
+        axis = volume.si_axis()[1]
+        for _ in range(options.upright_rounds):
+            new_axis = upright_axis(fused.points_lps, axis, options.upright_min_deg)
+            if new_axis is None:
+                break
+            axis = new_axis
             views, images, fused = self._localize(volume, make_views(volume, protocol, axis_lps=axis), timer)
         vertebrae: tuple[Vertebra, ...] = ()
         if len(fused):
