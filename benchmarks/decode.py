@@ -56,6 +56,12 @@ def write_dicom(volume, folder: Path, rle: bool) -> Path:
     return folder
 
 
+def size_mib(path: Path) -> float:
+    """A file's or a folder's size in MiB."""
+    files = [path] if path.is_file() else [f for f in path.iterdir() if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 1)
+
+
 def sitk_series(folder: Path) -> np.ndarray:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
@@ -141,10 +147,9 @@ def main() -> None:
         paths["DICOM"] = write_dicom(volume, Path(tmp) / "dicom", rle=False)
         paths["DICOM RLE"] = write_dicom(volume, Path(tmp) / "rle", rle=True)
         for kind, path in paths.items():
-            size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
             medians = measure(readers_for(kind, path), args.repeats)
             for name, sec in medians.items():
-                rows.append((kind, size / 2**20, name, sec, sec / medians["SimpleITK"]))
+                rows.append((kind, size_mib(path), name, sec, sec / medians["SimpleITK"]))
             print(f"{kind}: done", flush=True)
     load_after = os.getloadavg()[0]
     m = machine()

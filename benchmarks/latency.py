@@ -159,12 +159,6 @@ def write_format(volume_path: Path, fmt: str, folder: Path) -> Path:
     raise ValueError(f"unknown format {fmt!r} (nii.gz, nii, dicom, dicom-rle)")
 
 
-def size_mib(path: Path) -> float:
-    """A file's or a folder's size in MiB."""
-    files = [path] if path.is_file() else [f for f in path.iterdir() if f.is_file()]
-    return round(sum(f.stat().st_size for f in files) / 2**20, 1)
-
-
 def decode_peers(shape: tuple[int, int, int], repeats: int) -> dict[str, Any]:
     """SimpleITK against nibabel reading the same .nii.gz to an int16 array."""
     import SimpleITK as sitk
@@ -230,6 +224,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def main() -> None:
     """Run every size (and K) in a subprocess, then the decode peers; print and save the report."""
+    from decode import size_mib
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256x256x256,512x512x300,512x512x600,512x512x1000")
     ap.add_argument("--views", default="10", help="comma-separated K; the first for every size, the rest on 512x512x600")

@@ -140,15 +140,15 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _one_stream_of(path: Path, nbytes: int) -> bool:
-    """Whether the gzip trailer's size (ISIZE, the last member's length mod 2**32: RFC 1952) is `nbytes`.
+def gzip_isize(path: str | os.PathLike[str]) -> int:
+    """The size a .gz file's trailer records (ISIZE: the last member's uncompressed length mod 2**32, RFC 1952).
 
-    True for a complete single-member file of that length; a truncated file, or a multi-member one
-    (bgzip writes one member per 64 KiB), almost never passes.
+    A complete single-member file of n bytes gives n mod 2**32; a truncated file, or a multi-member
+    one (bgzip writes one member per 64 KiB), almost never gives that.
     """
     with open(path, "rb") as f:
         f.seek(-4, os.SEEK_END)
-        return int.from_bytes(f.read(4), "little") == nbytes % 2**32
+        return int.from_bytes(f.read(4), "little")
 
 
 def _inflate(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -159,7 +159,7 @@ def _inflate(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -
     cores = _cores()
     # rapidgzip only for the file it decodes cleanly: it prints to stderr on a truncated stream,
     # which the trailer check sends to ISA-L instead, whose EOFError says it in one line
-    parallel = rapidgzip is not None and cores > 1 and _one_stream_of(path, offset + view.nbytes)
+    parallel = rapidgzip is not None and cores > 1 and gzip_isize(path) == (offset + view.nbytes) % 2**32
     opened = rapidgzip.open(str(path), parallelization=cores) if parallel else _gzip_open(path, "rb")
     with opened as f:
         try:

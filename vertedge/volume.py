@@ -432,10 +432,7 @@ def _check_gzip_complete(path: Path, data_bytes: int, name: str) -> None:
 
     ITK decodes a truncated stream silently, but the gzip trailer then disagrees with the size.
     """
-    with open(path, "rb") as f:
-        f.seek(-4, os.SEEK_END)
-        isize = int.from_bytes(f.read(4), "little")  # uncompressed size mod 2**32 (RFC 1952)
-    header_bytes = (isize - data_bytes) % 2**32
+    header_bytes = (readers.gzip_isize(path) - data_bytes) % 2**32
     if not 0 <= header_bytes <= 1 << 20:  # a header (352 B for NIfTI) plus extensions, not more
         raise VertedgeError(f"{name}: the gzip stream is truncated or corrupt")
 
