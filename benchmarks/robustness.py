@@ -29,14 +29,14 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vertedge import metrics
-from vertedge.options import DEFAULT_OPTIONS
+from vertedge.options import DEFAULT_OPTIONS, PipelineOptions
 from vertedge.pipeline import Labeler
 from vertedge.volume import Volume, load_volume
 from vertedge_train import variations
@@ -244,6 +244,18 @@ def markdown(records: list[dict[str, Any]], summ: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def with_settings(options: PipelineOptions, settings: list[str]) -> PipelineOptions:
+    """`options` with each "NAME=JSON" of `settings` set; a JSON object sets some fields of a nested
+    options object (e.g. fusion={"min_views": 4}) and keeps the rest."""
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        name, _, text = setting.partition("=")
+        value, current = json.loads(text), getattr(options, name)
+        nested = isinstance(value, dict) and is_dataclass(current) and not isinstance(current, type)
+        changes[name] = replace(current, **value) if nested else value
+    return replace(options, **changes)
+
+
 def _seeds(spec: str) -> list[int]:
     if not spec:
         return []
@@ -259,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     ap.add_argument("--models", default=None)
     ap.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
-                    help="a PipelineOptions field for an ablation, e.g. upright_min_deg=null (repeatable)")
+                    help="a PipelineOptions field for an ablation, e.g. upright_min_deg=null or "
+                         "fusion='{\"min_views\": 4}' (repeatable)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
@@ -268,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown variations {unknown}; known: {', '.join(VARIATIONS)}")
     try:
-        options = replace(DEFAULT_OPTIONS, **{k: json.loads(v) for k, _, v in (o.partition("=") for o in args.option)})
-    except (TypeError, ValueError) as e:
+        options = with_settings(DEFAULT_OPTIONS, args.option)
+    except (AttributeError, TypeError, ValueError) as e:
         ap.error(f"--option: {e}")
     labeler = Labeler(args.models, device="cpu", options=options)
     cases = real_cases(Path(args.real)) if Path(args.real).is_dir() else []
