@@ -198,6 +198,7 @@ def test_a_detection_two_objects_share_serves_one_and_points_fit_their_own_detec
     rms = np.sqrt(np.where(used, np.einsum("nki,nki->nk", perp, perp), 0.0).sum(axis=1) / fused.n_views)
     np.testing.assert_allclose(fused.residual_mm, rms, atol=1e-9)
 
+
 def test_fuse_needs_min_views() -> None:
     views, truth = _views(), _spine(8)
     visible = np.ones((N_VIEWS, 8), bool)
