@@ -118,6 +118,24 @@ def test_a_count_from_the_sacrum_needs_a_sure_junction_where_the_scan_shows_it(d
     assert not supported(volume, points, labels, confidence).any()
 
 
+def test_ribs_above_l1_and_none_beside_it_check_the_junction_the_net_doubts():
+    """The rib probe sees what tells five lumbar vertebrae from six: a rib beside the vertebra
+    above L1 and none beside L1 let the count from the sacrum stand where the net doubts T12; no
+    rib above L1 (six lumbar vertebrae read as five) does not."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
+    labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
+    confidence = np.full(7, 0.9)
+    confidence[1] = 0.4
+    ribs = np.array([[1, 1], [1, 0], *[[0, 0]] * 5])
+    assert supported(volume, points, labels, confidence, ribs=ribs).tolist() == [False, False, *[True] * 5]
+    no_rib_above = ribs.copy()
+    no_rib_above[1] = 0
+    assert not supported(volume, points, labels, confidence, ribs=no_rib_above).any()
+    rib_beside_l1 = ribs.copy()
+    rib_beside_l1[2] = [1, 0]
+    assert not supported(volume, points, labels, confidence, ribs=rib_beside_l1).any()
+
+
 def test_counted_down_from_c1_under_the_skull():
     volume, points = neck_scan()
     assert supported(volume, points, CERVICAL, np.full(7, 0.8)).all()

@@ -106,15 +106,22 @@ def _count_from(
     return count
 
 
-def _junction_sure(count: list[int], labels: np.ndarray, confidence: np.ndarray, least: float) -> bool:
+def _junction_sure(
+    count: list[int], labels: np.ndarray, confidence: np.ndarray, least: float, ribs: np.ndarray | None
+) -> bool:
     """May a count up from the sacrum stand? Only if it reaches the top of the labelled chain, or
-    reaches L1 with the net sure of L1 and of the vertebra above it: the last rib-bearing vertebra
-    is what tells five lumbar vertebrae from six, which the count itself cannot see, and a count
-    stopped below L1 with more spine above cannot be checked against it."""
+    reaches L1 with the junction checked: the last rib-bearing vertebra is what tells five lumbar
+    vertebrae from six, which the count itself cannot see, and a count stopped below L1 with more
+    spine above cannot be checked against it. The junction is checked where the rib probe
+    (`ribs.rib_sides`, (n, 2)) finds a rib beside the vertebra above L1 and none beside L1, or
+    where the net is sure of L1 and of the vertebra above it."""
     top = count[-1]
     if top == 0:
         return True
-    return int(labels[top]) == _L1 and bool(min(confidence[top], confidence[top - 1]) >= least)
+    if int(labels[top]) != _L1:
+        return False
+    ribbed = ribs is not None and bool((ribs[top - 1] == 1).any() and (ribs[top] == 0).any() and not (ribs[top] == 1).any())
+    return ribbed or bool(min(confidence[top], confidence[top - 1]) >= least)
 
 
 def supported(
@@ -123,10 +130,12 @@ def supported(
     labels: np.ndarray,
     confidence: np.ndarray,
     options: ReviewOptions = DEFAULT_OPTIONS.review,
+    ribs: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n,) bool: the labels a count from a terminus of the scan reaches (see the module docstring).
 
-    `points_lps` (n, 3) world LPS mm in chain order, `labels` (n,) VerSe, `confidence` (n,) in [0, 1].
+    `points_lps` (n, 3) world LPS mm in chain order, `labels` (n,) VerSe, `confidence` (n,) in [0, 1],
+    `ribs` (n, 2) what `ribs.rib_sides` found beside each point (None: not probed).
     """
     o = options
     p = np.asarray(points_lps, dtype=np.float64)
@@ -154,7 +163,7 @@ def supported(
         ):
             continue
         count = _count_from(end, inward, labels, confidence, regular, o.unsupported_confidence)
-        if not cranial and not _junction_sure(count, labels, confidence, o.unsupported_confidence):
+        if not cranial and not _junction_sure(count, labels, confidence, o.unsupported_confidence, ribs):
             continue
         reached[count] = True
     return reached & ~cut
@@ -166,13 +175,14 @@ def review(
     labels: np.ndarray,
     confidence: np.ndarray,
     options: ReviewOptions = DEFAULT_OPTIONS.review,
+    ribs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confidences (n,) and needs_review flags (n,) of labelled vertebrae (points in chain order).
 
     A label no count from a terminus reaches keeps at most `unsupported_confidence`; a label
     needs review when it is not reached or its confidence is under `unsupported_confidence`.
     """
-    reached = supported(volume, points_lps, labels, confidence, options)
+    reached = supported(volume, points_lps, labels, confidence, options, ribs)
     least = options.unsupported_confidence
     conf = np.where(reached, confidence, np.minimum(confidence, least))
     return conf, ~reached | (conf < least)

@@ -14,6 +14,7 @@ from .fusion import Fused, relative_gaps
 from .geometry import Views, pixel_mm_at_depth, project
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .peaks import Peaks, find_peaks
+from .ribs import likelihood
 from .sequence import identify
 
 
@@ -45,15 +46,25 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
 
 
 def label(
-    fused: Fused, views: Views, prob: np.ndarray, classes: tuple[int, ...], options: PipelineOptions = DEFAULT_OPTIONS
+    fused: Fused,
+    views: Views,
+    prob: np.ndarray,
+    classes: tuple[int, ...],
+    options: PipelineOptions = DEFAULT_OPTIONS,
+    rib_sides: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (n,) and confidences (n,) by per-view square means, sequence-weighted vote and DP decode."""
+    """Labels (n,) and confidences (n,) by per-view square means, sequence-weighted vote and DP decode.
+
+    `rib_sides` (n, 2), what `ribs.rib_sides` found at each fused point, weighs in the decode.
+    """
     rc, depth = project(views, fused.points_lps)
     half_px = square_half_px(pixel_mm_at_depth(views, depth), options.id_square_mm)
     p, valid = box_means(prob[:, 1:], rc, half_px)
     # each row's class distribution, background left out
     p /= np.maximum(p.sum(-1, keepdims=True), 1e-9)
-    return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, views.n_views, options))
+    evidence = None if rib_sides is None else likelihood(rib_sides, classes, options.ribs)
+    return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, views.n_views, options),
+                    evidence=evidence)
 
 
 def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Everything after the DRR that is a choice rather than a fact of the scan or the models lives here:
 how close two peaks may be, the fusion's gates, how the voting square and the decode's "same"
-step are set, the counting rules behind `needs_review`, and the ONNX Runtime CUDA provider
+step are set, the rib probe, the counting rules behind `needs_review`, and the ONNX Runtime CUDA provider
 options. The DRR protocol belongs to the models (`geometry.Protocol`, from their metadata).
 """
 
@@ -52,6 +52,22 @@ class ReviewOptions:
 
 
 @dataclass(frozen=True)
+class RibOptions:
+    """The rib probe and what its finding weighs in the decode (`ribs`); mm, HU, local gaps."""
+
+    slab_gaps: tuple[float, float] = (-0.2, 0.7)  # along the spine from the body's centroid: its own rib, not the next
+    slab_samples: int = 9  # planes in the slab's maximum-HU projection
+    pixel_mm: float = 1.5  # in-plane sampling (a rib is ~6 mm thick)
+    inner_mm: float = 40.0  # a rib's component reaches inside this radius (transverse processes end here or further out)
+    outer_mm: float = 68.0  # ... and outside this one (lumbar transverse processes end at <= 50 mm)
+    wedge_deg: tuple[float, float] = (-35.0, 75.0)  # from lateral, posterior positive: a rib, not the clavicle
+    bone_hu: float = 250.0  # above: rib cortex in the projection, not muscle under 60 HU noise
+    seen_fraction: float = 0.95  # of the wedge's slab inside the scan: enough to say a side has no rib
+    ribs_if_none: float = 0.25  # likelihood of a rib on one side of a cervical or lumbar vertebra, against none
+    none_if_ribs: float = 0.35  # likelihood of no rib on one side of a thoracic vertebra (short or faint ribs)
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     """Every setting of `pipeline.Labeler` after the DRR; `to_dict` is what a result records."""
 
@@ -61,6 +77,7 @@ class PipelineOptions:
     solid_views: float = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
     full_gap: float = 0.85  # x the local gap: points this far apart are two vertebrae, however few views found them
     review: ReviewOptions = field(default_factory=ReviewOptions)
+    ribs: RibOptions = field(default_factory=RibOptions)
     # The nets learned from phantoms whose spine runs along the scan's S-I axis (the principal axis
     # of their centroids within 1 degree of it in most, 2.5 on average); a real lumbar or thoracic
     # segment leans 8-9 degrees in the sagittal plane, and a tilted patient more. When the first

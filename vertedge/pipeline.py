@@ -1,4 +1,4 @@
-"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> vote -> review.
+"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> ribs -> vote -> review.
 
 The pipeline only composes the stage modules and times each stage.
 """
@@ -25,6 +25,7 @@ from .labelling import label, one_per_label, peaks_of
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
+from .ribs import rib_sides
 from .volume import Volume
 from .xp import to_host
 
@@ -201,12 +202,16 @@ class Labeler:
         if len(fused):
             with timer("identification_net"):
                 prob = self.models.identify(images)
+            with timer("ribs"):
+                sides = rib_sides(volume, fused.points_lps, options.ribs)
             with timer("voting"):
-                labels, confidence = label(fused, views, prob, self.models.classes, options)
+                labels, confidence = label(fused, views, prob, self.models.classes, options, sides)
                 keep = one_per_label(labels, fused)
             with timer("review"):
                 points = fused.points_lps[keep]
-                confidence, needs_review = review(volume, points, labels[keep], confidence[keep], options.review)
+                confidence, needs_review = review(
+                    volume, points, labels[keep], confidence[keep], options.review, sides[keep]
+                )
                 voxel = volume.world_to_index(points)
                 vertebrae = tuple(
                     Vertebra(

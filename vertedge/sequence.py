@@ -304,13 +304,18 @@ def identify(
     beta: float = BETA,
     valid: np.ndarray | None = None,
     same_ok: np.ndarray | None = None,
+    evidence: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) int and confidences (n,) float in [0, 1] for K maps Ps: (K, n, c) (Sec. 2.4).
 
-    Votes the views (Eq. 6), normalises each voted row to sum 1, decodes it with the DP (`same_ok`
-    as in `decode`); the confidence of a row is its normalised voted probability of the decoded label.
+    Votes the views (Eq. 6), multiplies each voted row by `evidence` (n, c), a likelihood per class
+    from outside the views (the ribs, `ribs.likelihood`), normalises each row to sum 1, decodes it
+    with the DP (`same_ok` as in `decode`); the confidence of a row is its normalised probability
+    of the decoded label.
     """
     V, _ = vote(Ps, classes, alpha, beta, valid)
+    if evidence is not None:
+        V = V * _as_maps(evidence, _check_classes(classes))
     same_ok = _as_steps(same_ok, V.shape[0])
     mass = V.sum(axis=1, keepdims=True)
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)

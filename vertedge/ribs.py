@@ -1,0 +1,135 @@
+"""Ribs: which vertebrae of the chain bear them, read from the scan (T1-T12 do; C7 and L1 do not).
+
+A reader tells a thoracic vertebra from a cervical or lumbar one by its ribs, and names the levels
+around the cervicothoracic and thoracolumbar junctions from the first and the last rib. The
+identification net reads levels from their look, and at the ends of a real chest CT it reads
+them a level off (C7 as T1); the ribs are evidence it does not use. This module probes each
+fused point for a rib on either side, and turns what it finds into a likelihood per class that
+the decode multiplies into the voted probabilities (`sequence.identify`).
+
+The probe, per point and side: the maximum-HU projection of the vertebra's axial slab (from
+`slab_gaps[0]` to `slab_gaps[1]` local gaps along the spine; a rib leaves its vertebra at the
+pedicles and crosses 45 mm lateral 0.1-0.5 gap above the body's centroid, below the rib of the
+vertebra above), sampled on a grid of `pixel_mm` in the plane across the spine; a rib is a bone
+component (> `bone_hu`) that crosses the ring from `inner_mm` to `outer_mm` around the point
+within a posterolateral wedge (`wedge_deg` from the lateral direction, posterior positive; wide
+enough for a patient rolled 30 degrees). Transverse processes end inside the ring (C7's at ~38
+mm, the lumbar ones at <= 50), the scapula and the iliac crest start outside its inner edge, the
+clavicle lies in front of the wedge: only a rib crosses it. On the real scans of
+`../shared/data/real` it finds both ribs at T1-T11 of the chest CT and at the lumbar CT's T12, and
+none at C7 or L1-L5, as stored and under noise, thick slices, tilt and roll (benchmarks/RESULTS.md).
+
+Points are world LPS mm in chain order (cranial -> caudal); the lateral direction is the scan's
+patient L-R axis made perpendicular to the local spine axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .labels import LABELS, region
+from .options import DEFAULT_OPTIONS, RibOptions
+from .volume import Volume
+
+UNSEEN = -1  # a side whose ring leaves the scan and shows no rib
+
+_IRRELEVANT = frozenset(LABELS[n] for n in ("L5", "L6"))  # the iliac crests reach the ring beside them
+
+
+def chain_frames(points_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Local frames of points (n, 3) mm in chain order, n >= 2: (axis, lateral, posterior) unit
+    vectors (n, 3) each, and the local gap mm (n,).
+
+    The axis points cranially along the chain (central differences, one-sided at the ends); the
+    lateral vector is the scan's +x (patient left) made perpendicular to it; posterior completes
+    the frame with a positive LPS y component.
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    up = p[np.r_[0, : len(p) - 1]] - p[np.r_[1 : len(p), len(p) - 1]]
+    span = np.linalg.norm(up, axis=1)
+    axis = up / span[:, None]
+    gap = span / np.where((np.arange(len(p)) == 0) | (np.arange(len(p)) == len(p) - 1), 1.0, 2.0)
+    lateral = np.array([1.0, 0.0, 0.0]) - axis[:, :1] * axis
+    lateral /= np.linalg.norm(lateral, axis=1, keepdims=True)
+    posterior = np.cross(axis, lateral)
+    posterior *= np.where(posterior[:, 1:2] < 0, -1.0, 1.0)
+    return axis, lateral, posterior, gap
+
+
+def _slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...], gap: float,
+              grid: tuple[np.ndarray, np.ndarray], o: RibOptions) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) maximum HU over the slab of one point (-inf where every sample lies outside the scan),
+    and (H, W) the fraction of its slab samples inside the scan."""
+    axis, lateral, posterior = frame
+    across, front_back = grid
+    s = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap
+    world = (centre + s[:, None, None, None] * axis + across[..., None] * lateral
+             + front_back[..., None] * posterior)
+    ijk = np.rint(volume.world_to_index(world.reshape(-1, 3))).astype(np.int64)
+    inside = np.all((ijk >= 0) & (ijk < np.array(volume.shape_ijk)), axis=1)
+    hu = np.full(len(ijk), -np.inf)
+    i, j, k = ijk[inside].T
+    hu[inside] = volume.hu[k, j, i]
+    return hu.reshape(len(s), *across.shape).max(axis=0), inside.reshape(len(s), *across.shape).mean(axis=0)
+
+
+def _crosses(bone: np.ndarray, radius: np.ndarray, inner: float, outer: float) -> bool:
+    """Does one component of `bone` (H, W) reach from radius <= inner to radius >= outer?
+
+    Grown from its pixels inside `inner` one 4-neighbour step at a time, within `bone`.
+    """
+    grown = bone & (radius <= inner)
+    while True:
+        step = grown.copy()
+        step[1:] |= grown[:-1]
+        step[:-1] |= grown[1:]
+        step[:, 1:] |= grown[:, :-1]
+        step[:, :-1] |= grown[:, 1:]
+        step &= bone
+        if (step & (radius >= outer)).any():
+            return True
+        if (step == grown).all():
+            return False
+        grown = step
+
+
+def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFAULT_OPTIONS.ribs) -> np.ndarray:
+    """(n, 2) int per point (chain order) and side (patient right, left): 1 a rib, 0 none, `UNSEEN`
+    where less than `seen_fraction` of the wedge's slab lies inside the scan and no rib crosses
+    the rest. All `UNSEEN` for fewer than two points."""
+    o = options
+    p = np.asarray(points_lps, dtype=np.float64)
+    out = np.full((len(p), 2), UNSEEN, dtype=np.int64)
+    if len(p) < 2:
+        return out
+    reach = o.outer_mm + 2 * o.pixel_mm
+    across, front_back = np.meshgrid(np.arange(-reach, reach + 1e-9, o.pixel_mm),
+                                      np.arange(-reach, reach + 1e-9, o.pixel_mm))
+    radius = np.hypot(across, front_back)
+    ring = (radius >= o.inner_mm - 2 * o.pixel_mm) & (radius <= reach)
+    for n, (centre, *frame) in enumerate(zip(p, *chain_frames(p))):
+        mip, inside = _slab_mip(volume, centre, tuple(frame[:3]), float(frame[3]), (across, front_back), o)
+        for side, sign in enumerate((-1.0, 1.0)):
+            angle = np.degrees(np.arctan2(front_back, sign * across))
+            wedge = ring & (sign * across > 0) & (angle >= o.wedge_deg[0]) & (angle <= o.wedge_deg[1])
+            if _crosses(wedge & (mip > o.bone_hu), radius, o.inner_mm, o.outer_mm):
+                out[n, side] = 1
+            elif inside[wedge].mean() >= o.seen_fraction:
+                out[n, side] = 0
+    return out
+
+
+def likelihood(sides: np.ndarray, classes: tuple[int, ...], options: RibOptions = DEFAULT_OPTIONS.ribs) -> np.ndarray:
+    """(n, c) likelihood of what the probe saw at each point (`rib_sides`, (n, 2)) for each class,
+    relative to the likelier finding: the product over the two sides.
+
+    A side without a rib weighs `none_if_ribs` against a thoracic class (T13 too), a side with one
+    `ribs_if_none` against a cervical or lumbar class; an unseen side weighs nothing. L5 and L6
+    are left out (the iliac crests may cross the ring beside them).
+    """
+    sides = np.asarray(sides)
+    thoracic = np.array([region(c) == "thoracic" for c in classes])
+    judged = ~np.isin(np.asarray(classes), list(_IRRELEVANT))
+    ribs = (sides == 1).sum(axis=1)[:, None]
+    none = (sides == 0).sum(axis=1)[:, None]
+    return np.where(thoracic, options.none_if_ribs**none, np.where(judged, options.ribs_if_none**ribs, 1.0))
