@@ -33,16 +33,16 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
 
     Not when both were found in at least a `options.solid_views` fraction of the `n_views` views
     (fusion never lets two points share a detection, and `fusion.distinct_vertebrae` has already
-    merged points closer than half the local gap), nor when they lie a full vertebral gap apart
-    (`full_gap` x the gaps around them), however few views found them: a body and a disc lie
-    between them. Without this the DP can read a real vertebra as a duplicate to keep the
-    anatomical count of a normal spine, which shifts every label on one side of a T13 or L6 by one,
-    or to follow the identification net where it reads the vertebrae at a chain's end a level off
-    (real CT: the chest CT's C7 read as T1). Closer points a few views found stay free to be one.
+    merged points closer than half the local gap), nor when both were found in `seen_views` and
+    lie a full vertebral gap apart (`full_gap` x the gaps around them). A point seen in fewer
+    views may be a stray blob (dental metal above C1), which the DP must stay free to absorb.
+    Without this the DP can read a real vertebra as a duplicate to keep the anatomical count of a
+    normal spine, which shifts every label on one side of a T13 or L6 by one.
     """
     solid = fused.n_views >= options.solid_views * n_views
+    seen = fused.n_views >= options.seen_views * n_views
     full = relative_gaps(fused.points_lps) >= options.full_gap  # NaN (False) on chains too short to tell
-    return ~((solid[1:] & solid[:-1]) | full)
+    return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]))
 
 
 def label(

@@ -75,7 +75,8 @@ class PipelineOptions:
     fusion: FusionOptions = field(default_factory=FusionOptions)
     id_square_mm: float = 22.0  # side of the square whose class probabilities vote for a vertebra (paper Sec. 2.3)
     solid_views: float = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
-    full_gap: float = 0.85  # x the local gap: points this far apart are two vertebrae, however few views found them
+    seen_views: float = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
+    full_gap: float = 0.85  # x the local gap: points this far apart, both seen in `seen_views`, are two vertebrae
     review: ReviewOptions = field(default_factory=ReviewOptions)
     ribs: RibOptions = field(default_factory=RibOptions)
     # The nets learned from phantoms whose spine runs along the scan's S-I axis (the principal axis
