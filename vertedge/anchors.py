@@ -62,12 +62,7 @@ def median_hu(volume: Volume, centre_lps: np.ndarray, radius_mm: float) -> float
     """Median HU over a ball of `radius_mm` around `centre_lps` (3,) (nearest voxels; air outside the scan)."""
     offsets = np.stack(np.meshgrid(*[np.linspace(-1.0, 1.0, 5)] * 3, indexing="ij"), -1).reshape(-1, 3)
     offsets = offsets[np.linalg.norm(offsets, axis=1) <= 1.0] * radius_mm
-    ijk = np.rint(volume.world_to_index(centre_lps + offsets)).astype(np.int64)
-    inside = np.all((ijk >= 0) & (ijk < np.array(volume.shape_ijk)), axis=1)
-    hu = np.full(len(ijk), AIR_HU)
-    i, j, k = ijk[inside].T
-    hu[inside] = volume.hu[k, j, i]
-    return float(np.median(hu))
+    return float(np.median(volume.hu_nearest(centre_lps + offsets, AIR_HU)[0]))
 
 
 def _regular_gaps(points_lps: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:

@@ -55,14 +55,10 @@ def slab_mip(
     world = np.empty((len(z_mm), len(across_mm), 3))
     world[..., 2] = z_mm[:, None]
     world[..., across_axis] = across_mm[None, :]
-    shape = np.array(volume.shape_ijk)
     best = np.full(world.shape[:2], -1024.0, np.float32)
     for t in np.arange(-half_mm, half_mm + step / 2, step):
         world[..., depth_axis] = centre[:, depth_axis, None] + t
-        ijk = np.rint(volume.world_to_index(world)).astype(np.intp)
-        inside = np.all((ijk >= 0) & (ijk < shape), axis=-1)
-        i, j, k = (np.where(inside, ijk[..., a], 0) for a in range(3))
-        np.maximum(best, np.where(inside, volume.hu[k, j, i], -1024), out=best)
+        np.maximum(best, volume.hu_nearest(world, -1024.0)[0], out=best)
     return best
 
 

@@ -65,12 +65,8 @@ def _slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...],
     s = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap
     world = (centre + s[:, None, None, None] * axis + across[..., None] * lateral
              + front_back[..., None] * posterior)
-    ijk = np.rint(volume.world_to_index(world.reshape(-1, 3))).astype(np.int64)
-    inside = np.all((ijk >= 0) & (ijk < np.array(volume.shape_ijk)), axis=1)
-    hu = np.full(len(ijk), -np.inf)
-    i, j, k = ijk[inside].T
-    hu[inside] = volume.hu[k, j, i]
-    return hu.reshape(len(s), *across.shape).max(axis=0), inside.reshape(len(s), *across.shape).mean(axis=0)
+    hu, inside = volume.hu_nearest(world, -np.inf)
+    return hu.max(axis=0), inside.mean(axis=0)
 
 
 def _crosses(bone: np.ndarray, radius: np.ndarray, inner: float, outer: float) -> bool:
@@ -107,11 +103,13 @@ def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFA
                                       np.arange(-reach, reach + 1e-9, o.pixel_mm))
     radius = np.hypot(across, front_back)
     ring = (radius >= o.inner_mm - 2 * o.pixel_mm) & (radius <= reach)
+    wedges = []  # patient right, left: the same for every point, in its own frame
+    for sign in (-1.0, 1.0):
+        angle = np.degrees(np.arctan2(front_back, sign * across))
+        wedges.append(ring & (sign * across > 0) & (angle >= o.wedge_deg[0]) & (angle <= o.wedge_deg[1]))
     for n, (centre, *frame) in enumerate(zip(p, *chain_frames(p))):
         mip, inside = _slab_mip(volume, centre, tuple(frame[:3]), float(frame[3]), (across, front_back), o)
-        for side, sign in enumerate((-1.0, 1.0)):
-            angle = np.degrees(np.arctan2(front_back, sign * across))
-            wedge = ring & (sign * across > 0) & (angle >= o.wedge_deg[0]) & (angle <= o.wedge_deg[1])
+        for side, wedge in enumerate(wedges):
             if _crosses(wedge & (mip > o.bone_hu), radius, o.inner_mm, o.outer_mm):
                 out[n, side] = 1
             elif inside[wedge].mean() >= o.seen_fraction:

@@ -313,14 +313,14 @@ def identify(
     with the DP (`same_ok` as in `decode`); the confidence of a row is its normalised probability
     of the decoded label.
     """
+    classes = _check_classes(classes)
     V, _ = vote(Ps, classes, alpha, beta, valid)
     if evidence is not None:
-        V = V * _as_maps(evidence, _check_classes(classes))
+        V = V * _as_maps(evidence, classes)
     same_ok = _as_steps(same_ok, V.shape[0])
     mass = V.sum(axis=1, keepdims=True)
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
-    classes = _check_classes(classes)
     path, _ = _best_path(V, classes, alpha, beta, same_ok)
     return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]

@@ -75,6 +75,17 @@ class Volume:
         inv = np.linalg.inv(self.index_to_world_matrix)
         return (np.asarray(xyz, float) - self.origin) @ inv.T
 
+    def hu_nearest(self, xyz: np.ndarray, outside: float) -> tuple[np.ndarray, np.ndarray]:
+        """HU (...) float64 of the voxel nearest each world LPS point (..., 3) mm, `outside` where
+        the point lies outside the grid, and the (...) bool mask of the points inside it."""
+        xyz = np.asarray(xyz, float)
+        ijk = np.rint(self.world_to_index(xyz.reshape(-1, 3))).astype(np.int64)
+        inside = np.all((ijk >= 0) & (ijk < np.array(self.shape_ijk)), axis=1)
+        hu = np.full(len(ijk), outside, dtype=np.float64)
+        i, j, k = ijk[inside].T
+        hu[inside] = self.hu[k, j, i]
+        return hu.reshape(xyz.shape[:-1]), inside.reshape(xyz.shape[:-1])
+
     @property
     def center_world(self) -> np.ndarray:
         """World LPS mm (3,) of the centre of the voxel grid."""
