@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("decode", "drr", "localization_net", "peaks", "fusion", "identification_net", "ribs", "voting", "review",
-          "write")
+STAGES = ("decode", "drr", "localization_net", "peaks", "fusion", "identification_net", "ribs", "sacrum", "voting",
+          "review", "write")
 
 
 def machine() -> dict[str, Any]:

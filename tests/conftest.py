@@ -54,6 +54,14 @@ def paint_ball(volume: Volume, center_lps: np.ndarray, radius_mm: float, hu: int
     volume.hu.reshape(-1)[inside] = hu
 
 
+def paint_segment(volume: Volume, world: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, hu: int) -> None:
+    """Set voxels within `radius` mm of the segment a-b (world LPS mm) to `hu` (in place); `world`
+    (k, j, i, 3) is the world position of every voxel."""
+    t = np.clip(((world - a) @ (b - a)) / ((b - a) @ (b - a)), 0.0, 1.0)
+    near = np.linalg.norm(world - (a + t[..., None] * (b - a)), axis=-1) <= radius
+    volume.hu[near] = hu
+
+
 @pytest.fixture
 def vertedge_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
     """caplog holding every record of the `vertedge` loggers, DEBUG included.

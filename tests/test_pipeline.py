@@ -8,7 +8,7 @@ import pytest
 from vertedge.boxes import square_half_px
 from vertedge.fusion import Fused, fuse
 from vertedge.geometry import Protocol, Views, make_views, pixel_mm_at_depth, project
-from vertedge.labelling import label, may_be_one_vertebra, peaks_of
+from vertedge.labelling import label, may_be_one_vertebra, peaks_of, view_votes
 from vertedge.labels import SPINE_ORDER
 from vertedge.options import DEFAULT_OPTIONS
 from vertedge.phantom import make_phantom
@@ -54,7 +54,7 @@ def spine():
 
 def _run(views: Views, heat: np.ndarray, prob: np.ndarray):
     fused = fuse(peaks_of(heat, views, THRESHOLD), views)
-    labels, _ = label(fused, views, prob, CLASSES)
+    labels, _ = label(fused, view_votes(fused, views, prob), views.n_views, CLASSES)
     return fused.points_lps, labels
 
 

@@ -13,17 +13,10 @@ from vertedge.sequence import identify
 from vertedge.volume import Volume
 from vertedge_train.variations import rotated, rotation
 
-from .conftest import air_volume
+from .conftest import air_volume, paint_segment
 
 GAP = 25.0  # mm between body centroids
 RIBBED = (2, 3, 4)  # the chain rows that bear ribs
-
-
-def _paint_segment(volume: Volume, world: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, hu: int) -> None:
-    """Set voxels within `radius` mm of the segment a-b (world LPS mm) to `hu` (in place)."""
-    t = np.clip(((world - a) @ (b - a)) / ((b - a) @ (b - a)), 0.0, 1.0)
-    near = np.linalg.norm(world - (a + t[..., None] * (b - a)), axis=-1) <= radius
-    volume.hu[near] = hu
 
 
 def chest_scan(half_width_mm: float = 120.0) -> tuple[Volume, np.ndarray]:
@@ -38,16 +31,16 @@ def chest_scan(half_width_mm: float = 120.0) -> tuple[Volume, np.ndarray]:
     volume.hu[np.hypot(world[..., 0], world[..., 1] - 20.0) < 110.0] = 40
     points = np.array([[0.0, 0.0, 75.0 - GAP * r] for r in range(7)])
     for row, p in enumerate(points):
-        _paint_segment(volume, world, p + [0, 0, -8], p + [0, 0, 8], 14.0, 300)
+        paint_segment(volume, world, p + [0, 0, -8], p + [0, 0, 8], 14.0, 300)
         for side in (-1.0, 1.0):
-            _paint_segment(volume, world, p + [side * 12, 12, 2], p + [side * 36, 22, 2], 4.0, 500)
+            paint_segment(volume, world, p + [side * 12, 12, 2], p + [side * 36, 22, 2], 4.0, 500)
             if row in RIBBED:
-                _paint_segment(volume, world, p + [side * 25, 10, 6], p + [side * 60, 25, 4], 3.5, 600)
-                _paint_segment(volume, world, p + [side * 60, 25, 4], p + [side * 100, 5, 0], 3.5, 600)
+                paint_segment(volume, world, p + [side * 25, 10, 6], p + [side * 60, 25, 4], 3.5, 600)
+                paint_segment(volume, world, p + [side * 60, 25, 4], p + [side * 100, 5, 0], 3.5, 600)
     top = points[0]
     for side in (-1.0, 1.0):
-        _paint_segment(volume, world, top + [side * 75, 45, -5], top + [side * 100, 35, 5], 5.0, 600)
-        _paint_segment(volume, world, top + [side * 15, -55, 0], top + [side * 110, -40, 0], 5.0, 600)
+        paint_segment(volume, world, top + [side * 75, 45, -5], top + [side * 100, 35, 5], 5.0, 600)
+        paint_segment(volume, world, top + [side * 15, -55, 0], top + [side * 110, -40, 0], 5.0, 600)
     return volume, points
 
 

@@ -59,6 +59,10 @@ class Fused:
         """Number of fused vertebrae n."""
         return len(self.points_lps)
 
+    def head(self, n: int) -> Fused:
+        """The first `n` points (the cranial part of the chain)."""
+        return Fused(self.points_lps[:n], self.residual_mm[:n], self.n_views[:n], self.support[:n])
+
 
 @numba.njit(cache=True)
 def _add_ray(s: np.ndarray, q: np.ndarray, a: np.ndarray, n: np.ndarray, w: float) -> None:

@@ -1,8 +1,8 @@
 """The labelling stage: peaks in the heatmaps, and labels for the fused points (paper Sec. 2.3-2.4).
 
-`peaks_of` finds each view's 2D vertebra centroids; `label` votes every fused point's class
-probabilities over the views (a square around its projection) and decodes the sequence with the
-DP; `one_per_label` keeps one point per label. Settings come from `options.PipelineOptions`.
+`peaks_of` finds each view's 2D vertebra centroids; `view_votes` reads every fused point's class
+probabilities in every view (a square around its projection); `label` votes them over the views
+and decodes the sequence with the DP; `one_per_label` keeps one point per label. Settings come from `options.PipelineOptions`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .geometry import Views, pixel_mm_at_depth, project
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .peaks import Peaks, find_peaks
 from .ribs import likelihood
+from .sacrum import last_lumbar_likelihood
 from .sequence import identify
 
 
@@ -45,25 +46,40 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]))
 
 
-def label(
-    fused: Fused,
-    views: Views,
-    prob: np.ndarray,
-    classes: tuple[int, ...],
-    options: PipelineOptions = DEFAULT_OPTIONS,
-    rib_sides: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (n,) and confidences (n,) by per-view square means, sequence-weighted vote and DP decode.
-
-    `rib_sides` (n, 2), what `ribs.rib_sides` found at each fused point, weighs in the decode.
-    """
+def view_votes(fused: Fused, views: Views, prob: np.ndarray, options: PipelineOptions = DEFAULT_OPTIONS
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Every view's class distribution at every fused point: the mean of the identification net's
+    probabilities (K, 1 + c, H, W) over a square around the point's projection, background left out
+    and renormalised; (K, n, c), and (K, n) bool where the square lies in the view."""
     rc, depth = project(views, fused.points_lps)
     half_px = square_half_px(pixel_mm_at_depth(views, depth), options.id_square_mm)
     p, valid = box_means(prob[:, 1:], rc, half_px)
-    # each row's class distribution, background left out
     p /= np.maximum(p.sum(-1, keepdims=True), 1e-9)
-    evidence = None if rib_sides is None else likelihood(rib_sides, classes, options.ribs)
-    return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, views.n_views, options),
+    return p, valid
+
+
+def label(
+    fused: Fused,
+    per_view: tuple[np.ndarray, np.ndarray],
+    n_views: int,
+    classes: tuple[int, ...],
+    options: PipelineOptions = DEFAULT_OPTIONS,
+    rib_sides: np.ndarray | None = None,
+    above_sacrum: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (n,) and confidences (n,) by sequence-weighted vote of `per_view` (`view_votes`) over
+    the `n_views` views and DP decode.
+
+    `rib_sides` (n, 2), what `ribs.rib_sides` found at each fused point, weighs in the decode, and
+    so does `above_sacrum`: the last point lies directly above the sacrum (`sacrum.sacral_start`).
+    """
+    p, valid = per_view
+    evidence = np.ones((len(fused), len(classes)))
+    if rib_sides is not None:
+        evidence *= likelihood(rib_sides, classes, options.ribs)
+    if above_sacrum:
+        evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
+    return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
                     evidence=evidence)
 
 

@@ -68,6 +68,25 @@ class RibOptions:
 
 
 @dataclass(frozen=True)
+class SacrumOptions:
+    """The sacrum probe at the chain's caudal end and what it weighs in the decode (`sacrum`); mm, HU, local gaps."""
+
+    slab_gaps: tuple[float, float] = (-0.25, 0.25)  # along the spine from the point: S1's alae, not L5's neighbours
+    slab_samples: int = 9  # planes in the slab's maximum-HU projection
+    pixel_mm: float = 1.5  # in-plane sampling
+    bone_hu: float = 150.0  # above: the alae's cancellous bone and the iliac cortex in the projection
+    core_mm: float = 20.0  # the bone is grown from within this radius of the point (the body)
+    reach_mm: float = 85.0  # ... and S1's reaches this far on a side (L5's transverse processes end at <= 50)
+    band_deg: tuple[float, float] = (-30.0, 60.0)  # from lateral, posterior positive: alae and SI joints, not vessels
+    fill_from_mm: float = 50.0  # the band's outer part, beyond the body and L5's transverse processes ...
+    fill: float = 0.25  # ... is at least this fraction bone beside S1 (iliac plates), a rib's less (0.02-0.13)
+    seen_fraction: float = 0.95  # of a side's band inside the scan: enough to say that side does not bridge
+    tail_rows: int = 2  # the chain's last points probed
+    variant: float = 0.2  # likelihood of L4 or L6 directly above the sacrum (four or six lumbar vertebrae), against L5
+    other: float = 0.02  # ... of any other class
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     """Every setting of `pipeline.Labeler` after the DRR; `to_dict` is what a result records."""
 
@@ -79,6 +98,7 @@ class PipelineOptions:
     full_gap: float = 0.85  # x the local gap: points this far apart, both seen in `seen_views`, are two vertebrae
     review: ReviewOptions = field(default_factory=ReviewOptions)
     ribs: RibOptions = field(default_factory=RibOptions)
+    sacrum: SacrumOptions = field(default_factory=SacrumOptions)
     # The nets learned from phantoms whose spine runs along the scan's S-I axis (the principal axis
     # of their centroids within 1 degree of it in most, 2.5 on average); a real lumbar or thoracic
     # segment leans 8-9 degrees in the sagittal plane, and a tilted patient more. When the first

@@ -1,4 +1,5 @@
-"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> ribs -> vote -> review.
+"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> ribs -> sacrum ->
+vote -> review.
 
 The pipeline only composes the stage modules and times each stage.
 """
@@ -21,11 +22,13 @@ from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
 from .fusion import Fused, fuse
 from .geometry import Views, make_views
-from .labelling import label, one_per_label, peaks_of
+from .labelling import label, one_per_label, peaks_of, view_votes
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .ribs import rib_sides
+from .sacrum import sacral_start
+from .sequence import vote
 from .volume import Volume
 from .xp import to_host
 
@@ -205,7 +208,17 @@ class Labeler:
             with timer("ribs"):
                 sides = rib_sides(volume, fused.points_lps, options.ribs)
             with timer("voting"):
-                labels, confidence = label(fused, views, prob, self.models.classes, options, sides)
+                per_view = view_votes(fused, views, prob, options)
+            with timer("sacrum"):
+                # the points on the sacrum leave the chain; the vertebra above them is the last lumbar one
+                reads = vote(per_view[0], self.models.classes, valid=per_view[1])[0].argmax(axis=1)
+                sacrum = sacral_start(volume, fused.points_lps, sides, reads, options.sacrum)
+                above_sacrum = sacrum < len(fused)
+                fused, sides = fused.head(sacrum), sides[:sacrum]
+                per_view = (per_view[0][:, :sacrum], per_view[1][:, :sacrum])
+            with timer("voting"):
+                labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
+                                           above_sacrum)
                 keep = one_per_label(labels, fused)
             with timer("review"):
                 points = fused.points_lps[keep]

@@ -56,20 +56,24 @@ def chain_frames(points_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return axis, lateral, posterior, gap
 
 
-def _slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...], gap: float,
-              grid: tuple[np.ndarray, np.ndarray], o: RibOptions) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) maximum HU over the slab of one point (-inf where every sample lies outside the scan),
-    and (H, W) the fraction of its slab samples inside the scan."""
+def slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...], along_mm: np.ndarray,
+             grid: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum-HU projection of a slab across the spine: planes at `along_mm` (m,) from `centre`
+    (3,) along the frame's axis, each sampled at `grid` (across, front-back mm, (H, W) each) in its
+    (lateral, posterior) plane; `frame` = (axis, lateral, posterior) unit vectors (3,) LPS.
+
+    Returns (H, W) maximum HU (-inf where every sample lies outside the scan) and (H, W) the
+    fraction of the slab's samples inside the scan.
+    """
     axis, lateral, posterior = frame
     across, front_back = grid
-    s = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap
-    world = (centre + s[:, None, None, None] * axis + across[..., None] * lateral
+    world = (centre + along_mm[:, None, None, None] * axis + across[..., None] * lateral
              + front_back[..., None] * posterior)
     hu, inside = volume.hu_nearest(world, -np.inf)
     return hu.max(axis=0), inside.mean(axis=0)
 
 
-def _crosses(bone: np.ndarray, radius: np.ndarray, inner: float, outer: float) -> bool:
+def crosses(bone: np.ndarray, radius: np.ndarray, inner: float, outer: float) -> bool:
     """Does one component of `bone` (H, W) reach from radius <= inner to radius >= outer?
 
     Grown from its pixels inside `inner` one 4-neighbour step at a time, within `bone`.
@@ -108,9 +112,10 @@ def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFA
         angle = np.degrees(np.arctan2(front_back, sign * across))
         wedges.append(ring & (sign * across > 0) & (angle >= o.wedge_deg[0]) & (angle <= o.wedge_deg[1]))
     for n, (centre, *frame) in enumerate(zip(p, *chain_frames(p))):
-        mip, inside = _slab_mip(volume, centre, tuple(frame[:3]), float(frame[3]), (across, front_back), o)
+        along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * float(frame[3])
+        mip, inside = slab_mip(volume, centre, tuple(frame[:3]), along, (across, front_back))
         for side, wedge in enumerate(wedges):
-            if _crosses(wedge & (mip > o.bone_hu), radius, o.inner_mm, o.outer_mm):
+            if crosses(wedge & (mip > o.bone_hu), radius, o.inner_mm, o.outer_mm):
                 out[n, side] = 1
             elif inside[wedge].mean() >= o.seen_fraction:
                 out[n, side] = 0

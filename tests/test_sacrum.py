@@ -1,0 +1,103 @@
+"""The sacrum probe: the point on S1 leaves the chain, and the vertebra above it is read as L5."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vertedge.labels import LABELS
+from vertedge.options import DEFAULT_OPTIONS
+from vertedge.sacrum import last_lumbar_likelihood, sacral_start
+from vertedge.sequence import identify
+from vertedge.volume import Volume
+from vertedge_train.variations import rotated, rotation
+
+from .conftest import air_volume, paint_segment
+
+GAP = 35.0  # mm between lumbar body centroids
+RIBLESS = np.zeros((6, 2), np.int64)  # what the rib probe finds beside lumbar vertebrae
+READS = np.array([1, 2, 3, 4, 4])  # the net's reading of L2-L5 and S1 (which it reads as L5 again)
+
+
+def pelvis_scan(half_width_mm: tuple[float, float] = (140.0, 140.0)) -> tuple[Volume, np.ndarray]:
+    """Soft tissue holding L2-L5 and S1 along S-I, `GAP` apart (points cranial -> caudal, S1 last):
+    lumbar bodies with transverse processes to 45 mm lateral, S1 with alae (150-250 HU cancellous
+    bone) running on into the iliac wings, plates 60-120 mm lateral from L5's level down; the scan
+    reaches `half_width_mm` to the patient's right and left."""
+    right, left = half_width_mm
+    volume = air_volume((int((right + left) / 2.0), 120, 110), (2.0, 2.0, 2.0), center_lps=((left - right) / 2, 0.0, 0.0))
+    k, j, i = np.indices(volume.hu.shape)
+    world = volume.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3)).reshape(*volume.hu.shape, 3)
+    volume.hu[np.hypot(world[..., 0] / 1.2, world[..., 1] - 20.0) < 115.0] = 40
+    points = np.array([[0.0, 0.0, 70.0 - GAP * r] for r in range(5)])
+    for p in points[:4]:
+        paint_segment(volume, world, p + [0, 0, -10], p + [0, 0, 10], 18.0, 300)
+        for side in (-1.0, 1.0):
+            paint_segment(volume, world, p + [side * 15, 20, 0], p + [side * 45, 25, 0], 5.0, 500)
+    s1 = points[4]
+    paint_segment(volume, world, s1 + [0, 0, -10], s1 + [0, 0, 10], 18.0, 250)
+    for side in (-1.0, 1.0):
+        paint_segment(volume, world, s1 + [side * 15, 15, 0], s1 + [side * 70, 25, -5], 14.0, 180)  # ala
+        for z in np.arange(-30.0, 16.0, 5.0):  # the iliac wing, a plate from L5's level down, apart from L5
+            paint_segment(volume, world, s1 + [side * 70, 30, z], s1 + [side * 120, -10, z + 10], 12.0, 400)
+    return volume, points
+
+
+def test_the_point_on_the_sacrum_is_found_and_no_lumbar_vertebra_is():
+    volume, points = pelvis_scan()
+    assert sacral_start(volume, points, RIBLESS[:5], READS) == 4
+    assert sacral_start(volume, points[:4], RIBLESS[:4], READS[:4]) == 4  # L5 last: its processes end short of the wings
+
+
+def test_the_sacrum_is_found_in_a_patient_rolled_and_tilted():
+    volume, points = pelvis_scan()
+    turn = rotation(tilt_deg=10.0, roll_deg=20.0)
+    assert sacral_start(rotated(volume, turn, np.zeros(3)), points @ turn.T, RIBLESS[:5], READS) == 4
+
+
+def test_one_side_left_out_of_the_scan_does_not_hide_the_sacrum():
+    volume, points = pelvis_scan(half_width_mm=(140.0, 50.0))  # the left wing lies outside the scan
+    assert sacral_start(volume, points, RIBLESS[:5], READS) == 4
+
+
+def test_no_sacrum_below_vertebrae_with_ribs():
+    """A thoracic vertebra's ribs cross the lateral band like the alae: not below a ribbed chain."""
+    volume, points = pelvis_scan()
+    assert sacral_start(volume, points, np.ones((5, 2), np.int64), READS) == 5
+
+
+def test_no_sacrum_where_the_net_reads_the_last_point_below_the_one_above():
+    """A point bridging to the iliac wings that the net reads a level below its neighbour is a
+    vertebra (a phantom's L5, whose transverse processes touch the wings), not S1 read again."""
+    volume, points = pelvis_scan()
+    assert sacral_start(volume, points, RIBLESS[:5], np.arange(5)) == 5
+
+
+def test_the_vertebra_above_the_sacrum_is_read_as_the_last_lumbar_one():
+    """Where the identification net is torn between the right levels and a chain one level high
+    (L2-L5 as L1-L4), the sacrum below the last vertebra decides for the right ones; it does not
+    overrule a net sure of the shifted chain on every row (the likelihood weighs one row)."""
+    classes = tuple(LABELS[n] for n in ("T12", "L1", "L2", "L3", "L4", "L5", "L6"))
+
+    def votes(high: float, right: float) -> np.ndarray:
+        v = np.zeros((4, len(classes)))
+        v[np.arange(4), np.arange(1, 5)] = high  # L1-L4: one level high
+        v[np.arange(4), np.arange(2, 6)] = right  # L2-L5
+        return v
+
+    torn, sure = votes(0.45, 0.40), votes(0.60, 0.15)
+    evidence = last_lumbar_likelihood(4, classes)
+    one_high = [LABELS[n] for n in ("L1", "L2", "L3", "L4")]
+    assert identify(torn[None], classes)[0].tolist() == one_high
+    placed, conf = identify(torn[None], classes, evidence=evidence)
+    assert placed.tolist() == [LABELS[n] for n in ("L2", "L3", "L4", "L5")]
+    assert 0.0 < conf.min() and conf.max() <= 1.0
+    assert identify(sure[None], classes, evidence=evidence)[0].tolist() == one_high
+
+
+def test_the_last_lumbar_likelihood_weighs_only_the_last_row():
+    o = DEFAULT_OPTIONS.sacrum
+    classes = tuple(LABELS[n] for n in ("T12", "L4", "L5", "L6"))
+    like = last_lumbar_likelihood(3, classes, o)
+    np.testing.assert_allclose(like[:2], 1.0)
+    np.testing.assert_allclose(like[2], [o.other, o.variant, 1.0, o.variant])
+    assert last_lumbar_likelihood(0, classes, o).shape == (0, 4)

@@ -1,0 +1,100 @@
+"""The sacrum: the bone at the caudal end of the chain that is not a vertebra, and what lies above it.
+
+On real CT the localization net marks the first sacral segment (S1) as one more vertebra below
+L5 (the real lumbar scan of `../shared/data/real` in 14 of its 18 robustness variations; no
+phantom so far). The
+decode then has to absorb it as a duplicate of L5, and where the net reads the lumbar levels one
+up, which it does on crops, it names S1 "L5" and every vertebra above one level too high. A
+reader tells S1 at a glance: its alae run on into the iliac bones, where L5's transverse processes
+end in soft tissue short of the iliac crests.
+
+The probe, per point at the chain's caudal end: the maximum-HU projection of a thin axial slab
+(`slab_gaps` local gaps along the spine), and in it the bone (> `bone_hu`; cancellous sacral
+bone is 150-250 HU) grown from the body (within `core_mm`) through a lateral band (`band_deg`
+from the lateral direction, posterior positive): S1's reaches `reach_mm` lateral on both sides, or
+on one side where the other side's band leaves the scan, and fills at least `fill` of the band
+beyond `fill_from_mm` (the alae and iliac wings are plates; a rib, which also crosses the band,
+fills 0.02-0.13 of it on the real chest CT and the phantoms, S1 0.4-0.6 on the real lumbar CT). A point there, below a vertebra without
+ribs, starts the sacrum: it and the points below it leave the chain, and the vertebra above it is the last lumbar one, L5 unless the spine
+has six or four lumbar vertebrae (a likelihood per class for the decode).
+
+Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .labels import LABELS
+from .options import DEFAULT_OPTIONS, SacrumOptions
+from .ribs import chain_frames, crosses, slab_mip
+from .volume import Volume
+
+_L5 = LABELS["L5"]
+_VARIANTS = (LABELS["L4"], LABELS["L6"])  # the last lumbar vertebra of four or six
+
+
+def _bridges(volume: Volume, points_lps: np.ndarray, rows: range, o: SacrumOptions) -> dict[int, bool]:
+    """Row -> does the row's bone bridge to the iliac bones (both sides, or one with the other unseen)?"""
+    reach = o.reach_mm + 2 * o.pixel_mm
+    across, front_back = np.meshgrid(np.arange(-reach, reach + 1e-9, o.pixel_mm),
+                                      np.arange(-reach, reach + 1e-9, o.pixel_mm))
+    radius = np.hypot(across, front_back)
+    outer = radius >= o.fill_from_mm
+    bands = []  # patient right, left, with the body's core
+    for sign in (-1.0, 1.0):
+        angle = np.degrees(np.arctan2(front_back, sign * across))
+        side = (sign * across > 0) & (angle >= o.band_deg[0]) & (angle <= o.band_deg[1]) & (radius <= reach)
+        bands.append((side, side | (radius <= o.core_mm)))
+    axis, lateral, posterior, gap = chain_frames(points_lps)
+    out = {}
+    for i in rows:
+        along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap[i]
+        mip, inside = slab_mip(volume, points_lps[i], (axis[i], lateral[i], posterior[i]), along,
+                               (across, front_back))
+        bone = mip > o.bone_hu
+        reached = [crosses(grow & bone, radius, o.core_mm, o.reach_mm) and bone[side & outer].mean() >= o.fill
+                   for side, grow in bands]
+        seen = [inside[side].mean() >= o.seen_fraction for side, _ in bands]
+        out[i] = all(r or not s for r, s in zip(reached, seen)) and any(reached)
+    return out
+
+
+def sacral_start(
+    volume: Volume,
+    points_lps: np.ndarray,
+    rib_sides: np.ndarray,
+    reads: np.ndarray,
+    options: SacrumOptions = DEFAULT_OPTIONS.sacrum,
+) -> int:
+    """Index of the first point (chain order) on the sacrum, `len(points_lps)` if none.
+
+    Only the last `tail_rows` points are probed, and a point counts only where the identification
+    net reads it no lower than the point above it (`reads`, (n,), each point's most voted class as
+    an index into a class list in spine order: the net has no sacral class and reads S1 as the
+    last lumbar vertebra again, where a real L5 reads below L4; a phantom's iliac wings touch L5's
+    transverse processes), and where one of the two vertebrae above it is seen without ribs by the
+    rib probe (`rib_sides`, (n, 2), 0 on both sides): not below thoracic vertebrae, whose ribs
+    cross the band too; one, since an iliac crest may cross the rib probe's ring beside L5.
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    n = len(p)
+    if n < 3:
+        return n
+    rows = range(max(2, n - options.tail_rows), n)
+    bridges = _bridges(volume, p, rows, options)
+    ribless = (np.asarray(rib_sides) == 0).all(axis=1)
+    for i in rows:
+        if bridges[i] and ribless[i - 2 : i].any() and reads[i] <= reads[i - 1]:
+            return i
+    return n
+
+
+def last_lumbar_likelihood(n: int, classes: tuple[int, ...], options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> np.ndarray:
+    """(n, c) likelihood per class of `n` points whose last one lies directly above the sacrum:
+    1 for L5, `variant` for L4 and L6, `other` for every other class; 1 on the other rows."""
+    out = np.ones((n, len(classes)))
+    if n:
+        c = np.asarray(classes)
+        out[-1] = np.where(c == _L5, 1.0, np.where(np.isin(c, _VARIANTS), options.variant, options.other))
+    return out
