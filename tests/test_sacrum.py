@@ -15,7 +15,7 @@ from .conftest import air_volume, paint_segment
 
 GAP = 35.0  # mm between lumbar body centroids
 RIBLESS = np.zeros((6, 2), np.int64)  # what the rib probe finds beside lumbar vertebrae
-READS = np.array([1, 2, 3, 4, 4])  # the net's reading of L2-L5 and S1 (which it reads as L5 again)
+READS = np.array([LABELS[n] for n in ("L2", "L3", "L4", "L5", "L5")])  # the net's reading of L2-L5 and S1
 
 
 def pelvis_scan(half_width_mm: tuple[float, float] = (140.0, 140.0)) -> tuple[Volume, np.ndarray]:
@@ -69,7 +69,8 @@ def test_no_sacrum_where_the_net_reads_the_last_point_below_the_one_above():
     """A point bridging to the iliac wings that the net reads a level below its neighbour is a
     vertebra (a phantom's L5, whose transverse processes touch the wings), not S1 read again."""
     volume, points = pelvis_scan()
-    assert sacral_start(volume, points, RIBLESS[:5], np.arange(5)) == 5
+    assert sacral_start(volume, points, RIBLESS[:5], READS - [1, 1, 1, 1, 0]) == 5  # L5 below L4
+    assert sacral_start(volume, points, RIBLESS[:5], READS - 1) == 5  # read as L4 twice: not S1
 
 
 def test_the_vertebra_above_the_sacrum_is_read_as_the_last_lumbar_one():

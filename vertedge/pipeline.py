@@ -211,7 +211,8 @@ class Labeler:
                 per_view = view_votes(fused, views, prob, options)
             with timer("sacrum"):
                 # the points on the sacrum leave the chain; the vertebra above them is the last lumbar one
-                reads = vote(per_view[0], self.models.classes, valid=per_view[1])[0].argmax(axis=1)
+                voted = vote(per_view[0], self.models.classes, valid=per_view[1])[0]
+                reads = np.asarray(self.models.classes)[voted.argmax(axis=1)]
                 sacrum = sacral_start(volume, fused.points_lps, sides, reads, options.sacrum)
                 above_sacrum = sacrum < len(fused)
                 fused, sides = fused.head(sacrum), sides[:sacrum]

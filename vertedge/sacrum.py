@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import LABELS
+from .labels import LABELS, SPINE_ORDER
 from .options import DEFAULT_OPTIONS, SacrumOptions
 from .ribs import chain_frames, crosses, slab_mip
 from .volume import Volume
 
 _L5 = LABELS["L5"]
+_L5_L6 = (_L5, LABELS["L6"])
 _VARIANTS = (LABELS["L4"], LABELS["L6"])  # the last lumbar vertebra of four or six
 
 
@@ -70,10 +71,10 @@ def sacral_start(
     """Index of the first point (chain order) on the sacrum, `len(points_lps)` if none.
 
     Only the last `tail_rows` points are probed, and a point counts only where the identification
-    net reads it no lower than the point above it (`reads`, (n,), each point's most voted class as
-    an index into a class list in spine order: the net has no sacral class and reads S1 as the
-    last lumbar vertebra again, where a real L5 reads below L4; a phantom's iliac wings touch L5's
-    transverse processes), and where one of the two vertebrae above it is seen without ribs by the
+    net reads it as L5 or L6 and no lower than the point above it (`reads`, (n,), each point's most
+    voted class, VerSe labels: the net has no sacral class and reads S1 as the last lumbar vertebra
+    again, where a real L5 reads below L4; a phantom's iliac wings touch L5's transverse
+    processes), and where one of the two vertebrae above it is seen without ribs by the
     rib probe (`rib_sides`, (n, 2), 0 on both sides): not below thoracic vertebrae, whose ribs
     cross the band too; one, since an iliac crest may cross the rib probe's ring beside L5.
     """
@@ -83,9 +84,10 @@ def sacral_start(
         return n
     rows = range(max(2, n - options.tail_rows), n)
     bridges = _bridges(volume, p, rows, options)
+    order = SPINE_ORDER.index
     ribless = (np.asarray(rib_sides) == 0).all(axis=1)
     for i in rows:
-        if bridges[i] and ribless[i - 2 : i].any() and reads[i] <= reads[i - 1]:
+        if bridges[i] and ribless[i - 2 : i].any() and reads[i] in _L5_L6 and order(reads[i]) <= order(reads[i - 1]):
             return i
     return n
 
