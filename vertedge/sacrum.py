@@ -2,11 +2,10 @@
 
 On real CT the localization net marks the first sacral segment (S1) as one more vertebra below
 L5 (the real lumbar scan of `../shared/data/real` in 14 of its 18 robustness variations; no
-phantom so far). The
-decode then has to absorb it as a duplicate of L5, and where the net reads the lumbar levels one
-up, which it does on crops, it names S1 "L5" and every vertebra above one level too high. A
-reader tells S1 at a glance: its alae run on into the iliac bones, where L5's transverse processes
-end in soft tissue short of the iliac crests.
+phantom so far). The decode then has to absorb it as a duplicate of L5, and where it does not,
+S1 takes the name L5 and the real L5 becomes "L4", or an "L6" appears. A reader tells S1 at a
+glance: its alae run on into the iliac bones, where L5's transverse processes end in soft tissue
+short of the iliac crests.
 
 The probe, per point at the chain's caudal end: the maximum-HU projection of a thin axial slab
 (`slab_gaps` local gaps along the spine), and in it the bone (> `bone_hu`; cancellous sacral
@@ -14,9 +13,10 @@ bone is 150-250 HU) grown from the body (within `core_mm`) through a lateral ban
 from the lateral direction, posterior positive): S1's reaches `reach_mm` lateral on both sides, or
 on one side where the other side's band leaves the scan, and fills at least `fill` of the band
 beyond `fill_from_mm` (the alae and iliac wings are plates; a rib, which also crosses the band,
-fills 0.02-0.13 of it on the real chest CT and the phantoms, S1 0.4-0.6 on the real lumbar CT). A point there, below a vertebra without
-ribs, starts the sacrum: it and the points below it leave the chain, and the vertebra above it is the last lumbar one, L5 unless the spine
-has six or four lumbar vertebrae (a likelihood per class for the decode).
+fills 0.02-0.13 of it on the real chest CT and the phantoms, S1 0.4-0.6 on the real lumbar CT).
+A point there that the net reads as L5 or L6 again, below a vertebra without ribs, starts the
+sacrum: it and the points below it leave the chain, and the vertebra above it is the last lumbar
+one, L5 unless the spine has six or four lumbar vertebrae (a likelihood per class for the decode).
 
 Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`.
 """
@@ -35,30 +35,25 @@ _L5_L6 = (_L5, LABELS["L6"])
 _VARIANTS = (LABELS["L4"], LABELS["L6"])  # the last lumbar vertebra of four or six
 
 
-def _bridges(volume: Volume, points_lps: np.ndarray, rows: range, o: SacrumOptions) -> dict[int, bool]:
-    """Row -> does the row's bone bridge to the iliac bones (both sides, or one with the other unseen)?"""
+def _bridges(volume: Volume, points_lps: np.ndarray, row: int, o: SacrumOptions) -> bool:
+    """Does the bone at point `row` of the chain run on into the iliac wings: on both sides, or on
+    one with the other side's band out of the scan?"""
     reach = o.reach_mm + 2 * o.pixel_mm
     across, front_back = np.meshgrid(np.arange(-reach, reach + 1e-9, o.pixel_mm),
                                       np.arange(-reach, reach + 1e-9, o.pixel_mm))
     radius = np.hypot(across, front_back)
-    outer = radius >= o.fill_from_mm
-    bands = []  # patient right, left, with the body's core
-    for sign in (-1.0, 1.0):
+    axis, lateral, posterior, gap = (a[row] for a in chain_frames(points_lps))
+    along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap
+    mip, inside = slab_mip(volume, points_lps[row], (axis, lateral, posterior), along, (across, front_back))
+    bone = mip > o.bone_hu
+    reached, seen = [], []
+    for sign in (-1.0, 1.0):  # patient right, left
         angle = np.degrees(np.arctan2(front_back, sign * across))
-        side = (sign * across > 0) & (angle >= o.band_deg[0]) & (angle <= o.band_deg[1]) & (radius <= reach)
-        bands.append((side, side | (radius <= o.core_mm)))
-    axis, lateral, posterior, gap = chain_frames(points_lps)
-    out = {}
-    for i in rows:
-        along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap[i]
-        mip, inside = slab_mip(volume, points_lps[i], (axis[i], lateral[i], posterior[i]), along,
-                               (across, front_back))
-        bone = mip > o.bone_hu
-        reached = [crosses(grow & bone, radius, o.core_mm, o.reach_mm) and bone[side & outer].mean() >= o.fill
-                   for side, grow in bands]
-        seen = [inside[side].mean() >= o.seen_fraction for side, _ in bands]
-        out[i] = all(r or not s for r, s in zip(reached, seen)) and any(reached)
-    return out
+        band = (sign * across > 0) & (angle >= o.band_deg[0]) & (angle <= o.band_deg[1]) & (radius <= reach)
+        grown_from_body = crosses((band | (radius <= o.core_mm)) & bone, radius, o.core_mm, o.reach_mm)
+        reached.append(grown_from_body and bone[band & (radius >= o.fill_from_mm)].mean() >= o.fill)
+        seen.append(inside[band].mean() >= o.seen_fraction)
+    return any(reached) and all(r or not s for r, s in zip(reached, seen))
 
 
 def sacral_start(
@@ -80,14 +75,11 @@ def sacral_start(
     """
     p = np.asarray(points_lps, dtype=np.float64)
     n = len(p)
-    if n < 3:
-        return n
-    rows = range(max(2, n - options.tail_rows), n)
-    bridges = _bridges(volume, p, rows, options)
     order = SPINE_ORDER.index
     ribless = (np.asarray(rib_sides) == 0).all(axis=1)
-    for i in rows:
-        if bridges[i] and ribless[i - 2 : i].any() and reads[i] in _L5_L6 and order(reads[i]) <= order(reads[i - 1]):
+    for i in range(max(2, n - options.tail_rows), n):
+        read_again = reads[i] in _L5_L6 and order(reads[i]) <= order(reads[i - 1])
+        if read_again and ribless[i - 2 : i].any() and _bridges(volume, p, i, options):
             return i
     return n
 
