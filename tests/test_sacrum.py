@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
@@ -11,7 +14,7 @@ from vertedge.sequence import identify
 from vertedge.volume import Volume
 from vertedge_train.variations import rotated, rotation
 
-from .conftest import air_volume, paint_segment
+from .conftest import SHARED_DATA, air_volume, paint_segment
 
 GAP = 35.0  # mm between lumbar body centroids
 RIBLESS = np.zeros((6, 2), np.int64)  # what the rib probe finds beside lumbar vertebrae
@@ -102,3 +105,30 @@ def test_the_last_lumbar_likelihood_weighs_only_the_last_row():
     np.testing.assert_allclose(like[:2], 1.0)
     np.testing.assert_allclose(like[2], [o.other, o.variant, 1.0, o.variant])
     assert last_lumbar_likelihood(0, classes, o).shape == (0, 4)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "real" / "totalseg_lumbar").is_dir(), reason="no ../shared/data")
+def test_on_a_real_lumbar_ct_the_point_on_s1_leaves_the_chain(monkeypatch):
+    """The localization net marks S1 of the real lumbar CT as one more vertebra: the probe finds
+    that point (below the truth's L5, on the sacrum) and only it, and L5 keeps its name."""
+    pytest.importorskip("onnxruntime")
+    from vertedge import pipeline
+    from vertedge.volume import load_volume
+
+    case = SHARED_DATA / "real" / "totalseg_lumbar"
+    truth = {v["name"]: np.array(v["world_lps_mm"]) for v in json.loads((case / "ground_truth.json").read_text())["vertebrae"]}
+    found = []
+
+    def recorded(volume, points, *args):
+        start = sacral_start(volume, points, *args)
+        found.append(points[start:])
+        return start
+
+    monkeypatch.setattr(pipeline, "sacral_start", recorded)
+    result = pipeline.Labeler(device="cpu")(load_volume(case / "ct.nii.gz"))
+    (dropped,) = found
+    assert len(dropped) == 1
+    below_l5 = (truth["L5"] - dropped[0]) @ (truth["L4"] - truth["L5"]) / np.linalg.norm(truth["L4"] - truth["L5"])
+    assert below_l5 > 20.0  # mm caudal of L5's centroid along the spine: on S1
+    l5 = result.centroids()[LABELS["L5"]]
+    assert np.linalg.norm(l5 - truth["L5"]) < 10.0
