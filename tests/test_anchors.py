@@ -54,6 +54,16 @@ def test_no_terminus_no_trust(below_l5_mm, beyond_hu, why):
     assert (conf <= UNSUPPORTED_CONFIDENCE).all(), why
 
 
+def test_the_sacrum_found_below_the_last_vertebra_makes_it_a_terminus():
+    """Where the place one gap beyond the chain is soft tissue (the lumbosacral angle puts it in
+    front of the sacrum) or the scan ends under S1, the sacrum probe's finding counts."""
+    for below_l5_mm, beyond_hu in ((80.0, 40), (45.0, 250)):
+        volume, points = lumbar_scan(below_l5_mm, beyond_hu)
+        assert not supported(volume, points, LUMBAR, np.full(5, 0.9)).any()
+        assert supported(volume, points, LUMBAR, np.full(5, 0.9), sacrum_below=True).all()
+    assert not supported(volume, points, LUMBAR - 1, np.full(5, 0.9), sacrum_below=True).any()  # T12-L4 on it
+
+
 def test_a_count_that_disagrees_with_the_terminus_is_not_trusted():
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
     one_up = LUMBAR - 1  # T12-L4: the net read every level one too high

@@ -9,7 +9,7 @@ import pytest
 
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
-from vertedge.sacrum import last_lumbar_likelihood, sacral_start
+from vertedge.sacrum import last_lumbar_likelihood, sacral_start, sacrum_below
 from vertedge.sequence import identify
 from vertedge.volume import Volume
 from vertedge_train.variations import rotated, rotation
@@ -60,6 +60,14 @@ def test_the_sacrum_is_found_in_a_patient_rolled_and_tilted():
 def test_one_side_left_out_of_the_scan_does_not_hide_the_sacrum():
     volume, points = pelvis_scan(half_width_mm=(140.0, 50.0))  # the left wing lies outside the scan
     assert sacral_start(volume, points, RIBLESS[:5], READS) == 4
+
+
+def test_the_sacrum_is_found_one_gap_below_the_last_lumbar_vertebra_and_not_below_l4():
+    volume, points = pelvis_scan()
+    assert sacrum_below(volume, points[:4])  # under L5
+    assert not sacrum_below(volume, points[:3])  # under L4 lies L5, whose processes end short of the wings
+    turn = rotation(tilt_deg=15.0)
+    assert sacrum_below(rotated(volume, turn, np.zeros(3)), points[:4] @ turn.T)
 
 
 def test_no_sacrum_below_vertebrae_with_ribs():

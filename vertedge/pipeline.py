@@ -27,7 +27,7 @@ from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .ribs import rib_sides
-from .sacrum import sacral_start
+from .sacrum import sacral_start, sacrum_below
 from .sequence import vote
 from .volume import Volume
 from .xp import to_host
@@ -217,6 +217,8 @@ class Labeler:
                 above_sacrum = sacrum < len(fused)
                 fused, sides = fused.head(sacrum), sides[:sacrum]
                 per_view = (per_view[0][:, :sacrum], per_view[1][:, :sacrum])
+                # what a count up from the sacrum starts from (anchors.py)
+                below = above_sacrum or (len(fused) >= 2 and sacrum_below(volume, fused.points_lps, options.sacrum))
             with timer("voting"):
                 labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
                                            above_sacrum)
@@ -224,7 +226,7 @@ class Labeler:
             with timer("review"):
                 points = fused.points_lps[keep]
                 confidence, needs_review = review(
-                    volume, points, labels[keep], confidence[keep], options.review, sides[keep]
+                    volume, points, labels[keep], confidence[keep], options.review, sides[keep], below
                 )
                 voxel = volume.world_to_index(points)
                 vertebrae = tuple(

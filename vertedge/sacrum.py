@@ -84,6 +84,19 @@ def sacral_start(
     return n
 
 
+def sacrum_below(volume: Volume, points_lps: np.ndarray, options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> bool:
+    """Does the sacrum lie one gap below the chain's last point (n, 3) mm, along the chain (n >= 2)?
+
+    The probe at that place: S1 bridges to the iliac wings, where the pelvic soft tissue below a
+    stray point or a vertebra above a missed one does not. It finds the sacrum under a last lumbar
+    vertebra that the lumbosacral angle puts in front of it, where the bone of S1 lies behind the
+    extrapolated chain (the real lumbar CT under a 15 degree tilt).
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    beyond = 2 * p[-1] - p[-2]
+    return _bridges(volume, np.vstack([p, beyond]), len(p), options)
+
+
 def last_lumbar_likelihood(n: int, classes: tuple[int, ...], options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> np.ndarray:
     """(n, c) likelihood per class of `n` points whose last one lies directly above the sacrum:
     1 for L5, `variant` for L4 and L6, `other` for every other class; 1 on the other rows."""
