@@ -2,7 +2,8 @@
 
 `peaks_of` finds each view's 2D vertebra centroids; `view_votes` reads every fused point's class
 probabilities in every view (a square around its projection); `label` votes them over the views
-and decodes the sequence with the DP; `one_per_label` keeps one point per label. Settings come from `options.PipelineOptions`.
+and decodes the sequence with the DP; `one_per_label` keeps one point per label. Settings come
+from `options.PipelineOptions`.
 """
 
 from __future__ import annotations

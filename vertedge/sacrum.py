@@ -88,9 +88,9 @@ def sacrum_below(volume: Volume, points_lps: np.ndarray, options: SacrumOptions 
     """Does the sacrum lie one gap below the chain's last point (n, 3) mm, along the chain (n >= 2)?
 
     The probe at that place: S1 bridges to the iliac wings, where the pelvic soft tissue below a
-    stray point or a vertebra above a missed one does not. It finds the sacrum under a last lumbar
-    vertebra that the lumbosacral angle puts in front of it, where the bone of S1 lies behind the
-    extrapolated chain (the real lumbar CT under a 15 degree tilt).
+    stray point or a lumbar vertebra the chain missed does not. Where the lumbosacral angle puts
+    that place in front of S1 (the real lumbar CT tilted 15 degrees: soft tissue there, so the HU
+    test of `anchors` fails), the probe's core and lateral band still take in S1's body and alae.
     """
     p = np.asarray(points_lps, dtype=np.float64)
     beyond = 2 * p[-1] - p[-2]
