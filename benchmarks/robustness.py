@@ -40,6 +40,7 @@ from vertedge.options import DEFAULT_OPTIONS, PipelineOptions
 from vertedge.pipeline import Labeler
 from vertedge.volume import Volume, load_volume
 from vertedge_train import variations
+from vertedge_train.data import case_scan_path, find_cases
 
 MATCH_MM = metrics.ID_RADIUS_MM
 
@@ -125,14 +126,12 @@ SI_CROPS = frozenset(k for k in VARIATIONS if k.startswith("si-"))
 
 
 def real_cases(root: Path) -> list[Case]:
-    """Every case folder under `root` with a scan (ct.nii.gz or a dicom/ series) and ground_truth.json."""
+    """Every case under `root` in the real-case layout (`vertedge_train.data.find_cases`), every
+    truth label kept."""
     cases = []
-    for truth_file in sorted(root.glob("*/ground_truth.json")):
-        folder = truth_file.parent
-        scan = folder / "ct.nii.gz" if (folder / "ct.nii.gz").exists() else folder / "dicom"
-        if scan.exists():
-            truth, cut = metrics.read_points(truth_file)
-            cases.append(Case(folder.name, load_volume(scan), truth, frozenset(cut)))
+    for folder in find_cases(root):
+        truth, cut = metrics.read_points(folder / "ground_truth.json")
+        cases.append(Case(folder.name, load_volume(case_scan_path(folder)), truth, frozenset(cut)))
     return cases
 
 

@@ -115,12 +115,18 @@ def verse_scan(ct: Path, ctd: Path) -> Scan:
     return Scan(ct.name[: -len("_ct.nii.gz")], volume, cents, {k: False for k in cents})
 
 
+def case_scan_path(folder: Path) -> Path:
+    """The scan of a case folder in the real-case layout: its `ct.nii.gz`, else its `dicom/` series."""
+    nifti = Path(folder) / "ct.nii.gz"
+    return nifti if nifti.exists() else Path(folder) / "dicom"
+
+
 def find_cases(root: str | os.PathLike[str]) -> list[Path]:
     """Case folders of `root` in vertedge's real-case layout: `<case>/ground_truth.json` beside `ct.nii.gz`
     or a `dicom/` series (the layout of `../shared/data/real` and of the robustness benchmark)."""
     # resolved: a case reached through a link has one cache tag whichever folder links it
     return [t.parent.resolve() for t in sorted(Path(root).glob("*/ground_truth.json"))
-            if (t.parent / "ct.nii.gz").exists() or (t.parent / "dicom").is_dir()]
+            if case_scan_path(t.parent).exists()]
 
 
 def case_scan(folder: Path) -> Scan:
@@ -129,7 +135,7 @@ def case_scan(folder: Path) -> Scan:
     from vertedge.volume import load_volume
 
     folder = Path(folder)
-    volume = load_volume(folder / "ct.nii.gz" if (folder / "ct.nii.gz").exists() else folder / "dicom")
+    volume = load_volume(case_scan_path(folder))
     truth, cut = read_points(folder / "ground_truth.json")
     cents = {int(k): np.asarray(v, float) for k, v in truth.items() if int(k) in CLASSES}
     return Scan(folder.name, volume, cents, {k: k in cut for k in cents})
