@@ -30,7 +30,7 @@ def test_shipped_configs_read_and_round_trip(path):
 def test_a_misspelt_setting_is_refused_by_name(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"config\.loc: unknown setting stpes"):
         TrainConfig.from_dict({"loc": {"stpes": 10}})
-    with pytest.raises(ValueError, match=r"config\.data: expected an object"):
+    with pytest.raises(ValueError, match=r"config\.data: expected a table"):
         TrainConfig.from_dict({"data": [1, 2]})
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"augment": {"gama": 1.2}}))

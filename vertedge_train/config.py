@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vertedge.geometry import Protocol
+from vertedge.tables import dataclass_from_table
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """From the JSON form; unknown keys raise ValueError naming them."""
-        return _build(cls, d, "config")
+        return dataclass_from_table(cls, d, "config")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
@@ -150,30 +149,3 @@ class TrainConfig:
         return replace(self, **task)
 
 
-def _build(cls: type, d: Any, where: str) -> Any:
-    """A dataclass `cls` from dict `d`, recursively; lists become tuples where the field says so."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
-    if cls is Protocol:
-        return Protocol.from_dict(d)
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}")
-    kwargs = {}
-    for key, value in d.items():
-        hint = hints[key]
-        if isinstance(hint, type) and (hint is Protocol or hasattr(hint, "__dataclass_fields__")):
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
-        elif _is_tuple(hint) and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _is_tuple(hint: Any) -> bool:
-    if typing.get_origin(hint) is tuple:
-        return True
-    return isinstance(hint, types.UnionType) and any(typing.get_origin(a) is tuple for a in typing.get_args(hint))

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import VertedgeError
+from ..tables import dataclass_from_table
 
 # PS3.5 6.2: an AE title is at most 16 characters of the default repertoire without backslash or
 # control characters; leading and trailing spaces are not significant
@@ -136,41 +135,6 @@ class NodeOptions:
             raise ValueError(f"two destinations share the name {next(n for n in labels if labels.count(n) > 1)!r}; give them distinct names")
 
 
-def _value(hint: Any, value: Any, key: str) -> Any:
-    """`value` from TOML as the type `hint` asks for (str, int, float, bool, Path, tuples, a dataclass), or ValueError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):  # X | None: TOML has no null, so the key is simply absent
-        return _value(next(a for a in args if a is not type(None)), value, key)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ValueError(f"{key} must be a list")
-        return tuple(_value(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
-        if not isinstance(value, dict):
-            raise ValueError(f"{key} must be a table")
-        return _dataclass(hint, value, key)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{key} must be a path (a non-empty string)")
-        return Path(value).expanduser()
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValueError(f"{key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _dataclass(cls: type, table: dict[str, Any], where: str) -> Any:
-    """An instance of dataclass `cls` from a TOML table; unknown keys are an error."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise ValueError(f"unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)} in {where or 'the file'} (known: {', '.join(sorted(names))})")
-    prefix = f"{where}." if where else ""
-    return cls(**{k: _value(hints[k], v, prefix + k) for k, v in table.items()})
-
-
 def node_options(doc: dict[str, Any]) -> NodeOptions:
     """NodeOptions from a parsed TOML document: [node] holds NodeOptions' own keys, [select], [retry] and
     [[destinations]] the rest. Raises ValueError or TypeError naming the key."""
@@ -185,7 +149,7 @@ def node_options(doc: dict[str, Any]) -> NodeOptions:
         raise ValueError(f"[node] must not hold {', '.join(sorted(nested))}: give it its own section")
     table = {**node, **{k: doc[k] for k in ("select", "retry", "destinations") if k in doc}}
     try:
-        return _dataclass(NodeOptions, table, "")
+        return dataclass_from_table(NodeOptions, table, "")
     except TypeError as e:  # a required key missing: the dataclass says which
         missing = re.search(r"argument[s]?: (.*)$", str(e))
         raise ValueError(f"missing {missing.group(1).replace(chr(39), '') if missing else e}") from None
