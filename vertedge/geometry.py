@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .tables import dataclass_from_table
 from .volume import Volume
 
 
@@ -84,11 +85,10 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Protocol:
-        """Build from a dict; unknown keys are an error so a stale model is not misread."""
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown DRR protocol fields: {sorted(unknown)}")
-        return cls(**d)
+        """Build from a dict; unknown keys and values of the wrong type are errors, so a stale model
+        is not misread."""
+        protocol: Protocol = dataclass_from_table(cls, d, "DRR protocol")
+        return protocol
 
 
 @dataclass(frozen=True, eq=False)
