@@ -56,6 +56,24 @@ def chain_frames(points_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return axis, lateral, posterior, gap
 
 
+def probe_grid(reach_mm: float, pixel_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A square grid across the spine, `pixel_mm` apart out to `reach_mm` from the point: (H, W)
+    across (lateral) and front-back (posterior) offsets mm, and their radius mm."""
+    across, front_back = np.meshgrid(np.arange(-reach_mm, reach_mm + 1e-9, pixel_mm),
+                                      np.arange(-reach_mm, reach_mm + 1e-9, pixel_mm))
+    return across, front_back, np.hypot(across, front_back)
+
+
+def side_bands(across: np.ndarray, front_back: np.ndarray, deg: tuple[float, float]) -> tuple[np.ndarray, ...]:
+    """(patient right, left) (H, W) masks of a probe grid: each side's pixels within `deg` degrees
+    of its lateral direction (posterior positive)."""
+    bands = []
+    for sign in (-1.0, 1.0):
+        angle = np.degrees(np.arctan2(front_back, sign * across))
+        bands.append((sign * across > 0) & (angle >= deg[0]) & (angle <= deg[1]))
+    return tuple(bands)
+
+
 def slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...], along_mm: np.ndarray,
              grid: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The maximum-HU projection of a slab across the spine: planes at `along_mm` (m,) from `centre`
@@ -103,14 +121,10 @@ def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFA
     if len(p) < 2:
         return out
     reach = o.outer_mm + 2 * o.pixel_mm
-    across, front_back = np.meshgrid(np.arange(-reach, reach + 1e-9, o.pixel_mm),
-                                      np.arange(-reach, reach + 1e-9, o.pixel_mm))
-    radius = np.hypot(across, front_back)
+    across, front_back, radius = probe_grid(reach, o.pixel_mm)
     ring = (radius >= o.inner_mm - 2 * o.pixel_mm) & (radius <= reach)
-    wedges = []  # patient right, left: the same for every point, in its own frame
-    for sign in (-1.0, 1.0):
-        angle = np.degrees(np.arctan2(front_back, sign * across))
-        wedges.append(ring & (sign * across > 0) & (angle >= o.wedge_deg[0]) & (angle <= o.wedge_deg[1]))
+    # patient right, left: the same for every point, in its own frame
+    wedges = [ring & band for band in side_bands(across, front_back, o.wedge_deg)]
     for n, (centre, *frame) in enumerate(zip(p, *chain_frames(p))):
         along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * float(frame[3])
         mip, inside = slab_mip(volume, centre, tuple(frame[:3]), along, (across, front_back))

@@ -27,7 +27,7 @@ import numpy as np
 
 from .labels import LABELS, SPINE_ORDER
 from .options import DEFAULT_OPTIONS, SacrumOptions
-from .ribs import chain_frames, crosses, slab_mip
+from .ribs import chain_frames, crosses, probe_grid, side_bands, slab_mip
 from .volume import Volume
 
 _L5 = LABELS["L5"]
@@ -39,17 +39,14 @@ def _bridges(volume: Volume, points_lps: np.ndarray, row: int, o: SacrumOptions)
     """Does the bone at point `row` of the chain run on into the iliac wings: on both sides, or on
     one with the other side's band out of the scan?"""
     reach = o.reach_mm + 2 * o.pixel_mm
-    across, front_back = np.meshgrid(np.arange(-reach, reach + 1e-9, o.pixel_mm),
-                                      np.arange(-reach, reach + 1e-9, o.pixel_mm))
-    radius = np.hypot(across, front_back)
+    across, front_back, radius = probe_grid(reach, o.pixel_mm)
     axis, lateral, posterior, gap = (a[row] for a in chain_frames(points_lps))
     along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap
     mip, inside = slab_mip(volume, points_lps[row], (axis, lateral, posterior), along, (across, front_back))
     bone = mip > o.bone_hu
     reached, seen = [], []
-    for sign in (-1.0, 1.0):  # patient right, left
-        angle = np.degrees(np.arctan2(front_back, sign * across))
-        band = (sign * across > 0) & (angle >= o.band_deg[0]) & (angle <= o.band_deg[1]) & (radius <= reach)
+    for band in side_bands(across, front_back, o.band_deg):  # patient right, left
+        band &= radius <= reach
         grown_from_body = crosses((band | (radius <= o.core_mm)) & bone, radius, o.core_mm, o.reach_mm)
         reached.append(grown_from_body and bone[band & (radius >= o.fill_from_mm)].mean() >= o.fill)
         seen.append(inside[band].mean() >= o.seen_fraction)
