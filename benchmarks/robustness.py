@@ -255,7 +255,8 @@ def with_settings(options: PipelineOptions, settings: list[str]) -> PipelineOpti
     return replace(options, **changes)
 
 
-def _seeds(spec: str) -> list[int]:
+def seeds_of(spec: str) -> list[int]:
+    """'500-503' -> [500, ..., 503]; '' -> []."""
     if not spec:
         return []
     lo, _, hi = spec.partition("-")
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--option: {e}")
     labeler = Labeler(args.models, device="cpu", options=options)
     cases = real_cases(Path(args.real)) if Path(args.real).is_dir() else []
-    seeds = _seeds(args.phantoms)
+    seeds = seeds_of(args.phantoms)
     wanted = set(filter(None, args.cases.split(",")))
     records = []
     t_start = time.time()
