@@ -263,23 +263,34 @@ def seeds_of(spec: str) -> list[int]:
     return list(range(int(lo), int(hi or lo) + 1))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def case_arguments(ap: argparse.ArgumentParser, variations_default: str) -> None:
+    """The options that choose cases, variations and models (this script and `view_bias.py`)."""
     ap.add_argument("--real", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
     ap.add_argument("--phantoms", default="500-503", help="held-out phantom seeds, e.g. 500-503 ('' for none)")
-    ap.add_argument("--variations", default=",".join(VARIATIONS))
+    ap.add_argument("--variations", default=variations_default)
     ap.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     ap.add_argument("--models", default=None)
+
+
+def chosen_variations(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The names in `--variations`; an unknown one is a usage error."""
+    names = args.variations.split(",")
+    unknown = [n for n in names if n not in VARIATIONS]
+    if unknown:
+        ap.error(f"unknown variations {unknown}; known: {', '.join(VARIATIONS)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    case_arguments(ap, ",".join(VARIATIONS))
     ap.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
                     help="a PipelineOptions field for an ablation, e.g. upright_min_deg=null or "
                          "fusion='{\"min_views\": 4}' (repeatable)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
-    names = args.variations.split(",")
-    unknown = [n for n in names if n not in VARIATIONS]
-    if unknown:
-        ap.error(f"unknown variations {unknown}; known: {', '.join(VARIATIONS)}")
+    names = chosen_variations(ap, args)
     try:
         options = with_settings(DEFAULT_OPTIONS, args.option)
     except (AttributeError, TypeError, ValueError) as e:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from robustness import VARIATIONS, Case, phantom_case, real_cases, seeds_of
+from robustness import VARIATIONS, Case, case_arguments, chosen_variations, phantom_case, real_cases, seeds_of
 
 from vertedge.geometry import pixel_mm_at_depth, project
 from vertedge.labelling import peaks_of
@@ -101,20 +101,13 @@ def _mm(x: float | None, fmt: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--real", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
-    ap.add_argument("--phantoms", default="500-503", help="held-out phantom seeds, e.g. 500-503 ('' for none)")
-    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    ap.add_argument("--variations", default="stored")
+    case_arguments(ap, "stored")
     ap.add_argument("--context-mm", type=float, default=None,
                     help="replace the body beyond this distance from the spine by soft tissue first")
     ap.add_argument("--match-mm", type=float, default=15.0)
-    ap.add_argument("--models", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    names = args.variations.split(",")
-    unknown = [n for n in names if n not in VARIATIONS]
-    if unknown:
-        ap.error(f"unknown variations {unknown}; known: {', '.join(VARIATIONS)}")
+    names = chosen_variations(ap, args)
     labeler = Labeler(args.models, device="cpu")
     wanted = set(filter(None, args.cases.split(",")))
     cases = real_cases(Path(args.real)) if Path(args.real).is_dir() else []
