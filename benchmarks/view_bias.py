@@ -67,7 +67,8 @@ def view_offsets(labeler: Labeler, case: Case, match_mm: float) -> list[dict]:
     views = result.views
     heatmaps = labeler.models.localize(result.images)
     peaks = peaks_of(heatmaps, views, labeler.models.loc_info.heatmap["threshold"], labeler.options)
-    labels = sorted(case.truth, key=lambda k: -float(case.truth[k] @ case.volume.si_axis()[1]))
+    superior = case.volume.si_axis()[1]
+    labels = sorted(case.truth, key=lambda k: -float(case.truth[k] @ superior))
     truth = np.array([case.truth[k] for k in labels])
     rc, depth = project(views, truth)  # (K, N, 2) pixels, (K, N) mm
     mm_per_px = pixel_mm_at_depth(views, depth)
@@ -82,7 +83,8 @@ def view_offsets(labeler: Labeler, case: Case, match_mm: float) -> list[dict]:
             if not len(found):
                 continue
             along = rc[k, up] - rc[k, down]
-            along /= np.linalg.norm(along)
+            # one truth point has no neighbour to give the spine's direction: up the detector's rows
+            along = along / np.linalg.norm(along) if up != down else np.array([-1.0, 0.0])
             e = (found - rc[k, j]) * mm_per_px[k, j]
             i = int(np.argmin(np.linalg.norm(e, axis=1)))
             if np.linalg.norm(e[i]) <= match_mm:
