@@ -173,6 +173,28 @@ def test_air_lungs_and_bone_where_expected():
     assert (hu > 400).any() and (hu < -900).any()
 
 
+def test_ribs_meet_the_upper_half_of_their_vertebra():
+    """Rib heads 2-9 lie in the disc above their body, 1 and 10-12 on its upper half; every rib
+    leaves the spine (its tubercle) above the body's centre, as in real thoracic vertebrae."""
+    from vertedge.phantom.spine import build_spine
+    from vertedge.phantom.thorax import RibCage
+    from vertedge.phantom.torso import Torso
+
+    prm = PhantomParams.draw(np.random.default_rng(3), "full", None)
+    spine = build_spine(prm)
+    cage = RibCage.build(prm, spine, Torso.build(prm, spine))
+    thoracic = [lv for lv in spine.vertebrae if 8 <= lv.label <= 19 or lv.label == 28]
+    assert len(cage.ribs) == 2 * len(thoracic)
+    for rank, lv in enumerate(thoracic, start=1):
+        for rib in cage.ribs[2 * rank - 2: 2 * rank]:
+            head_z = (lv.rot @ (rib.head - lv.center))[2]  # mm along the vertebra's own axis
+            if 2 <= rank <= 9:
+                assert lv.dims.h < head_z < lv.dims.h + lv.dims.disc
+            else:
+                assert 0.3 * lv.dims.h < head_z < lv.dims.h
+            assert rib.bone[0][2] > lv.center[2] + 0.3 * lv.dims.h  # world S-I: the tubercle
+
+
 def test_save_phantom_files_round_trip(tmp_path):
     ph = make_phantom(4, "lumbar", orientation="permuted", **SMALL)
     written = save_phantom(ph, tmp_path / "case1.nii.gz")

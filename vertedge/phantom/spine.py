@@ -47,6 +47,8 @@ SACRAL_HALF_HEIGHT = (14.0, 11.0, 9.0, 8.0, 7.0)
 SACRAL_TAPER = (1.0, 0.8, 0.62, 0.48, 0.36)
 SACRAL_WIDENING = 1.02  # S1 is a little wider than L5
 SACRAL_FUSION = 1.0  # mm between fused segments (the remnant discs)
+# Heights of the pedicles' and transverse processes' axes above the body's centre, in half heights.
+PEDICLE_Z, TP_Z, CERVICAL_TP_Z = 0.45, 0.4, 0.1
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,10 @@ def body_shape(lv: Level) -> BodyShape:
 def _arch(sc: Scene, lv: Level, bone: BoneHU) -> None:
     """Posterior arch: pedicles, articular pillars, laminae, spinous and transverse processes.
 
-    Positions are fractions of the level's dims (local frame, mm), set by eye.
+    Positions are fractions of the level's dims (local frame, mm), set by eye. The pedicles and the
+    thoracic and lumbar transverse processes leave the upper half of the body, as in real
+    vertebrae: a net that learned them at mid-height put real thoracic centroids high (RESULTS.md,
+    "Why the chest CT's points sit high").
     """
     d = lv.dims
     b, h, rx, ry, pr = d.b, d.h, d.rx, d.ry, d.pr
@@ -188,7 +193,7 @@ def _arch(sc: Scene, lv: Level, bone: BoneHU) -> None:
     cerv, lumb = lv.canon < 7, lv.canon >= 19
     sp_base = np.array([0.0, b + 2 * ry + 0.7 * pr, -0.1 * h])
     for sx in (-1.0, 1.0):
-        sc.capsule(w([sx * 0.75 * rx, 0.6 * b, 0.15 * h]), w([sx * xp, yc + 0.3 * ry, 0.15 * h]),
+        sc.capsule(w([sx * 0.75 * rx, 0.6 * b, PEDICLE_Z * h]), w([sx * xp, yc + 0.3 * ry, PEDICLE_Z * h]),
                    pr, pr, core, cort, t)
         ext = h + 0.45 * d.disc
         lean = 3.0 if cerv else 0.0  # cervical pillars slope backward going down
@@ -198,7 +203,7 @@ def _arch(sc: Scene, lv: Level, bone: BoneHU) -> None:
             sc.capsule(w([sx * xp, yc + 0.3 * ry, zl]), w([0.0, sp_base[1], zl + sp_base[2]]),
                        0.6 * pr, 0.6 * pr, core, cort, t)
         ang = math.radians(d.tp_ang)
-        tp0 = np.array([sx * xp, yc + (-0.6 if cerv else 0.2) * ry, 0.1 * h])
+        tp0 = np.array([sx * xp, yc + (-0.6 if cerv else 0.2) * ry, (CERVICAL_TP_Z if cerv else TP_Z) * h])
         tp1 = tp0 + d.tp_len * np.array([sx * math.cos(ang), math.sin(ang), 0.05])
         sc.capsule(w(tp0), w(tp1), 0.8 * pr, (0.45 if not lumb else 0.5) * pr, core, cort, t)
     ang = math.radians(d.sp_ang)

@@ -24,6 +24,10 @@ BONY_END = 2.3  # rad along the hoop where a rib's bone gives way to costal cart
 # Fraction of the full hoop width at relative height 0 (T1) ... 1 (T12): the cage is narrow at the top.
 HOOP_WIDTH = ((0.0, 0.1, 0.25, 0.6, 1.0), (0.5, 0.72, 0.9, 1.0, 0.92))
 MAX_HOOP_HALF_WIDTH = 165.0  # mm, times habitus
+# Where a rib meets its vertebra, above the body's centre: the head of ribs 2-9 in the disc above
+# (mm above the body's top), of ribs 1 and 10-12 on the body's upper part, and the tubercle on the
+# transverse process (both in half heights).
+HEAD_ABOVE_BODY, OWN_FACET_Z, TUBERCLE_Z = 2.5, 0.6, 0.45
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,11 @@ class RibCage:
             for sx in (-1.0, 1.0):
                 psi = np.linspace(psi0, end, RIB_POINTS)
                 loc = np.stack([sx * (dx + ar * np.sin(psi)), yc + br * np.cos(psi) - lv.center[1],
-                                -drop * ((psi - psi0) / math.pi) ** 1.5], 1)
+                                TUBERCLE_Z * lv.dims.h - drop * ((psi - psi0) / math.pi) ** 1.5], 1)
                 pts = lv.center + loc @ turn
-                head = lv.world([sx * 0.8 * lv.dims.a, 0.7 * lv.dims.b, 0.3 * lv.dims.h])
+                # ribs 2-9 articulate across the disc above (demi-facets), 1 and 10-12 with their own body's top
+                head_z = lv.dims.h + HEAD_ABOVE_BODY if 2 <= rank <= 9 else OWN_FACET_Z * lv.dims.h
+                head = lv.world([sx * 0.8 * lv.dims.a, 0.7 * lv.dims.b, head_z])
                 k = int(np.searchsorted(psi, bone_end))
                 ribs.append(Rib(head, pts[: k + 1], pts[k:] if k < len(pts) - 1 else pts[:0]))
         # The sternum runs from the jugular notch (at T2) to the xiphoid (at T9), inside the front of the cage.
