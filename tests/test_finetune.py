@@ -16,7 +16,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from tests.helpers import train_config  # noqa: E402
-from vertedge.phantom import make_phantom, save_phantom  # noqa: E402
+from vertedge.phantom import PHANTOM_VERSION, make_phantom, save_phantom  # noqa: E402
 from vertedge_train.cli import main  # noqa: E402
 from vertedge_train.config import TrainConfig  # noqa: E402
 from vertedge_train.data import cache_folder, source_tag  # noqa: E402
@@ -119,3 +119,34 @@ def test_finetune_end_to_end_keeps_the_held_out_case_out(tmp_path, capsys):
     assert main([*args, "--val", "nosuch"]) == 2
     assert "nosuch: no such case" in capsys.readouterr().err
     assert not (out / "localization.onnx").exists()
+
+
+def test_finetune_without_data_trains_on_phantoms_only(tmp_path):
+    """After a phantom change: no real cases, the config's phantoms only; a task given 0 steps
+    keeps its source net's weights."""
+    cfg = _config()
+    source = tmp_path / "source"
+    _export_pair(source, cfg)
+    template = {k: v for k, v in cfg.to_dict().items() if k not in ("protocol", "net", "heatmap")}
+    template["data"].update(train_seeds=[1000, 1001], real_fraction=0.5, render_workers=1, min_items=1,
+                            cache=str(tmp_path / "cache"))
+    for task, steps in (("loc", 2), ("id", 0)):
+        template[task].update(steps=steps, lr=1e-3, freeze_bn=True, checkpoint_every=1, log_every=1)
+    template["validation_seeds"] = []
+    config = tmp_path / "finetune.json"
+    config.write_text(json.dumps(template))
+    out = tmp_path / "out"
+
+    assert main(["finetune", "--models", str(source), "--out", str(out), "--config", str(config)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["training_cases"] == [] and card["validation_cases"] == []
+    assert card["real_fraction"] is None and card["phantom_version"] == PHANTOM_VERSION
+    assert card["steps"] == {"loc": 2, "id": 0}
+    assert "Phantoms only (seeds 1000-1000" in (out / "MODEL_CARD.md").read_text()
+    cache = cache_folder(str(tmp_path / "cache"), cfg.protocol)
+    assert {p.name.rsplit("_v", 1)[0] for p in cache.glob("*.npz")} == {source_tag("phantom:1000")}
+    weights = {task: import_onnx(out / FILES[task]).net.state_dict() for task in ("loc", "id")}
+    sources = {task: import_onnx(source / FILES[task]).net.state_dict() for task in ("loc", "id")}
+    assert any(not torch.equal(v, sources["loc"][k]) for k, v in weights["loc"].items() if k.endswith("weight"))
+    for k, v in weights["id"].items():
+        torch.testing.assert_close(v, sources["id"][k])

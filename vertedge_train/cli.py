@@ -5,7 +5,7 @@
 - loc, id:  the localization and identification U-Nets (encoder from pretraining when present)
 - all:      render (if needed), pretrain, loc, id in sequence
 - eval:     2D and 3D evaluation of exported models on held-out phantom seeds (and real cases)
-- finetune: the shipped (or given) ONNX models continued on real scans mixed with phantoms
+- finetune: the shipped (or given) ONNX models continued on real scans mixed with phantoms, or on phantoms only
 - export:   a training run's two nets as ONNX models with a parity check (non-zero exit on a mismatch)
 - data:     public datasets (download or index) and corrected scans as training cases (VerSe layout)
 
@@ -46,10 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--real", default=None, help="folder of real cases (*/ct.nii.gz + ground_truth.json)")
     p.add_argument("--no-3d", action="store_true", help="2D scores only")
     p.add_argument("--report", default=None, help="write the scores as JSON here")
-    p = sub.add_parser("finetune", help="continue the shipped models on real scans mixed with phantoms")
+    p = sub.add_parser("finetune", help="continue the shipped models on real scans mixed with phantoms, or on phantoms only")
     p.add_argument("--models", default=None, help="ONNX models to start from (default: the shipped ones)")
-    p.add_argument("--data", action="append", required=True,
-                   help="dataset folder (VerSe layout, or case folders with ground_truth.json); repeatable")
+    p.add_argument("--data", action="append", default=[],
+                   help="dataset folder (VerSe layout, or case folders with ground_truth.json); repeatable; "
+                        "none: the config's phantoms only")
     p.add_argument("--out", required=True, help="run folder; the new ONNX models and the model card go here")
     p.add_argument("--config", default=None, help="fine-tuning config (default: configs/finetune_real.json)")
     p.add_argument("--val", action="append", default=[], help="a case to hold out for validation (repeatable)")

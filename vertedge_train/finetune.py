@@ -1,4 +1,4 @@
-"""`vertedge-train finetune`: the shipped models continued on real scans mixed with phantoms.
+"""`vertedge-train finetune`: the shipped models continued on real scans mixed with phantoms, or on phantoms only.
 
 Steps: bring both ONNX models back as torch nets (`from_onnx`, BatchNorms frozen); split the real
 cases into training and validation (by name, stable); render the training cases' variants (the
@@ -22,6 +22,7 @@ from typing import Any
 
 from vertedge.atomic import write_json
 from vertedge.geometry import Protocol
+from vertedge.phantom import PHANTOM_VERSION
 
 from .config import HeatmapConfig, TrainConfig
 from .data import Pool, cache_folder, data_sources, prerender, scan_of, source_tag
@@ -81,7 +82,9 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
              config: str | Path = DEFAULT_CONFIG, val_fraction: float = 0.2, val_names: Sequence[str] = (),
              steps: int | None = None, real_fraction: float | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tune the models in `models_dir` on the cases under `data_roots`; the new models go into `out`.
+    """Fine-tune the models in `models_dir` on the cases under `data_roots` (none: on the config's
+    phantoms only, e.g. after a phantom change); the new models go into `out`. A task whose steps
+    are 0 keeps its source net's weights.
 
     Returns the model card (also written as `out/model_card.json` and `out/MODEL_CARD.md`).
     """
@@ -95,10 +98,12 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
     models_dir, out = Path(models_dir), Path(out)
     nets = {task: import_onnx(models_dir / FILES[task]) for task in ("loc", "id")}
     sources = sorted({s for root in data_roots for s in data_sources(root)})
-    train, val = split(sources, val_fraction, val_names)
+    train, val = split(sources, val_fraction, val_names) if data_roots else ([], [])
     cfg = _configure(TrainConfig.load(config), nets, train)
     if real_fraction is not None:
         cfg = replace(cfg, data=replace(cfg.data, real_fraction=float(real_fraction)))
+    if not train:  # phantoms only (a new phantom version): no real share to draw
+        cfg = replace(cfg, data=replace(cfg.data, real_fraction=None))
     d = cfg.data
     log(f"[finetune] {len(train)} training cases ({', '.join(map(source_name, train))}), "
         f"{len(val)} for validation ({', '.join(map(source_name, val)) or 'none'})")
@@ -126,8 +131,9 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
         "training_cases": [source_name(s) for s in train],
         "validation_cases": [source_name(s) for s in val],
         "phantom_seeds": [lo, hi - 1],
+        "phantom_version": PHANTOM_VERSION,
         "real_fraction": d.real_fraction,
-        "steps": {t: steps or cfg.task(t).steps for t in ("loc", "id")},
+        "steps": {t: cfg.task(t).steps if steps is None else steps for t in ("loc", "id")},
         "minutes": round((time.time() - t0) / 60, 1),
     }
     for label, folder_ in (("source models", models_dir), ("fine-tuned", out)):
@@ -164,8 +170,9 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"# vertedge models {card['version']} (fine-tuned)",
         "",
         f"- From: {card['models']['loc']} and {card['models']['id']}",
-        f"- Real training cases: {', '.join(card['training_cases'])}; {card['real_fraction']} of each batch real, "
-        f"the rest phantoms (seeds {card['phantom_seeds'][0]}-{card['phantom_seeds'][1]})",
+        (f"- Real training cases: {', '.join(card['training_cases'])}; {card['real_fraction']} of each batch real, "
+         f"the rest phantoms (seeds {card['phantom_seeds'][0]}-{card['phantom_seeds'][1]})" if card["training_cases"] else
+         f"- Phantoms only (seeds {card['phantom_seeds'][0]}-{card['phantom_seeds'][1]}, phantom version {card['phantom_version']})"),
         f"- Steps: localization {card['steps']['loc']}, identification {card['steps']['id']}; {card['minutes']} min",
         f"- Validation cases: {', '.join(card['validation_cases']) or 'none'}",
         f"- Source models: {_score_line(card['source models'])}",
