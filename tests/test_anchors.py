@@ -10,6 +10,7 @@ import pytest
 from vertedge.anchors import median_hu, review, room_mm, supported
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
+from vertedge.ribs import UNSEEN
 from vertedge.volume import Volume
 
 from .conftest import SHARED_DATA, air_volume, rotation
@@ -68,9 +69,10 @@ def test_a_count_that_disagrees_with_the_terminus_is_not_trusted():
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
     one_up = LUMBAR - 1  # T12-L4: the net read every level one too high
     assert not supported(volume, points, one_up, np.full(5, 0.9)).any()
-    # ending on L4 is anatomy when a T13 is decoded above (24 presacral vertebrae)
+    # ending on L4 is anatomy when a T13 is decoded above (24 presacral vertebrae), with its ribs seen
     with_t13 = np.array([LABELS[n] for n in ("T13", "L1", "L2", "L3", "L4")])
-    assert supported(volume, points, with_t13, np.full(5, 0.9)).tolist() == [False, True, True, True, True]
+    ribs = np.array([[1, 1], *[[0, 0]] * 4])
+    assert supported(volume, points, with_t13, np.full(5, 0.9), ribs=ribs).tolist() == [False, True, True, True, True]
     with_l6 = np.array([LABELS[n] for n in ("L2", "L3", "L4", "L5", "L6")])
     assert supported(volume, points, with_l6, np.full(5, 0.9)).all()
 
@@ -114,24 +116,44 @@ def test_a_count_from_the_sacrum_stops_at_the_thoracolumbar_junction():
     """Above L1 lies T12 or T13: a variant the count cannot see, so the count ends at L1."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
     labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
-    assert supported(volume, points, labels, np.full(7, 0.9)).tolist() == [False, False, *[True] * 5]
+    ribs = np.array([[1, 1], [1, 1], *[[0, 0]] * 5])
+    assert supported(volume, points, labels, np.full(7, 0.9), ribs=ribs).tolist() == [False, False, *[True] * 5]
 
 
-@pytest.mark.parametrize("doubt", [1, 2])
-def test_a_count_from_the_sacrum_needs_a_sure_junction_where_the_scan_shows_it(doubt):
-    """Five lumbar vertebrae or six is told by the last rib-bearing one: when the net doubts T12
-    or L1, the count from the sacrum (which assumes five) is in doubt too."""
+RIB_ABOVE_L1_UNSEEN = np.array([[1, 1], [UNSEEN, 0], *[[0, 0]] * 5])  # T12's ring leaves the scan on one side
+
+
+@pytest.mark.parametrize("ribs", [np.zeros((7, 2), int), np.array([[1, 1], [1, 1], [1, 0], *[[0, 0]] * 4])],
+                         ids=["no rib above L1", "a rib beside L1"])
+def test_ribs_that_refute_the_junction_stop_a_sure_count(ribs):
+    """Five lumbar vertebrae or six is told by the last rib-bearing one, not by the net: it reads
+    an L6 spine's L1-L6 as T12-L5 at 0.8-0.9. Where the probe sees the vertebra above L1 in full
+    without a rib, or a rib beside L1, a count from the sacrum (which assumes five) that stops at
+    L1 below more spine is not trusted, however sure the net."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
+    labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
+    assert not supported(volume, points, labels, np.full(7, 0.95), ribs=ribs).any()
+
+
+@pytest.mark.parametrize("ribs", [None, RIB_ABOVE_L1_UNSEEN], ids=["not probed", "T12 leaves the scan"])
+@pytest.mark.parametrize("doubt", [None, 1, 2])
+def test_an_unseen_junction_stands_on_the_nets_confidence(ribs, doubt):
+    """Where the probe cannot see the vertebra above L1 in full, the count from the sacrum stands
+    as a reader's count of a lumbar CT does, on the net's confidence in T12 and L1: in doubt when
+    the net doubts either."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
     labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
     confidence = np.full(7, 0.9)
-    confidence[doubt] = 0.4
-    assert not supported(volume, points, labels, confidence).any()
+    if doubt is not None:
+        confidence[doubt] = 0.4
+    reached = supported(volume, points, labels, confidence, ribs=ribs)
+    assert reached.tolist() == ([False, False, *[True] * 5] if doubt is None else [False] * 7)
 
 
-def test_ribs_above_l1_and_none_beside_it_check_the_junction_the_net_doubts():
+def test_ribs_above_l1_and_none_beside_it_check_the_junction():
     """The rib probe sees what tells five lumbar vertebrae from six: a rib beside the vertebra
-    above L1 and none beside L1 let the count from the sacrum stand where the net doubts T12; no
-    rib above L1 (six lumbar vertebrae read as five) does not."""
+    above L1 and none beside L1 let the count from the sacrum stand, even where the net doubts
+    T12; no rib above L1 (six lumbar vertebrae read as five) does not."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
     labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
     confidence = np.full(7, 0.9)

@@ -22,9 +22,9 @@ past the first vertebra whose own confidence is under `unsupported_confidence`, 
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
 one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
 reason a count up from the sacrum, which assumes five lumbar vertebrae unless the net reads an L6,
-stands only where it reaches the top of the labelled chain, or L1 with the net sure of L1 and of
-the vertebra above it: an unsure or unchecked junction puts the number of lumbar vertebrae in
-doubt. A vertebra
+stands only where it reaches the top of the labelled chain, or L1 with the ribs not seen to
+refute it (no rib beside L1, and the vertebra above L1 either seen with a rib or not seen in
+full): a refuted junction puts the number of lumbar vertebrae in doubt. A vertebra
 at the edge of the field of view (within `edge_gaps` of a gap) is cut: its centroid and label
 are never trusted.
 
@@ -108,18 +108,28 @@ def _junction_sure(
     count: list[int], labels: np.ndarray, confidence: np.ndarray, least: float, ribs: np.ndarray | None
 ) -> bool:
     """May a count up from the sacrum stand? Only if it reaches the top of the labelled chain, or
-    reaches L1 with the junction checked: the last rib-bearing vertebra is what tells five lumbar
-    vertebrae from six, which the count itself cannot see, and a count stopped below L1 with more
-    spine above cannot be checked against it. The junction is checked where the rib probe
-    (`ribs.rib_sides`, (n, 2)) finds a rib beside the vertebra above L1 and none beside L1, or
-    where the net is sure of L1 and of the vertebra above it."""
+    reaches L1 with the junction not refuted: the last rib-bearing vertebra is what tells five
+    lumbar vertebrae from six, which the count itself cannot see, and a count stopped below L1
+    with more spine above cannot be checked against it.
+
+    The rib probe (`ribs.rib_sides`, (n, 2)) checks the junction where it sees a rib beside the
+    vertebra above L1 and none beside L1, and refutes it where it sees a rib beside L1 or the
+    vertebra above L1 in full with no rib (an L6 spine's L1, read as T12 by the net at 0.8-0.9).
+    Where it cannot see the vertebra above L1 in full (it leaves the scan), the count stands on
+    the net's confidence in L1 and that vertebra, as a reader counts a lumbar CT from the sacrum.
+    """
     top = count[-1]
     if top == 0:
         return True
     if int(labels[top]) != _L1:
         return False
-    ribbed = ribs is not None and bool((ribs[top - 1] == 1).any() and (ribs[top] == 0).any() and not (ribs[top] == 1).any())
-    return ribbed or bool(min(confidence[top], confidence[top - 1]) >= least)
+    if ribs is not None:
+        above, beside = ribs[top - 1], ribs[top]
+        if (beside == 1).any() or (above == 0).all():
+            return False
+        if (above == 1).any():
+            return bool((beside == 0).any())
+    return bool(min(confidence[top], confidence[top - 1]) >= least)
 
 
 def supported(
