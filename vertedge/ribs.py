@@ -16,8 +16,10 @@ within a posterolateral wedge (`wedge_deg` from the lateral direction, posterior
 enough for a patient rolled 30 degrees). Transverse processes end inside the ring (C7's at ~38
 mm, the lumbar ones at <= 50), the scapula and the iliac crest start outside its inner edge, the
 clavicle lies in front of the wedge: only a rib crosses it. On the real scans of
-`../shared/data/real` it finds both ribs at T1-T11 of the chest CT and at the lumbar CT's T12, and
-none at C7 or L1-L5, as stored and under noise, thick slices, tilt and roll (benchmarks/RESULTS.md).
+`../shared/data/real` it finds both ribs at T1-T11 of the chest CT, and none at C7 or L1-L5, as
+stored and under noise, thick slices, tilt and roll (benchmarks/RESULTS.md); the lumbar CT's T12
+lies at the scan's top edge, where it finds the ribs under noise or roll but, as stored, one side
+leaves the scan and the other shows none.
 
 Points are world LPS mm in chain order (cranial -> caudal); the lateral direction is the scan's
 patient L-R axis made perpendicular to the local spine axis.
