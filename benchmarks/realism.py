@@ -13,6 +13,11 @@ seed that has one:
               at the isocentre, median over views 0, 2 and 5: how far the spine stands out of the
               soft tissue in what the nets see (1 = not at all).
 Medians per case (real) and over all seeds (phantom, with their 10th-90th percentile range).
+
+And the ribs, as the runtime's rib probe (`vertedge.ribs.rib_sides`, tuned on real CT) sees them
+at the true centroids: per group of vertebrae (T1-T3, T4-T8, T9-T12; C6-C7 and L1-L2, which bear
+none), the fraction of the sides it sees on which it finds a rib, per real case and over all
+seeds.
 """
 
 from __future__ import annotations
@@ -27,12 +32,17 @@ import numpy as np
 
 from vertedge import drr
 from vertedge.geometry import Protocol, make_views, project
+from vertedge.labels import LABELS, SPINE_ORDER
 from vertedge.metrics import read_points
 from vertedge.onnx_models import Models
 from vertedge.phantom import make_phantom
+from vertedge.ribs import rib_sides
 from vertedge.volume import Volume, load_volume
 
 LUMBAR = range(20, 26)
+RIB_GROUPS = {group: {LABELS[n] for n in names} for group, names in (
+    ("T1-T3", ("T1", "T2", "T3")), ("T4-T8", ("T4", "T5", "T6", "T7", "T8")),
+    ("T9-T12", ("T9", "T10", "T11", "T12")), ("C6-C7, L1-L2 (none)", ("C6", "C7", "L1", "L2")))}
 VIEWS = (0, 2, 5)
 SIDE_MM = 40.0
 
@@ -87,6 +97,27 @@ def measure(volume: Volume, centroids: dict[int, np.ndarray], protocol: Protocol
     return records
 
 
+def rib_counts(volume: Volume, centroids: dict[int, np.ndarray]) -> dict[str, list[int]]:
+    """Per rib group, [sides with a rib, sides seen] where the rib probe runs on `centroids` (label ->
+    world LPS mm), taken in spine order as a chain."""
+    labels = sorted((k for k in centroids if k in SPINE_ORDER), key=SPINE_ORDER.index)
+    counts = {group: [0, 0] for group in RIB_GROUPS}
+    if len(labels) < 2:
+        return counts
+    sides = rib_sides(volume, np.array([centroids[k] for k in labels], float))
+    for label, row in zip(labels, sides):
+        for group, members in RIB_GROUPS.items():
+            if label in members:
+                counts[group][0] += int((row == 1).sum())
+                counts[group][1] += int((row >= 0).sum())
+    return counts
+
+
+def add_counts(total: dict[str, list[int]], more: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Per group sums of two `rib_counts` results."""
+    return {g: [total.get(g, [0, 0])[0] + more[g][0], total.get(g, [0, 0])[1] + more[g][1]] for g in more}
+
+
 def summary(records: list[dict[str, float]]) -> dict[str, Any]:
     """Median (and 10th-90th percentile) of each measure over records."""
     keys = ("body_hu", "ball_p90", "ball_p99", "drr_ratio")
@@ -103,19 +134,24 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     protocol = Models(device="cpu").protocol
-    report: dict[str, Any] = {"protocol": protocol.to_dict(), "real": {}, "phantom": {}}
+    report: dict[str, Any] = {"protocol": protocol.to_dict(), "real": {}, "phantom": {}, "ribs": {}}
     for case in sorted(p for p in args.real.glob("*") if (p / "ct.nii.gz").is_file()):
         truth, cut = read_points(case / "ground_truth.json")
         records = measure(load_volume(case / "ct.nii.gz"), {k: v for k, v in truth.items() if k not in cut}, protocol)
         if records:
             report["real"][case.name] = summary(records) | {"vertebrae": records}
+        report["ribs"][case.name] = rib_counts(load_volume(case / "ct.nii.gz"), {k: v for k, v in truth.items() if k not in cut})
     lo, hi = (int(v) for v in args.seeds.split("-"))
-    phantom_records = []
+    phantom_records: list[dict[str, float]] = []
+    phantom_ribs: dict[str, list[int]] = {}
     for seed in range(lo, hi + 1):
         ph = make_phantom(seed)
-        phantom_records += measure(ph.volume, {k: c for k, c in ph.centroids.items() if not ph.cut[k]}, protocol)
+        whole = {k: c for k, c in ph.centroids.items() if not ph.cut[k]}
+        phantom_records += measure(ph.volume, whole, protocol)
+        phantom_ribs = add_counts(phantom_ribs, rib_counts(ph.volume, whole))
         print(f"seed {seed}: {len(phantom_records)} lumbar vertebrae so far", file=sys.stderr)
     report["phantom"] = summary(phantom_records)
+    report["ribs"][f"phantom seeds {args.seeds}"] = phantom_ribs
     print("| source | lumbar vertebrae | body HU | 25 mm p90 HU | 25 mm p99 HU | DRR spine/side |")
     print("|---|---|---|---|---|---|")
     rows = [(name, s) for name, s in report["real"].items()] + [(f"phantom seeds {args.seeds}", report["phantom"])]
@@ -123,6 +159,13 @@ def main() -> None:
         cells = [f"{s[k]['median']:.0f} ({s[k]['p10']:.0f}-{s[k]['p90']:.0f})" for k in ("body_hu", "ball_p90", "ball_p99")]
         r = s["drr_ratio"]
         print(f"| {name} | {s['n']} | " + " | ".join(cells) + f" | {r['median']:.3f} ({r['p10']:.3f}-{r['p90']:.3f}) |")
+    print()
+    print("| source | " + " | ".join(f"ribs found beside {g}" for g in RIB_GROUPS) + " |")
+    print("|---|" + "---|" * len(RIB_GROUPS))
+    for name, counts in report["ribs"].items():
+        if any(seen for _, seen in counts.values()):
+            cells = [f"{found / seen:.0%} of {seen}" if seen else "-" for found, seen in counts.values()]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
