@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from vertedge.cli import EXAMPLE_REGION as REGION  # noqa: E402  (the example scan of `vertedge demo`)
 from vertedge.cli import EXAMPLE_SEED as SEED  # noqa: E402
-from vertedge.metrics import ID_RADIUS_MM, score  # noqa: E402
+from vertedge.metrics import score  # noqa: E402
 from vertedge.onnx_models import Models  # noqa: E402
 from vertedge.phantom import make_phantom  # noqa: E402
 from vertedge.pipeline import Labeler  # noqa: E402
@@ -26,26 +26,12 @@ def labeled():
 
 
 @pytest.mark.slow
-def test_every_vertebra_found_and_every_miss_flagged(labeled):
-    """Every vertebra in full view gets a point, and a label the scan does not bear out is flagged.
-
-    Not every label is right: on phantom version 3 the example's T6 is read as T5 (a stray point
-    between T6 and T7, seen in 4 of 10 views, takes the name T6; benchmarks/RESULTS.md).
-    """
+def test_every_vertebra_found_and_labelled(labeled):
     ph, _, result = labeled
     whole = {k for k, cut in ph.cut.items() if not cut}
     s = score(result.centroids(), ph.centroids, exclude=set(ph.centroids) - whole)
-    assert s.n_gt["all"] == len(whole)
-    points = np.array([v.world_lps_mm for v in result.vertebrae])
-    for k in whole:
-        assert np.linalg.norm(points - ph.centroids[k], axis=1).min() <= ID_RADIUS_MM, f"{k} not found"
-    labels = np.array(list(ph.centroids))
-    truth = np.array([ph.centroids[k] for k in labels])
-    for v in result.vertebrae:  # right: the nearest truth vertebra, within 20 mm, has its label
-        d = np.linalg.norm(truth - v.world_lps_mm, axis=1)
-        right = labels[d.argmin()] == v.label and d.min() <= ID_RADIUS_MM
-        assert right or v.needs_review, f"{v.name} wrong and not flagged"
-    assert s.id_rate["all"] >= 80.0
+    missed = [row["name"] for row in s.per_vertebra if not row["identified"]]
+    assert s.n_gt["all"] == len(whole) and not missed, f"not identified: {missed}"
 
 
 @pytest.mark.slow

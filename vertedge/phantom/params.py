@@ -19,7 +19,8 @@ from .tissue import BLOOD, BoneHU
 # Bumped whenever make_phantom(seed) changes its output; training caches are keyed by it, so DRRs
 # rendered from an older phantom are never mixed into training. 2: realistic bone density.
 # 3: pedicles, transverse processes and rib heads and necks in the upper half of the body.
-PHANTOM_VERSION = 3
+# 4: the ribs' cortex denser than the vertebrae's (`tissue.RIB_CORTEX_EXTRA`).
+PHANTOM_VERSION = 4
 REGIONS = ("full", "cervical", "thoracic", "lumbar", "cervicothoracic", "thoracolumbar")
 ORIENTATIONS = ("LPS", "RAS", "permuted")
 VARIANTS = ("normal", "T13", "L6")  # T13: 13 thoracic vertebrae; L6: 6 lumbar (VerSe labels 28, 25)

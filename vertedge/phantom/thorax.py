@@ -16,7 +16,7 @@ from .params import PhantomParams
 from .raster import Scene
 from .shapes import frame, rot_z
 from .spine import Spine
-from .tissue import AIR, ARM_CORTEX_EXTRA, FAT, LUNG, MARROW, MEDIASTINUM, MUSCLE, SLENDER_EXTRA, SOFT, THIN_BONE_EXTRA
+from .tissue import AIR, ARM_CORTEX_EXTRA, FAT, LUNG, MARROW, MEDIASTINUM, MUSCLE, RIB_CORTEX_EXTRA, SLENDER_EXTRA, SOFT, THIN_BONE_EXTRA
 from .torso import Torso
 
 RIB_POINTS = 16  # samples along each rib
@@ -108,9 +108,10 @@ class RibCage:
     def paint(self, sc: Scene, prm: PhantomParams) -> None:
         """Ribs (bone, then costal cartilage) and the sternum (body and manubrium)."""
         canc, cort = prm.bone.cancellous, prm.bone.cortical
+        rib_cort = cort + RIB_CORTEX_EXTRA
         for rib in self.ribs:
-            sc.capsule(rib.head, rib.bone[0], 4.0, 4.5, canc + SLENDER_EXTRA, cort, 1.0)
-            sc.chain(rib.bone, 5.0, 4.5, canc + THIN_BONE_EXTRA, cort, 1.0)
+            sc.capsule(rib.head, rib.bone[0], 4.0, 4.5, canc + SLENDER_EXTRA, rib_cort, 1.0)
+            sc.chain(rib.bone, 5.0, 4.5, canc + THIN_BONE_EXTRA, rib_cort, 1.0)
             if len(rib.cartilage):
                 sc.chain(rib.cartilage, 4.5, 4.5, prm.cartilage_hu)
         p0, p1 = self.sternum
