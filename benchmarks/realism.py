@@ -113,11 +113,6 @@ def rib_counts(volume: Volume, centroids: dict[int, np.ndarray]) -> dict[str, li
     return counts
 
 
-def add_counts(total: dict[str, list[int]], more: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Per group sums of two `rib_counts` results."""
-    return {g: [total.get(g, [0, 0])[0] + more[g][0], total.get(g, [0, 0])[1] + more[g][1]] for g in more}
-
-
 def summary(records: list[dict[str, float]]) -> dict[str, Any]:
     """Median (and 10th-90th percentile) of each measure over records."""
     keys = ("body_hu", "ball_p90", "ball_p99", "drr_ratio")
@@ -137,18 +132,21 @@ def main() -> None:
     report: dict[str, Any] = {"protocol": protocol.to_dict(), "real": {}, "phantom": {}, "ribs": {}}
     for case in sorted(p for p in args.real.glob("*") if (p / "ct.nii.gz").is_file()):
         truth, cut = read_points(case / "ground_truth.json")
-        records = measure(load_volume(case / "ct.nii.gz"), {k: v for k, v in truth.items() if k not in cut}, protocol)
+        volume, whole = load_volume(case / "ct.nii.gz"), {k: v for k, v in truth.items() if k not in cut}
+        records = measure(volume, whole, protocol)
         if records:
             report["real"][case.name] = summary(records) | {"vertebrae": records}
-        report["ribs"][case.name] = rib_counts(load_volume(case / "ct.nii.gz"), {k: v for k, v in truth.items() if k not in cut})
+        report["ribs"][case.name] = rib_counts(volume, whole)
     lo, hi = (int(v) for v in args.seeds.split("-"))
     phantom_records: list[dict[str, float]] = []
-    phantom_ribs: dict[str, list[int]] = {}
+    phantom_ribs = {group: [0, 0] for group in RIB_GROUPS}
     for seed in range(lo, hi + 1):
         ph = make_phantom(seed)
         whole = {k: c for k, c in ph.centroids.items() if not ph.cut[k]}
         phantom_records += measure(ph.volume, whole, protocol)
-        phantom_ribs = add_counts(phantom_ribs, rib_counts(ph.volume, whole))
+        for group, (found, seen) in rib_counts(ph.volume, whole).items():
+            phantom_ribs[group][0] += found
+            phantom_ribs[group][1] += seen
         print(f"seed {seed}: {len(phantom_records)} lumbar vertebrae so far", file=sys.stderr)
     report["phantom"] = summary(phantom_records)
     report["ribs"][f"phantom seeds {args.seeds}"] = phantom_ribs
