@@ -87,6 +87,32 @@ class SacrumOptions:
 
 
 @dataclass(frozen=True)
+class BodyOptions:
+    """Where each point's body lies along and across the spine (`body`); local gaps, mm, HU, degrees."""
+
+    enabled: bool = True
+    radius_gaps: float = 0.3  # the profile's disc across the spine: inside the body (bodies are >= ~1.2 gaps wide)
+    step_mm: float = 1.0  # the profile's sampling along the spine
+    smooth_mm: float = 1.0  # Gaussian sigma: less than an endplate's thickness
+    search_gaps: float = 0.45  # the body's centre lies within this of the point (a neighbour's beyond it)
+    mirror_gaps: float = 0.5  # the symmetry is compared this far either side: the body and half of each disc
+    middle_gaps: float = 0.25  # a body's middle is cancellous bone, a disc's holds two endplates (0.15: 3 mm slices fail)
+    neighbours: int = 2  # on either side, whose offsets the median takes
+    max_voxel_gaps: float = 0.25  # a voxel longer along the spine than this: no reading, no move along it
+    seen_fraction: float = 0.6  # of a candidate's mirrored pairs inside the scan: enough to judge it (a body at the scan's edge)
+    regular_ratio: float = 1.4  # a point's gap within this factor of its neighbours': it moves with them
+    clear_symmetry: float = 0.7  # x the median asymmetry over the search: a clearer best is a centre of symmetry
+    slab_gaps: float = 0.2  # the cross-section's slab either side of the centre: clear of the pedicles' tops and rib heads
+    slab_planes: int = 5
+    tilt_deg: float = 35.0  # the midline searched this far either side of the posterior direction (rolled patients)
+    tilt_step_deg: float = 5.0
+    midline_gaps: float = 0.6  # the mirror image is compared this far either side of the midline
+    offset_gaps: float = 0.4  # ... and this far either side of the point; the section centroid no further
+    soft_tissue_hu: float = 40.0  # muscle: the bone's threshold is halfway between it and the body's median
+    min_bone_contrast_hu: float = 30.0  # the body's median above soft tissue by less: no section is read
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     """Every setting of `pipeline.Labeler` after the DRR; `to_dict` is what a result records."""
 
@@ -99,6 +125,7 @@ class PipelineOptions:
     review: ReviewOptions = field(default_factory=ReviewOptions)
     ribs: RibOptions = field(default_factory=RibOptions)
     sacrum: SacrumOptions = field(default_factory=SacrumOptions)
+    body: BodyOptions = field(default_factory=BodyOptions)
     # The nets learned from phantoms whose spine runs along the scan's S-I axis (the principal axis
     # of their centroids within 1 degree of it in most, 2.5 on average); a real lumbar or thoracic
     # segment leans 8-9 degrees in the sagittal plane, and a tilted patient more. When the first

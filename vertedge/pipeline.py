@@ -17,12 +17,14 @@ import numpy as np
 
 from . import __version__
 from .anchors import review
+from .body import body_centres
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
 from .fusion import Fused, fuse
 from .geometry import Views, make_views
 from .labelling import label, one_per_label, peaks_of, view_votes
+from .labels import LABELS
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
@@ -31,6 +33,8 @@ from .sacrum import sacral_start, sacrum_below
 from .sequence import vote
 from .volume import Volume
 from .xp import to_host
+
+_NO_BODY = (LABELS["C1"], LABELS["C2"])  # C1 has no body; C2's dens breaks the body's symmetry (body.body_centres)
 
 
 @dataclass(frozen=True)
@@ -228,20 +232,24 @@ class Labeler:
                 confidence, needs_review = review(
                     volume, points, labels[keep], confidence[keep], options.review, sides[keep], below
                 )
-                voxel = volume.world_to_index(points)
-                vertebrae = tuple(
-                    Vertebra(
-                        label=int(labels[i]),
-                        name=label_name(int(labels[i])),
-                        world_lps_mm=tuple(float(x) for x in points[j]),  # type: ignore[arg-type]
-                        voxel_index=tuple(float(x) for x in voxel[j]),  # type: ignore[arg-type]
-                        confidence=float(confidence[j]),
-                        residual_mm=float(fused.residual_mm[i]),
-                        n_views=int(fused.n_views[i]),
-                        needs_review=bool(needs_review[j]),
-                    )
-                    for j, i in enumerate(keep)
+            if options.body.enabled:
+                with timer("body"):
+                    # the nets' points, kept for the labels above, moved onto the bodies the scan shows
+                    points = body_centres(volume, points, options.body, read=~np.isin(labels[keep], _NO_BODY))
+            voxel = volume.world_to_index(points)
+            vertebrae = tuple(
+                Vertebra(
+                    label=int(labels[i]),
+                    name=label_name(int(labels[i])),
+                    world_lps_mm=tuple(float(x) for x in points[j]),  # type: ignore[arg-type]
+                    voxel_index=tuple(float(x) for x in voxel[j]),  # type: ignore[arg-type]
+                    confidence=float(confidence[j]),
+                    residual_mm=float(fused.residual_mm[i]),
+                    n_views=int(fused.n_views[i]),
+                    needs_review=bool(needs_review[j]),
                 )
+                for j, i in enumerate(keep)
+            )
         return Result(
             vertebrae=vertebrae,
             input=input_description(volume),

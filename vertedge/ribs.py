@@ -93,24 +93,24 @@ def slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...], 
     return hu.max(axis=0), inside.mean(axis=0)
 
 
-def crosses(bone: np.ndarray, radius: np.ndarray, inner: float, outer: float) -> bool:
-    """Does one component of `bone` (H, W) reach from radius <= inner to radius >= outer?
-
-    Grown from its pixels inside `inner` one 4-neighbour step at a time, within `bone`.
-    """
-    grown = bone & (radius <= inner)
+def grown(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the 4-connected components of `mask` (H, W) that hold a pixel of `seeds` (H, W)."""
+    region = mask & seeds
     while True:
-        step = grown.copy()
-        step[1:] |= grown[:-1]
-        step[:-1] |= grown[1:]
-        step[:, 1:] |= grown[:, :-1]
-        step[:, :-1] |= grown[:, 1:]
-        step &= bone
-        if (step & (radius >= outer)).any():
-            return True
-        if (step == grown).all():
-            return False
-        grown = step
+        step = region.copy()
+        step[1:] |= region[:-1]
+        step[:-1] |= region[1:]
+        step[:, 1:] |= region[:, :-1]
+        step[:, :-1] |= region[:, 1:]
+        step &= mask
+        if (step == region).all():
+            return region
+        region = step
+
+
+def crosses(bone: np.ndarray, radius: np.ndarray, inner: float, outer: float) -> bool:
+    """Does one component of `bone` (H, W) reach from radius <= inner to radius >= outer?"""
+    return bool((grown(bone, radius <= inner) & (radius >= outer)).any())
 
 
 def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFAULT_OPTIONS.ribs) -> np.ndarray:

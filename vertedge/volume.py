@@ -86,6 +86,24 @@ class Volume:
         hu[inside] = self.hu[k, j, i]
         return hu.reshape(xyz.shape[:-1]), inside.reshape(xyz.shape[:-1])
 
+    def hu_linear(self, xyz: np.ndarray) -> np.ndarray:
+        """HU (...) float64 trilinearly interpolated at world LPS points (..., 3) mm; NaN where a
+        point's eight neighbouring voxels are not all inside the grid."""
+        xyz = np.asarray(xyz, float)
+        ijk = self.world_to_index(xyz.reshape(-1, 3))
+        base = np.floor(ijk).astype(np.int64)
+        frac = ijk - base
+        inside = np.all((base >= 0) & (base < np.array(self.shape_ijk) - 1), axis=1)
+        i, j, k = base[inside].T
+        fi, fj, fk = frac[inside].T
+        hu = np.full(len(ijk), np.nan)
+        acc = np.zeros(len(i))
+        for di, dj, dk in np.ndindex(2, 2, 2):
+            w = (fi if di else 1 - fi) * (fj if dj else 1 - fj) * (fk if dk else 1 - fk)
+            acc += w * self.hu[k + dk, j + dj, i + di]
+        hu[inside] = acc
+        return hu.reshape(xyz.shape[:-1])
+
     @property
     def center_world(self) -> np.ndarray:
         """World LPS mm (3,) of the centre of the voxel grid."""

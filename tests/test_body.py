@@ -1,0 +1,103 @@
+"""The bodies read from the CT: points set off along or across the spine come back to their bodies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vertedge import metrics
+from vertedge.body import body_centres, period_mm
+from vertedge.phantom import make_phantom
+from vertedge.ribs import chain_frames
+from vertedge.volume import Volume, load_volume
+from vertedge_train.variations import rotated, rotation
+
+from .conftest import SHARED_DATA, air_volume
+
+
+def whole_bodies(centroids: dict[int, np.ndarray], cut: dict[int, bool] | frozenset[int]) -> np.ndarray:
+    """(n, 3) world LPS mm body centroids in chain order (cranial -> caudal), cut ones left out."""
+    return np.array([centroids[k] for k in sorted(centroids) if not (cut[k] if isinstance(cut, dict) else k in cut)])
+
+
+def errors(points: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """|error| mm (n,) along the spine, across it (lateral) and front-back, in the truth's frames."""
+    axis, lateral, posterior, _ = chain_frames(truth)
+    d = points - truth
+    return (np.abs((d * axis).sum(1)), np.abs((d * lateral).sum(1)), np.abs((d * posterior).sum(1)))
+
+
+@pytest.fixture(scope="module")
+def thoracic() -> tuple[Volume, np.ndarray]:
+    ph = make_phantom(3, "thoracic")
+    return ph.volume, whole_bodies(ph.centroids, ph.cut)
+
+
+@pytest.fixture(scope="module")
+def lumbar() -> tuple[Volume, np.ndarray]:
+    ph = make_phantom(5, "lumbar")
+    return ph.volume, whole_bodies(ph.centroids, ph.cut)
+
+
+@pytest.mark.parametrize("gaps", [0.3, -0.3])
+@pytest.mark.parametrize("region", ["thoracic", "lumbar"])
+def test_points_set_off_along_the_spine_come_back_to_their_bodies(region, gaps, request):
+    volume, truth = request.getfixturevalue(region)
+    axis = chain_frames(truth)[0]
+    start = truth + gaps * period_mm(truth)[:, None] * axis  # where the nets put the real chest CT's points
+    along, _, _ = errors(body_centres(volume, start), truth)
+    assert np.median(along) <= 1.5 and along.max() <= 4.0, along.round(1)
+
+
+@pytest.mark.parametrize("roll_deg", [0.0, 25.0])
+def test_points_set_off_across_the_spine_come_back_to_the_midline(lumbar, roll_deg):
+    volume, truth = lumbar
+    turn, centre = rotation(roll_deg=roll_deg), truth.mean(axis=0)
+    if roll_deg:
+        volume, truth = rotated(volume, turn, centre), (truth - centre) @ turn.T + centre
+    lateral = chain_frames(truth)[1]
+    _, across, front_back = errors(body_centres(volume, truth + 5.0 * lateral), truth)
+    assert across.max() <= 1.5 and front_back.max() <= 2.5, (across.round(1), front_back.round(1))
+
+
+def test_a_scan_without_bodies_leaves_the_points_where_they_are():
+    volume = air_volume((80, 80, 120), (2.0, 2.0, 2.0))
+    volume.hu[:] = 40  # soft tissue and nothing else: no centre of symmetry is clearer than another
+    points = np.array([[0.0, 0.0, 60.0 - 25.0 * r] for r in range(5)])
+    np.testing.assert_array_equal(body_centres(volume, points), points)
+
+
+def test_points_not_read_stay_and_do_not_move_their_neighbours(thoracic):
+    volume, truth = thoracic
+    axis = chain_frames(truth)[0]
+    start = truth + 0.3 * period_mm(truth)[:, None] * axis
+    read = np.ones(len(truth), bool)
+    read[:2] = False
+    moved = body_centres(volume, start, read=read)
+    np.testing.assert_array_equal(moved[:2], start[:2])
+    assert np.median(errors(moved[2:], truth[2:])[0]) <= 1.5
+
+
+REAL = SHARED_DATA / "real"
+
+
+@pytest.mark.skipif(not (REAL / "popi_thorax").is_dir(), reason="no ../shared/data")
+def test_the_chest_ct_points_where_the_nets_put_them_come_back_to_the_bodies():
+    """The localization net puts the real chest CT's T1-T10 7-8 mm cranial of their bodies."""
+    truth_by_label, cut = metrics.read_points(REAL / "popi_thorax" / "ground_truth.json")
+    truth = whole_bodies(truth_by_label, frozenset(cut))
+    axis = chain_frames(truth)[0]
+    moved = body_centres(load_volume(REAL / "popi_thorax" / "ct.nii.gz"), truth + 7.5 * axis)
+    along, across, front_back = errors(moved, truth)
+    assert np.median(along) <= 2.0 and np.median(np.linalg.norm(moved - truth, axis=1)) <= 3.0, along.round(1)
+
+
+@pytest.mark.skipif(not (REAL / "totalseg_lumbar").is_dir(), reason="no ../shared/data")
+def test_the_lumbar_ct_points_off_the_midline_come_back_to_it():
+    """The nets put the real lumbar CT's points 4-5 mm to the patient's right of its bodies."""
+    truth_by_label, cut = metrics.read_points(REAL / "totalseg_lumbar" / "ground_truth.json")
+    truth = whole_bodies(truth_by_label, frozenset(cut))
+    lateral = chain_frames(truth)[1]
+    moved = body_centres(load_volume(REAL / "totalseg_lumbar" / "ct.nii.gz"), truth - 5.0 * lateral)
+    _, across, _ = errors(moved, truth)
+    assert across.max() <= 2.0, across.round(1)

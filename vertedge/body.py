@@ -1,0 +1,247 @@
+"""Vertebral bodies read from the CT: each labelled point moved to the middle of its body, along the spine and across it.
+
+The fused points are where the localization net's heatmaps peak, and on real chest CT those peaks
+sit on the bright bands of rib heads, necks and transverse processes in the upper half of each
+vertebra: 7-8 mm cranial of the body centroid at T1-T10 of the real chest CT, in every view and
+under tilt, roll, noise and thick slices (benchmarks/RESULTS.md). The scan itself says where each
+body is. Along the spine the CT alternates between bodies and intervertebral discs, and a body is
+mirror-symmetric about its own middle: endplate, cancellous bone, endplate, with a disc beyond
+each. How the parts look differs from scan to scan (dark discs between bright endplates in one,
+thin discs that only the endplates' bright lines mark in an older spine), the symmetry does not.
+The pipeline moves the points after labelling: the labels, the rib and sacrum probes and the
+review are read at the fused points, as they were measured (moving the points first changed the
+chest CT's labels both ways: benchmarks/RESULTS.md).
+
+Per point: the mean HU of a disc of `radius_gaps` local gaps across the spine, sampled every mm
+along it and smoothed (`smooth_mm`), is mirrored about each candidate centre within
+`search_gaps` of the point; the local minima of the mean absolute difference over `mirror_gaps`
+(at least `seen_fraction` of the pairs inside the scan) are the centres of symmetry, and a clear
+one lies below `clear_symmetry` of the median asymmetry over the search. A disc is one too,
+between two endplates; a body's middle is the smooth one, so the candidate with the least HU
+spread within `middle_gaps` is the body's centre. The localization net's error along the spine
+changes slowly from level to level, and one level's reading can be a disc taken for a body: each
+point moves by the median of the offsets (in local gaps) read at the `2 * neighbours + 1` points
+nearest it along the chain (itself among them) where at least two are read, else by the median
+over the whole chain (a run of unread levels). A point whose gap differs from its neighbours' by
+more than `regular_ratio` is off the chain's rhythm (a missed or stray level): only its own
+reading moves it. A profile that crosses metal (a pedicle screw) is not read there, and no point
+moves along the spine where a voxel spans more than `max_voxel_gaps` of its gap (5 mm slices
+through a cervical spine: a disc is one slice).
+
+Across the spine the same holds: a vertebra is mirror-symmetric about its mid-sagittal plane, and
+its body is the bone in front of the spinal canal. In the mean-HU image of a slab (`slab_gaps`
+either side of the body's centre along the spine) the line of best mirror symmetry is searched
+over `tilt_deg` (a rolled patient's midline turns with it) and `offset_gaps` either side of the
+point (a clear best, as along the spine, or none); the point moves onto it. The bone there is what is brighter than halfway between the body's
+median HU and soft tissue (`soft_tissue_hu`), kept where its mirror image is bone too (an aorta
+with contrast touches the body on one side only), cut at the canal's front along the midline; the
+point moves to the centroid of the part connected to it (the body's cross-section), unless that is
+more than `offset_gaps` away (no clear body there). On the real lumbar CT its points sat 4-5 mm to
+the patient's right of the bodies; on the real chest CT the midline points were 1-2 mm off.
+
+Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`,
+with the local gap the shorter of the two spacings to the neighbours (a missed vertebra doubles
+the other).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .options import DEFAULT_OPTIONS, BodyOptions
+from .ribs import chain_frames, grown
+from .volume import Volume
+
+METAL_HU = 2000.0  # above: metal (cortical bone stays under ~1900 HU)
+
+
+def period_mm(points_lps: np.ndarray) -> np.ndarray:
+    """(n,) mm: the shorter spacing of each point (n, 3) mm, n >= 2, to its chain neighbours (the one spacing at the ends)."""
+    spacing = np.linalg.norm(np.diff(points_lps, axis=0), axis=1)
+    return np.minimum(np.r_[spacing[:1], spacing], np.r_[spacing, spacing[-1:]])
+
+
+def axial_profile(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  along_mm: np.ndarray, radius_mm: float, rings: int = 3) -> np.ndarray:
+    """(m,) mean HU (trilinear) over a disc of `radius_mm` across the spine at each of `along_mm`
+    (m,) mm from `centre` (3,) along the frame's axis; NaN where part of the disc lies outside the
+    scan or on metal (a pedicle screw's tip, whose streaks no symmetry survives). `frame` = (axis,
+    lateral, posterior) unit vectors (3,) LPS."""
+    axis, lateral, posterior = frame
+    per_ring = np.maximum(1, 6 * np.arange(rings + 1))  # samples about evenly spread over the disc
+    r = np.repeat(radius_mm * np.arange(rings + 1) / rings, per_ring)
+    phi = np.concatenate([2 * np.pi * np.arange(k) / k for k in per_ring])
+    offsets = (r * np.cos(phi))[:, None] * lateral + (r * np.sin(phi))[:, None] * posterior  # (s, 3)
+    world = centre + along_mm[:, None, None] * axis + offsets[None]
+    hu = volume.hu_linear(world)
+    return np.where((hu > METAL_HU).any(axis=1), np.nan, hu.mean(axis=1))
+
+
+def smoothed(profile: np.ndarray, sigma_samples: float) -> np.ndarray:
+    """(m,) the profile convolved with a Gaussian of `sigma_samples`; NaN spreads to the samples it reaches."""
+    half = int(3 * sigma_samples) + 1
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_samples) ** 2)
+    padded = np.pad(profile, half, mode="edge")
+    return np.convolve(padded, kernel / kernel.sum(), mode="valid")
+
+
+def body_offset(profile: np.ndarray, gap_mm: float, options: BodyOptions) -> float:
+    """The body's centre in local gaps from the point, read from its `profile` (`axial_profile`,
+    samples `options.step_mm` apart, centred on the point, reaching `search_gaps + mirror_gaps`
+    either side); NaN where no centre of symmetry lies within `search_gaps` inside the scan."""
+    o = options
+    p = smoothed(profile, o.smooth_mm / o.step_mm)
+    centre = len(p) // 2
+    reach = int(o.search_gaps * gap_mm / o.step_mm)
+    candidates = np.arange(centre - reach, centre + reach + 1)
+    t = np.arange(1, int(o.mirror_gaps * gap_mm / o.step_mm) + 1)
+    diff = np.abs(p[candidates[:, None] + t] - p[candidates[:, None] - t])  # NaN off the scan
+    seen = np.isfinite(diff).sum(axis=1)
+    asymmetry = np.where(seen >= o.seen_fraction * len(t), np.nansum(diff, axis=1) / np.maximum(seen, 1), np.nan)
+    inner = asymmetry[1:-1]
+    minima = 1 + np.flatnonzero((inner <= asymmetry[:-2]) & (inner <= asymmetry[2:]))  # NaN compares False
+    if not len(minima):
+        return float("nan")
+    w = int(round(o.middle_gaps * gap_mm / o.step_mm))
+    spread = [np.nanstd(p[c - w : c + w + 1]) for c in candidates[minima]]
+    best = minima[int(np.argmin(spread))]
+    if not asymmetry[best] < o.clear_symmetry * np.nanmedian(asymmetry):  # a uniform or shapeless profile
+        return float("nan")
+    return float((candidates[best] - centre) * o.step_mm / gap_mm)
+
+
+def bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`image` (H, W) at fractional pixel positions (...), NaN outside it (or where a neighbour is NaN)."""
+    h, w = image.shape
+    r0 = np.clip(np.floor(rows).astype(np.int64), 0, h - 2)
+    c0 = np.clip(np.floor(cols).astype(np.int64), 0, w - 2)
+    fr, fc = rows - r0, cols - c0
+    value = ((image[r0, c0] * (1 - fc) + image[r0, c0 + 1] * fc) * (1 - fr)
+             + (image[r0 + 1, c0] * (1 - fc) + image[r0 + 1, c0 + 1] * fc) * fr)
+    inside = (rows >= 0) & (rows <= h - 1) & (cols >= 0) & (cols <= w - 1)
+    return np.where(inside, value, np.nan)
+
+
+def slab_image(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
+               across_mm: np.ndarray, front_back_mm: np.ndarray, along_mm: np.ndarray) -> np.ndarray:
+    """(V, U) mean HU (trilinear) over planes at `along_mm` from `centre` (3,) along the frame's
+    axis, sampled at `front_back_mm` (V,) along its posterior and `across_mm` (U,) along its lateral
+    vector; NaN where a plane leaves the scan. `frame` = (axis, lateral, posterior) unit vectors (3,) LPS."""
+    axis, lateral, posterior = frame
+    world = (centre + along_mm[:, None, None, None] * axis + front_back_mm[None, :, None, None] * posterior
+             + across_mm[None, None, :, None] * lateral)
+    return np.clip(volume.hu_linear(world), -200.0, 1500.0).mean(axis=0)
+
+
+def mirrored(image: np.ndarray, u: np.ndarray, v: np.ndarray, normal: np.ndarray, offset: float) -> np.ndarray:
+    """`image` (V, U) on the grid `u` (U,), `v` (V,) mm (1 mm apart) reflected in the line {x . normal = offset}."""
+    uu, vv = np.meshgrid(u, v)
+    d = uu * normal[0] + vv * normal[1] - offset
+    return bilinear(image, vv - 2 * d * normal[1] - v[0], uu - 2 * d * normal[0] - u[0])
+
+
+def midline(image: np.ndarray, u: np.ndarray, v: np.ndarray, gap_mm: float, o: BodyOptions) -> tuple[np.ndarray, float] | None:
+    """The line of best mirror symmetry of a slab image (V, U) around the point (u = v = 0): its
+    unit normal (2,) in (lateral, posterior) and its offset mm along it, or None where too little
+    of the image lies in the scan. Compared within `midline_gaps` of the line."""
+    uu, vv = np.meshgrid(u, v)
+    lines, asymmetry = [], []
+    reach = o.offset_gaps * gap_mm
+    for tilt in np.radians(np.arange(-o.tilt_deg, o.tilt_deg + 1e-9, o.tilt_step_deg)):
+        normal = np.array([np.cos(tilt), -np.sin(tilt)])
+        for offset in np.arange(-reach, reach + 1e-9, 1.0):
+            near = np.abs(uu * normal[0] + vv * normal[1] - offset) <= o.midline_gaps * gap_mm
+            diff = np.abs(image - mirrored(image, u, v, normal, offset))[near]
+            seen = np.isfinite(diff)
+            lines.append((normal, float(offset)))
+            asymmetry.append(diff[seen].mean() if seen.mean() >= 0.7 else np.nan)
+    a = np.array(asymmetry)
+    if not np.isfinite(a).any():
+        return None
+    best = int(np.nanargmin(a))
+    return lines[best] if a[best] < o.clear_symmetry * np.nanmedian(a) else None  # else shapeless
+
+
+def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   gap_mm: float, options: BodyOptions) -> np.ndarray:
+    """(2,) mm (lateral, posterior) from `centre` (3,) LPS to the centroid of the body's cross-section
+    (module docstring): onto the midline, then to the bone in front of the canal; (0, 0) where the
+    slab leaves the scan."""
+    o = options
+    u = np.arange(-gap_mm, gap_mm + 1e-9, 1.0)
+    v = np.arange(-gap_mm, 1.3 * gap_mm + 1e-9, 1.0)
+    along = np.linspace(-o.slab_gaps, o.slab_gaps, o.slab_planes) * gap_mm
+    image = slab_image(volume, centre, frame, u, v, along)
+    line = midline(image, u, v, gap_mm, o)
+    if line is None:
+        return np.zeros(2)
+    normal, offset = line
+    foot = offset * normal
+    uu, vv = np.meshgrid(u, v)
+    body = np.nanmedian(image[np.hypot(uu - foot[0], vv - foot[1]) <= 0.2 * gap_mm])
+    if not body - o.soft_tissue_hu >= o.min_bone_contrast_hu:  # False for NaN too
+        return foot
+    bone = np.nan_to_num(image, nan=-1000.0) > (body + o.soft_tissue_hu) / 2
+    bone &= np.nan_to_num(mirrored(bone.astype(float), u, v, normal, offset)) > 0.5
+    back = np.array([normal[1], -normal[0]]) * (1.0 if normal[0] >= 0 else -1.0)  # along the midline, posterior
+    back *= np.sign(back[1]) or 1.0
+    walk = foot + np.arange(0.0, 1.3 * gap_mm, 1.0)[:, None] * back
+    on_bone = bilinear(bone.astype(float), walk[:, 1] - v[0], walk[:, 0] - u[0]) > 0.5
+    if on_bone.all() or not on_bone[0]:
+        return foot
+    front_of_canal = float(np.argmin(on_bone))  # mm behind the foot
+    bone &= (uu - foot[0]) * back[0] + (vv - foot[1]) * back[1] < front_of_canal
+    seed = np.zeros_like(bone)
+    seed[int(np.argmin(np.abs(v - foot[1]))), int(np.argmin(np.abs(u - foot[0])))] = True
+    section = grown(bone, seed)
+    if not section.any():
+        return foot
+    centroid = np.array([uu[section].mean(), vv[section].mean()])
+    return centroid if np.linalg.norm(centroid - foot) <= o.offset_gaps * gap_mm else foot
+
+
+def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,
+                 read: np.ndarray | None = None) -> np.ndarray:
+    """(n, 3) world LPS mm: each point (n, 3) of the chain moved along the spine by the median of
+    the body offsets (`body_offset`) read at it and its `neighbours` either side, where at least
+    two are read, then across it to its body's cross-section (`section_centre`). `read` (n,) bool:
+    the points whose bodies are read (C1 has none, C2's dens breaks the symmetry); all by default.
+    Along the spine only where a voxel spans at most `max_voxel_gaps` of the local gap.
+    Unchanged for fewer than two points (no frame)."""
+    o = options
+    p = np.asarray(points_lps, dtype=np.float64)
+    if len(p) < 2:
+        return p.copy()
+    read = np.ones(len(p), bool) if read is None else np.asarray(read, bool)
+    axis, lateral, posterior, _ = chain_frames(p)
+    gaps = period_mm(p)
+    # a voxel's length along the spine: where it is long against the gap, the discs blur away
+    voxel_mm = np.abs(axis @ (volume.direction * volume.spacing)).sum(axis=1)
+    along_read = read & (voxel_mm <= o.max_voxel_gaps * gaps)
+    offsets = np.full(len(p), np.nan)
+    for n in np.flatnonzero(along_read):
+        reach = (o.search_gaps + o.mirror_gaps) * gaps[n] + 4 * o.smooth_mm
+        along = np.arange(-reach, reach + 1e-9, o.step_mm)
+        profile = axial_profile(volume, p[n], (axis[n], lateral[n], posterior[n]), along, o.radius_gaps * gaps[n])
+        offsets[n] = body_offset(profile, float(gaps[n]), o)
+    out = p.copy()
+    width = 2 * o.neighbours + 1
+    everywhere = offsets[np.isfinite(offsets)]
+    # a point spaced unlike its neighbours is off the chain's rhythm (a missed or stray level): its
+    # error is its own, and only its own reading moves it along the spine
+    ratio = gaps / np.minimum(np.r_[gaps[1:2], gaps[:-1]], np.r_[gaps[1:], gaps[-2:-1]])
+    regular = (ratio >= 1 / o.regular_ratio) & (ratio <= o.regular_ratio)
+    for n in np.flatnonzero(read):
+        first = int(np.clip(n - o.neighbours, 0, max(0, len(p) - width)))  # at the ends: the nearest `width`
+        near = offsets[first : first + width]
+        near = near[np.isfinite(near)]
+        if len(near) < 2:
+            near = everywhere  # a run of unread levels (screws, a scan's edge): the chain's median
+        if not regular[n]:
+            near = offsets[n : n + 1] if np.isfinite(offsets[n]) else np.empty(0)
+        if along_read[n] and len(near) >= 1 + regular[n]:
+            out[n] = p[n] + np.median(near) * gaps[n] * axis[n]
+        frame = (axis[n], lateral[n], posterior[n])
+        across = section_centre(volume, out[n], frame, float(gaps[n]), o)
+        out[n] = out[n] + across[0] * lateral[n] + across[1] * posterior[n]
+    return out
