@@ -34,9 +34,11 @@ either side of the body's centre along the spine) the line of best mirror symmet
 over `tilt_deg` (a rolled patient's midline turns with it) and `offset_gaps` either side of the
 point (a clear best, as along the spine, or none); the point moves onto it. The bone there is what is brighter than halfway between the body's
 median HU and soft tissue (`soft_tissue_hu`), kept where its mirror image is bone too (an aorta
-with contrast touches the body on one side only), cut at the canal's front along the midline; the
-point moves to the centroid of the part connected to it (the body's cross-section), unless that is
-more than `offset_gaps` away (no clear body there). On the real lumbar CT its points sat 4-5 mm to
+with contrast touches the body on one side only), cut at the canal's front along the midline (the
+first `canal_gaps` without bone behind the point) and at `section_gaps` from it (vessels and organs
+as dense as the cancellous bone may touch the cortex); the point moves to the centroid of the part
+connected to it (the body's cross-section), unless that is more than `offset_gaps` away (no clear
+body there). On the real lumbar CT its points sat 4-5 mm to
 the patient's right of the bodies; on the real chest CT the midline points were 1-2 mm off.
 
 Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`,
@@ -187,10 +189,14 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     back *= np.sign(back[1]) or 1.0
     walk = foot + np.arange(0.0, 1.3 * gap_mm, 1.0)[:, None] * back
     on_bone = bilinear(bone.astype(float), walk[:, 1] - v[0], walk[:, 0] - u[0]) > 0.5
-    if on_bone.all() or not on_bone[0]:
+    # the canal: the first run of `canal_gaps` without bone (a darker patch of cancellous bone is shorter)
+    run = max(1, int(round(o.canal_gaps * gap_mm)))
+    clear = np.convolve(~on_bone, np.ones(run), mode="valid") == run  # (m - run + 1,) a clear run starts here
+    if not on_bone[0] or not clear.any():
         return foot
-    front_of_canal = float(np.argmin(on_bone))  # mm behind the foot
+    front_of_canal = float(np.argmax(clear))  # mm behind the foot
     bone &= (uu - foot[0]) * back[0] + (vv - foot[1]) * back[1] < front_of_canal
+    bone &= np.hypot(uu - foot[0], vv - foot[1]) <= o.section_gaps * gap_mm  # vessels and organs may touch the cortex
     seed = np.zeros_like(bone)
     seed[int(np.argmin(np.abs(v - foot[1]))), int(np.argmin(np.abs(u - foot[0])))] = True
     section = grown(bone, seed)

@@ -109,6 +109,8 @@ class BodyOptions:
     midline_gaps: float = 0.6  # the mirror image is compared this far either side of the midline
     offset_gaps: float = 0.4  # ... and this far either side of the point; the section centroid no further
     soft_tissue_hu: float = 40.0  # muscle: the bone's threshold is halfway between it and the body's median
+    section_gaps: float = 0.75  # the body's cross-section lies within this of the midline point (lumbar bodies ~0.65 gap wide each side)
+    canal_gaps: float = 0.15  # the canal is at least this long front to back (~5 mm), a dark patch in the body less
     min_bone_contrast_hu: float = 30.0  # the body's median above soft tissue by less: no section is read
 
 
