@@ -101,3 +101,23 @@ def test_the_lumbar_ct_points_off_the_midline_come_back_to_it():
     moved = body_centres(load_volume(REAL / "totalseg_lumbar" / "ct.nii.gz"), truth - 5.0 * lateral)
     _, across, _ = errors(moved, truth)
     assert across.max() <= 2.0, across.round(1)
+
+
+def test_a_body_cut_by_the_scans_edge_is_not_moved_across_the_spine(lumbar):
+    volume, truth = lumbar
+    top = truth[0]
+    k_top = int(round(volume.world_to_index(top)[volume.si_axis()[0]]))
+    lo, hi = np.zeros(3, int), np.array(volume.shape_ijk)
+    si = volume.si_axis()[0]
+    # keep the scan from the top body's centre down: its slab is half outside
+    if volume.si_axis()[1] @ volume.direction[:, si] > 0:
+        hi[si] = k_top + 1
+    else:
+        lo[si] = k_top
+    cut = volume.subvolume(lo, hi)
+    lateral = chain_frames(truth)[1]
+    start = truth + 5.0 * lateral
+    moved = body_centres(cut, start)
+    np.testing.assert_allclose((moved[0] - start[0]) @ lateral[0], 0.0, atol=1e-9)
+    _, across, _ = errors(moved[1:], truth[1:])
+    assert across.max() <= 1.5

@@ -32,13 +32,14 @@ Across the spine the same holds: a vertebra is mirror-symmetric about its mid-sa
 its body is the bone in front of the spinal canal. In the mean-HU image of a slab (`slab_gaps`
 either side of the body's centre along the spine) the line of best mirror symmetry is searched
 over `tilt_deg` (a rolled patient's midline turns with it) and `offset_gaps` either side of the
-point (a clear best, as along the spine, or none); the point moves onto it. The bone there is what is brighter than halfway between the body's
+point (a clear best inside the search, or none); the point moves onto it. The bone there is what is brighter than halfway between the body's
 median HU and soft tissue (`soft_tissue_hu`), kept where its mirror image is bone too (an aorta
 with contrast touches the body on one side only), cut at the canal's front along the midline (the
 first `canal_gaps` without bone behind the point) and at `section_gaps` from it (vessels and organs
 as dense as the cancellous bone may touch the cortex); the point moves to the centroid of the part
-connected to it (the body's cross-section), unless that is more than `offset_gaps` away (no clear
-body there). On the real lumbar CT its points sat 4-5 mm to
+connected to it (the body's cross-section), unless that is more than `offset_gaps` from the point
+(no clear body there); nothing moves across where less than `seen_fraction_across` of the slab
+lies inside the scan. On the real lumbar CT its points sat 4-5 mm to
 the patient's right of the bodies; on the real chest CT the midline points were 1-2 mm off.
 
 Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`,
@@ -144,24 +145,30 @@ def mirrored(image: np.ndarray, u: np.ndarray, v: np.ndarray, normal: np.ndarray
 
 def midline(image: np.ndarray, u: np.ndarray, v: np.ndarray, gap_mm: float, o: BodyOptions) -> tuple[np.ndarray, float] | None:
     """The line of best mirror symmetry of a slab image (V, U) around the point (u = v = 0): its
-    unit normal (2,) in (lateral, posterior) and its offset mm along it, or None where too little
-    of the image lies in the scan. Compared within `midline_gaps` of the line."""
+    unit normal (2,) in (lateral, posterior) and its offset mm along it; None where too little of
+    the image lies in the scan, where the best lies on the search's border (the midline beyond
+    it) or is not clear. Compared within `midline_gaps` of the line."""
     uu, vv = np.meshgrid(u, v)
-    lines, asymmetry = [], []
+    tilts = np.radians(np.arange(-o.tilt_deg, o.tilt_deg + 1e-9, o.tilt_step_deg))
     reach = o.offset_gaps * gap_mm
-    for tilt in np.radians(np.arange(-o.tilt_deg, o.tilt_deg + 1e-9, o.tilt_step_deg)):
+    offsets = np.arange(-reach, reach + 1e-9, 1.0)
+    asymmetry = np.full((len(tilts), len(offsets)), np.nan)
+    for i, tilt in enumerate(tilts):
         normal = np.array([np.cos(tilt), -np.sin(tilt)])
-        for offset in np.arange(-reach, reach + 1e-9, 1.0):
+        for j, offset in enumerate(offsets):
             near = np.abs(uu * normal[0] + vv * normal[1] - offset) <= o.midline_gaps * gap_mm
             diff = np.abs(image - mirrored(image, u, v, normal, offset))[near]
             seen = np.isfinite(diff)
-            lines.append((normal, float(offset)))
-            asymmetry.append(diff[seen].mean() if seen.mean() >= 0.7 else np.nan)
-    a = np.array(asymmetry)
-    if not np.isfinite(a).any():
+            if seen.mean() >= 0.7:
+                asymmetry[i, j] = diff[seen].mean()
+    if not np.isfinite(asymmetry).any():
         return None
-    best = int(np.nanargmin(a))
-    return lines[best] if a[best] < o.clear_symmetry * np.nanmedian(a) else None  # else shapeless
+    best_i, best_j = (int(x) for x in np.unravel_index(int(np.nanargmin(asymmetry)), asymmetry.shape))
+    if best_i in (0, len(tilts) - 1) or best_j in (0, len(offsets) - 1):  # the best lies beyond the search
+        return None
+    if not asymmetry[best_i, best_j] < o.clear_symmetry * np.nanmedian(asymmetry):  # a shapeless slab
+        return None
+    return np.array([np.cos(tilts[best_i]), -np.sin(tilts[best_i])]), float(offsets[best_j])
 
 
 def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -174,6 +181,8 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     v = np.arange(-gap_mm, 1.3 * gap_mm + 1e-9, 1.0)
     along = np.linspace(-o.slab_gaps, o.slab_gaps, o.slab_planes) * gap_mm
     image = slab_image(volume, centre, frame, u, v, along)
+    if np.isnan(image).mean() > 1 - o.seen_fraction_across:  # a body at the scan's edge: too little to mirror
+        return np.zeros(2)
     line = midline(image, u, v, gap_mm, o)
     if line is None:
         return np.zeros(2)
@@ -203,7 +212,7 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     if not section.any():
         return foot
     centroid = np.array([uu[section].mean(), vv[section].mean()])
-    return centroid if np.linalg.norm(centroid - foot) <= o.offset_gaps * gap_mm else foot
+    return centroid if np.linalg.norm(centroid) <= o.offset_gaps * gap_mm else foot
 
 
 def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,

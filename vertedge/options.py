@@ -107,7 +107,8 @@ class BodyOptions:
     tilt_deg: float = 35.0  # the midline searched this far either side of the posterior direction (rolled patients)
     tilt_step_deg: float = 5.0
     midline_gaps: float = 0.6  # the mirror image is compared this far either side of the midline
-    offset_gaps: float = 0.4  # ... and this far either side of the point; the section centroid no further
+    offset_gaps: float = 0.4  # ... and this far either side of the point; the section centroid no further from it
+    seen_fraction_across: float = 0.9  # of the cross-section's slab inside the scan: enough to read it
     soft_tissue_hu: float = 40.0  # muscle: the bone's threshold is halfway between it and the body's median
     section_gaps: float = 0.75  # the body's cross-section lies within this of the midline point (lumbar bodies ~0.65 gap wide each side)
     canal_gaps: float = 0.15  # the canal is at least this long front to back (~5 mm), a dark patch in the body less
