@@ -44,6 +44,25 @@ def test_same_input_gives_identical_json(labeled):
     assert np.isfinite([v.world_lps_mm for v in first.vertebrae]).all()
 
 
+@pytest.mark.slow
+def test_reading_the_bodies_moves_points_and_keeps_every_label(labeled):
+    """body.py runs after labelling: the same labels, confidences and flags, points closer to the truth."""
+    import dataclasses
+
+    from vertedge.options import DEFAULT_OPTIONS
+
+    ph, _, result = labeled
+    unread = Labeler(device="cpu", options=dataclasses.replace(
+        DEFAULT_OPTIONS, body=dataclasses.replace(DEFAULT_OPTIONS.body, enabled=False)))(ph.volume)
+    assert [(v.label, v.confidence, v.needs_review) for v in result.vertebrae] == [
+        (v.label, v.confidence, v.needs_review) for v in unread.vertebrae]
+    assert "body" in result.timings_ms and "body" not in unread.timings_ms
+    whole = {k for k, cut in ph.cut.items() if not cut}
+    errors = [score(r.centroids(), ph.centroids, exclude=set(ph.centroids) - whole).l_error_mm["all"]
+              for r in (result, unread)]
+    assert errors[0] < errors[1], errors
+
+
 def _require_cuda_path() -> None:
     """Skip unless CuPy and ONNX Runtime's CUDA provider both work here."""
     from vertedge.device import cuda_status
