@@ -150,3 +150,12 @@ def test_finetune_without_data_trains_on_phantoms_only(tmp_path):
     assert any(not torch.equal(v, sources["loc"][k]) for k, v in weights["loc"].items() if k.endswith("weight"))
     for k, v in weights["id"].items():
         torch.testing.assert_close(v, sources["id"][k])
+
+
+@pytest.mark.parametrize("flag", [["--val", "case_a"], ["--real-fraction", "0.5"]])
+def test_finetune_without_data_refuses_what_needs_real_scans(tmp_path, capsys, flag):
+    out = tmp_path / "out"
+    assert main(["finetune", "--out", str(out), *flag]) == 2
+    assert "need real scans (--data)" in capsys.readouterr().err
+    assert not out.exists()
+

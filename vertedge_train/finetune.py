@@ -94,6 +94,9 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
     from .export import export_run
     from .loop import run_task
 
+    if not data_roots and (val_names or real_fraction is not None):  # said, not silently dropped
+        what = "validation cases (--val)" if val_names else "a real share (--real-fraction)"
+        raise ValueError(f"{what} need real scans (--data); without them the fine-tune is on phantoms only")
     t0 = time.time()
     models_dir, out = Path(models_dir), Path(out)
     nets = {task: import_onnx(models_dir / FILES[task]) for task in ("loc", "id")}
