@@ -179,7 +179,7 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
                    gap_mm: float, options: BodyOptions) -> np.ndarray:
     """(2,) mm (lateral, posterior) from `centre` (3,) LPS to the centroid of the body's cross-section
     (module docstring): onto the midline, then to the bone in front of the canal; (0, 0) where the
-    slab leaves the scan."""
+    slab leaves the scan or shows no clear midline, the midline's foot where no section is read."""
     o = options
     u = np.arange(-gap_mm, gap_mm + 1e-9, 1.0)
     v = np.arange(-gap_mm, 1.3 * gap_mm + 1e-9, 1.0)
@@ -198,8 +198,8 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
         return foot
     bone = np.nan_to_num(image, nan=-1000.0) > (body + o.soft_tissue_hu) / 2
     bone &= np.nan_to_num(mirrored(bone.astype(float), u, v, normal, offset)) > 0.5
-    back = np.array([normal[1], -normal[0]]) * (1.0 if normal[0] >= 0 else -1.0)  # along the midline, posterior
-    back *= np.sign(back[1]) or 1.0
+    back = np.array([-normal[1], normal[0]])  # along the midline
+    back *= np.sign(back[1]) or 1.0  # ... posterior
     walk = foot + np.arange(0.0, 1.3 * gap_mm, 1.0)[:, None] * back
     on_bone = bilinear(bone.astype(float), walk[:, 1] - v[0], walk[:, 0] - u[0]) > 0.5
     # the canal: the first run of `canal_gaps` without bone (a darker patch of cancellous bone is shorter)
