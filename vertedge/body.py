@@ -222,11 +222,10 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
 def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,
                  read: np.ndarray | None = None) -> np.ndarray:
     """(n, 3) world LPS mm: each point (n, 3) of the chain moved along the spine by the median of
-    the body offsets (`body_offset`) read at it and its `neighbours` either side, where at least
-    two are read, then across it to its body's cross-section (`section_centre`). `read` (n,) bool:
-    the points whose bodies are read (C1 has none, C2's dens breaks the symmetry); all by default.
-    Along the spine only where a voxel spans at most `max_voxel_gaps` of the local gap.
-    Unchanged for fewer than two points (no frame)."""
+    the body offsets (`body_offset`) read at the `2 * neighbours + 1` points nearest it, then across
+    it to its body's cross-section (`section_centre`); the guards are the module docstring's.
+    `read` (n,) bool: the points whose bodies are read (C1 has none, C2's dens breaks the
+    symmetry); all by default. Unchanged for fewer than two points (no frame)."""
     o = options
     p = np.asarray(points_lps, dtype=np.float64)
     if len(p) < 2:
@@ -258,7 +257,7 @@ def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = 
             near = everywhere  # a run of unread levels (screws, a scan's edge): the chain's median
         if not regular[n]:
             near = offsets[n : n + 1] if np.isfinite(offsets[n]) else np.empty(0)
-        if along_read[n] and len(near) >= 1 + regular[n]:
+        if along_read[n] and len(near) >= (2 if regular[n] else 1):  # two readings, or an irregular point's own
             out[n] = p[n] + np.median(near) * gaps[n] * axis[n]
         frame = (axis[n], lateral[n], posterior[n])
         across = section_centre(volume, out[n], frame, float(gaps[n]), o)
