@@ -52,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from .options import DEFAULT_OPTIONS, BodyOptions
-from .ribs import chain_frames, grown
+from .ribs import chain_frames, grown, slab_world
 from .volume import Volume
 
 METAL_HU = 2000.0  # above: metal (cortical bone stays under ~1900 HU)
@@ -70,13 +70,10 @@ def axial_profile(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, n
     (m,) mm from `centre` (3,) along the frame's axis; NaN where part of the disc lies outside the
     scan or on metal (a pedicle screw's tip, whose streaks no symmetry survives). `frame` = (axis,
     lateral, posterior) unit vectors (3,) LPS."""
-    axis, lateral, posterior = frame
     per_ring = np.maximum(1, 6 * np.arange(rings + 1))  # samples about evenly spread over the disc
     r = np.repeat(radius_mm * np.arange(rings + 1) / rings, per_ring)
     phi = np.concatenate([2 * np.pi * np.arange(k) / k for k in per_ring])
-    offsets = (r * np.cos(phi))[:, None] * lateral + (r * np.sin(phi))[:, None] * posterior  # (s, 3)
-    world = centre + along_mm[:, None, None] * axis + offsets[None]
-    hu = volume.hu_linear(world)
+    hu = volume.hu_linear(slab_world(centre, frame, along_mm, r * np.cos(phi), r * np.sin(phi)))  # (m, s)
     return np.where((hu > METAL_HU).any(axis=1), np.nan, hu.mean(axis=1))
 
 
@@ -126,33 +123,33 @@ def bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 
 
 def slab_image(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
-               across_mm: np.ndarray, front_back_mm: np.ndarray, along_mm: np.ndarray) -> np.ndarray:
+               grid: tuple[np.ndarray, np.ndarray], along_mm: np.ndarray) -> np.ndarray:
     """(V, U) mean HU (trilinear) over planes at `along_mm` from `centre` (3,) along the frame's
-    axis, sampled at `front_back_mm` (V,) along its posterior and `across_mm` (U,) along its lateral
-    vector; NaN where a plane leaves the scan. `frame` = (axis, lateral, posterior) unit vectors (3,) LPS."""
-    axis, lateral, posterior = frame
-    world = (centre + along_mm[:, None, None, None] * axis + front_back_mm[None, :, None, None] * posterior
-             + across_mm[None, None, :, None] * lateral)
-    return np.clip(volume.hu_linear(world), -200.0, 1500.0).mean(axis=0)
+    axis, each sampled at `grid` (across, front-back mm, (V, U) each); NaN where a plane leaves the
+    scan. `frame` = (axis, lateral, posterior) unit vectors (3,) LPS."""
+    return np.clip(volume.hu_linear(slab_world(centre, frame, along_mm, *grid)), -200.0, 1500.0).mean(axis=0)
 
 
-def mirrored(image: np.ndarray, u: np.ndarray, v: np.ndarray, normal: np.ndarray, offset: float | np.ndarray,
-             at: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """`image` (V, U) on the grid `u` (U,), `v` (V,) mm (1 mm apart) reflected in the line {x . normal
-    = offset}: at every grid pixel (V, U), or at the points `at` = (u, v) mm (...) only; offsets
-    (F, 1) against points (P,) give (F, P)."""
-    uu, vv = np.meshgrid(u, v) if at is None else at
+def mirrored(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], normal: np.ndarray,
+             offset: float | np.ndarray, at: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`image` (V, U) on `grid` (across, front-back mm, (V, U) each, 1 mm apart) reflected in the
+    line {x . normal = offset}, at the points `at` = (across, front-back) mm (...); offsets (F, 1)
+    against points (P,) give (F, P)."""
+    u0, v0 = grid[0][0, 0], grid[1][0, 0]
+    uu, vv = at
     d = uu * normal[0] + vv * normal[1] - offset
-    return bilinear(image, vv - 2 * d * normal[1] - v[0], uu - 2 * d * normal[0] - u[0])
+    return bilinear(image, vv - 2 * d * normal[1] - v0, uu - 2 * d * normal[0] - u0)
 
 
-def midline(image: np.ndarray, u: np.ndarray, v: np.ndarray, gap_mm: float, o: BodyOptions) -> tuple[np.ndarray, float] | None:
-    """The line of best mirror symmetry of a slab image (V, U) around the point (u = v = 0): its
+def midline(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], gap_mm: float,
+            o: BodyOptions) -> tuple[np.ndarray, float] | None:
+    """The line of best mirror symmetry of a slab image (V, U) on `grid` (`slab_image`) around the
+    point (across = front-back = 0): its
     unit normal (2,) in (lateral, posterior) and its offset mm along it; None where too little of
     the image lies in the scan, where the best lies on the search's border (the midline beyond
     it) or is not clear. Compared within `midline_gaps` of the line on every other pixel each way
     (a quarter of the work, the same lines on the benchmark's scans)."""
-    uu, vv = (g[::2, ::2].ravel() for g in np.meshgrid(u, v))
+    uu, vv = (g[::2, ::2].ravel() for g in grid)
     values = image[::2, ::2].ravel()
     tilts = np.radians(np.arange(-o.tilt_deg, o.tilt_deg + 1e-9, o.tilt_step_deg))
     reach = o.offset_gaps * gap_mm
@@ -161,7 +158,7 @@ def midline(image: np.ndarray, u: np.ndarray, v: np.ndarray, gap_mm: float, o: B
     for i, tilt in enumerate(tilts):
         normal = np.array([np.cos(tilt), -np.sin(tilt)])
         near = np.abs(uu * normal[0] + vv * normal[1] - offsets) <= o.midline_gaps * gap_mm  # (F, P)
-        diff = np.abs(values - mirrored(image, u, v, normal, offsets, (uu, vv)))
+        diff = np.abs(values - mirrored(image, grid, normal, offsets, (uu, vv)))
         seen = near & np.isfinite(diff)
         enough = seen.sum(axis=1) >= 0.7 * near.sum(axis=1)
         table[i] = np.where(enough, np.where(seen, diff, 0.0).sum(axis=1) / np.maximum(seen.sum(axis=1), 1), np.nan)
@@ -183,21 +180,21 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     o = options
     u = np.arange(-gap_mm, gap_mm + 1e-9, 1.0)
     v = np.arange(-gap_mm, 1.3 * gap_mm + 1e-9, 1.0)
+    grid = uu, vv = np.meshgrid(u, v)
     along = np.linspace(-o.slab_gaps, o.slab_gaps, o.slab_planes) * gap_mm
-    image = slab_image(volume, centre, frame, u, v, along)
+    image = slab_image(volume, centre, frame, grid, along)
     if np.isnan(image).mean() > 1 - o.seen_fraction_across:  # a body at the scan's edge: too little to mirror
         return np.zeros(2)
-    line = midline(image, u, v, gap_mm, o)
+    line = midline(image, grid, gap_mm, o)
     if line is None:
         return np.zeros(2)
     normal, offset = line
     foot = offset * normal
-    uu, vv = np.meshgrid(u, v)
     body = np.nanmedian(image[np.hypot(uu - foot[0], vv - foot[1]) <= 0.2 * gap_mm])
     if not body - o.soft_tissue_hu >= o.min_bone_contrast_hu:  # False for NaN too
         return foot
     bone = np.nan_to_num(image, nan=-1000.0) > (body + o.soft_tissue_hu) / 2
-    bone &= np.nan_to_num(mirrored(bone.astype(float), u, v, normal, offset)) > 0.5
+    bone &= np.nan_to_num(mirrored(bone.astype(float), grid, normal, offset, grid)) > 0.5
     back = np.array([-normal[1], normal[0]])  # along the midline
     back *= np.sign(back[1]) or 1.0  # ... posterior
     walk = foot + np.arange(0.0, 1.3 * gap_mm, 1.0)[:, None] * back

@@ -76,6 +76,16 @@ def side_bands(across: np.ndarray, front_back: np.ndarray, deg: tuple[float, flo
     return tuple(bands)
 
 
+def slab_world(centre: np.ndarray, frame: tuple[np.ndarray, ...], along_mm: np.ndarray, across: np.ndarray,
+               front_back: np.ndarray) -> np.ndarray:
+    """(m, ..., 3) world LPS mm of planes at `along_mm` (m,) from `centre` (3,) along the frame's
+    axis, each at the in-plane offsets `across` and `front_back` mm (...) along its lateral and
+    posterior vectors; `frame` = (axis, lateral, posterior) unit vectors (3,) LPS."""
+    axis, lateral, posterior = frame[:3]
+    return (centre + along_mm.reshape(-1, *[1] * across.ndim, 1) * axis + across[..., None] * lateral
+            + front_back[..., None] * posterior)
+
+
 def slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...], along_mm: np.ndarray,
              grid: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The maximum-HU projection of a slab across the spine: planes at `along_mm` (m,) from `centre`
@@ -85,11 +95,7 @@ def slab_mip(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, ...], 
     Returns (H, W) maximum HU (-inf where every sample lies outside the scan) and (H, W) the
     fraction of the slab's samples inside the scan.
     """
-    axis, lateral, posterior = frame
-    across, front_back = grid
-    world = (centre + along_mm[:, None, None, None] * axis + across[..., None] * lateral
-             + front_back[..., None] * posterior)
-    hu, inside = volume.hu_nearest(world, -np.inf)
+    hu, inside = volume.hu_nearest(slab_world(centre, frame, along_mm, *grid), -np.inf)
     return hu.max(axis=0), inside.mean(axis=0)
 
 
