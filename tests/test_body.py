@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from vertedge import metrics
 from vertedge.body import body_centres, period_mm
+from vertedge.options import DEFAULT_OPTIONS
 from vertedge.phantom import make_phantom
 from vertedge.ribs import chain_frames
 from vertedge.volume import Volume, load_volume
@@ -47,6 +50,23 @@ def test_points_set_off_along_the_spine_come_back_to_their_bodies(region, gaps, 
     start = truth + gaps * period_mm(truth)[:, None] * axis  # where the nets put the real chest CT's points
     along, _, _ = errors(body_centres(volume, start), truth)
     assert np.median(along) <= 1.5 and along.max() <= 4.0, along.round(1)
+
+
+@pytest.mark.parametrize("region", ["thoracic", "lumbar"])
+def test_points_in_the_spinal_canal_come_forward_to_their_bodies(region, request):
+    volume, truth = request.getfixturevalue(region)
+    posterior = chain_frames(truth)[2]
+    start = truth + 0.75 * period_mm(truth)[:, None] * posterior  # behind the body: in the canal
+    _, _, front_back = errors(body_centres(volume, start), truth)
+    assert front_back.max() <= 2.0, front_back.round(1)
+
+
+def test_points_in_front_of_the_bodies_are_not_taken_for_the_canal(thoracic):
+    volume, truth = thoracic
+    posterior = chain_frames(truth)[2]
+    start = truth - 0.75 * period_mm(truth)[:, None] * posterior  # in the mediastinum, the body behind
+    without_canal = replace(DEFAULT_OPTIONS.body, canal_reach_gaps=0.0)
+    np.testing.assert_allclose(body_centres(volume, start), body_centres(volume, start, without_canal))
 
 
 @pytest.mark.parametrize("roll_deg", [0.0, 25.0])

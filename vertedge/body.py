@@ -39,7 +39,9 @@ first `canal_gaps` without bone behind the point) and at `section_gaps` from it 
 as dense as the cancellous bone may touch the cortex); the point moves to the centroid of the part
 connected to it (the body's cross-section), unless that is more than `offset_gaps` from the point
 (no clear body there); nothing moves across where less than `seen_fraction_across` of the slab
-lies inside the scan. On the real lumbar CT its points sat 4-5 mm to
+lies inside the scan. A point the nets put in the spinal canal (soft tissue at the midline's foot,
+mirror-symmetric bone within `canal_reach_gaps` both in front, the body's back wall, and behind,
+the laminae, and no lung or gas beside it) is read again from inside the bone in front of it. On the real lumbar CT its points sat 4-5 mm to
 the patient's right of the bodies; on the real chest CT the midline points were 1-2 mm off.
 
 Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`,
@@ -56,6 +58,7 @@ from .ribs import chain_frames, grown, slab_world
 from .volume import Volume
 
 METAL_HU = 2000.0  # above: metal (cortical bone stays under ~1900 HU)
+AIR_HU = -150.0  # below, in a slab image (clipped at -200): lung or gas, never beside the spinal canal (fat is ~-100)
 
 
 def period_mm(points_lps: np.ndarray) -> np.ndarray:
@@ -172,11 +175,41 @@ def midline(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], gap_mm: floa
     return np.array([np.cos(tilts[i]), -np.sin(tilts[i])]), float(offsets[j, 0])
 
 
+def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tuple[np.ndarray, float],
+                back: np.ndarray, gap_mm: float, o: BodyOptions) -> np.ndarray | None:
+    """(2,) mm (lateral, posterior) of a point inside the body, where the midline's foot lies in the
+    spinal canal: mirror-symmetric bone (> `canal_bone_hu`) on the midline both in front of the foot
+    (the body's back wall) and behind it (the laminae), each within `canal_reach_gaps`; the point
+    lies `middle_gaps` of a gap in front of the wall. None where the foot is not so enclosed (a
+    point in front of the body has bone behind it only). `line` = (unit normal, offset mm) of the
+    midline (`midline`), `back` the unit vector posterior along it; `image` (V, U) on `grid` as in
+    `section_centre`."""
+    normal, offset = line
+    u0, v0 = grid[0][0, 0], grid[1][0, 0]
+    foot = offset * normal
+    if (image[np.hypot(grid[0] - foot[0], grid[1] - foot[1]) <= o.canal_reach_gaps * gap_mm] < AIR_HU).any():
+        return None  # lung or gut beside it: the mediastinum or the abdomen in front of the body, not the canal
+    bone = np.nan_to_num(image, nan=-1000.0) > o.canal_bone_hu
+    bone = (bone & (np.nan_to_num(mirrored(bone.astype(float), grid, normal, offset, grid)) > 0.5)).astype(float)
+    steps = np.arange(0.0, o.canal_reach_gaps * gap_mm, 1.0)[:, None]
+    found = []
+    for direction in (-back, back):  # the body in front, the laminae behind
+        walk = foot + steps * direction
+        hit = np.flatnonzero(bilinear(bone, walk[:, 1] - v0, walk[:, 0] - u0) > 0.5)
+        found.append(float(steps[hit[0], 0]) if len(hit) else None)
+    front, behind = found
+    if front is None or behind is None:
+        return None
+    return foot - (front + o.middle_gaps * gap_mm) * back
+
+
 def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
-                   gap_mm: float, options: BodyOptions) -> np.ndarray:
+                   gap_mm: float, options: BodyOptions, from_canal: bool = True) -> np.ndarray:
     """(2,) mm (lateral, posterior) from `centre` (3,) LPS to the centroid of the body's cross-section
     (module docstring): onto the midline, then to the bone in front of the canal; (0, 0) where the
-    slab leaves the scan or shows no clear midline, the midline's foot where no section is read."""
+    slab leaves the scan or shows no clear midline, the midline's foot where no section is read.
+    A foot in the spinal canal (`canal_front`) is read again from inside the body in front of it
+    (once: `from_canal`)."""
     o = options
     u = np.arange(-gap_mm, gap_mm + 1e-9, 1.0)
     v = np.arange(-gap_mm, 1.3 * gap_mm + 1e-9, 1.0)
@@ -190,13 +223,17 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
         return np.zeros(2)
     normal, offset = line
     foot = offset * normal
-    body = np.nanmedian(image[np.hypot(uu - foot[0], vv - foot[1]) <= 0.2 * gap_mm])
-    if not body - o.soft_tissue_hu >= o.min_bone_contrast_hu:  # False for NaN too
-        return foot
-    bone = np.nan_to_num(image, nan=-1000.0) > (body + o.soft_tissue_hu) / 2
-    bone &= np.nan_to_num(mirrored(bone.astype(float), grid, normal, offset, grid)) > 0.5
     back = np.array([-normal[1], normal[0]])  # along the midline
     back *= np.sign(back[1]) or 1.0  # ... posterior
+    body = np.nanmedian(image[np.hypot(uu - foot[0], vv - foot[1]) <= 0.2 * gap_mm])
+    if not body - o.soft_tissue_hu >= o.min_bone_contrast_hu:  # False for NaN too
+        ahead = canal_front(image, grid, line, back, gap_mm, o) if from_canal else None
+        if ahead is None:
+            return foot
+        inside = centre + ahead[0] * frame[1] + ahead[1] * frame[2]
+        return ahead + section_centre(volume, inside, frame, gap_mm, o, from_canal=False)
+    bone = np.nan_to_num(image, nan=-1000.0) > (body + o.soft_tissue_hu) / 2
+    bone &= np.nan_to_num(mirrored(bone.astype(float), grid, normal, offset, grid)) > 0.5
     walk = foot + np.arange(0.0, 1.3 * gap_mm, 1.0)[:, None] * back
     on_bone = bilinear(bone.astype(float), walk[:, 1] - v[0], walk[:, 0] - u[0]) > 0.5
     # the canal: the first run of `canal_gaps` without bone (a darker patch of cancellous bone is shorter)

@@ -113,6 +113,8 @@ class BodyOptions:
     section_gaps: float = 0.75  # the body's cross-section lies within this of the midline point (lumbar bodies ~0.65 gap wide each side)
     canal_gaps: float = 0.15  # the canal is at least this long front to back (~5 mm), a dark patch in the body less
     min_bone_contrast_hu: float = 30.0  # the body's median above soft tissue by less: no section is read
+    canal_bone_hu: float = 150.0  # the bony ring around the canal (the body's back wall, the laminae), not cord or fluid
+    canal_reach_gaps: float = 0.75  # ... lies within this in front of and behind a point in the canal (~15-20 mm across)
 
 
 @dataclass(frozen=True)
