@@ -39,7 +39,7 @@ first `canal_gaps` without bone behind the point) and at `section_gaps` from it 
 as dense as the cancellous bone may touch the cortex); the point moves to the centroid of the part
 connected to it (the body's cross-section), unless that is more than `offset_gaps` from the point
 (no clear body there); nothing moves across where less than `seen_fraction_across` of the slab
-lies inside the scan. A point the nets put in the spinal canal (soft tissue at the midline's foot,
+lies inside the scan. A point the nets put in the spinal canal (darker than muscle at the midline's foot,
 mirror-symmetric bone within `canal_reach_gaps` both in front, the body's back wall, and behind,
 the laminae, and no lung or gas beside it) is read again from inside the bone in front of it. On the real lumbar CT its points sat 4-5 mm to
 the patient's right of the bodies; on the real chest CT the midline points were 1-2 mm off.
@@ -180,8 +180,9 @@ def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tu
     """(2,) mm (lateral, posterior) of a point inside the body, where the midline's foot lies in the
     spinal canal: mirror-symmetric bone (> `canal_bone_hu`) on the midline both in front of the foot
     (the body's back wall) and behind it (the laminae), each within `canal_reach_gaps`; the point
-    lies `middle_gaps` of a gap in front of the wall. None where the foot is not so enclosed (a
-    point in front of the body has bone behind it only). `line` = (unit normal, offset mm) of the
+    lies `middle_gaps` of a gap in front of the wall, and on bone brighter than soft tissue by
+    `min_bone_contrast_hu`. None where the foot is not so enclosed (a point in front of the body
+    has bone behind it only, one in a faint body lands in front of it). `line` = (unit normal, offset mm) of the
     midline (`midline`), `back` the unit vector posterior along it; `image` (V, U) on `grid` as in
     `section_centre`."""
     normal, offset = line
@@ -200,7 +201,11 @@ def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tu
     front, behind = found
     if front is None or behind is None:
         return None
-    return foot - (front + o.middle_gaps * gap_mm) * back
+    inside = foot - (front + o.middle_gaps * gap_mm) * back
+    # the body's bone there: a body whose cancellous bone is as faint as soft tissue (osteoporosis)
+    # also shows bone in front of and behind its middle, its cortex, with soft tissue beyond it
+    body = np.nanmedian(image[np.hypot(grid[0] - inside[0], grid[1] - inside[1]) <= 0.2 * gap_mm])
+    return inside if body - o.soft_tissue_hu >= o.min_bone_contrast_hu else None
 
 
 def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -227,7 +232,9 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     back *= np.sign(back[1]) or 1.0  # ... posterior
     body = np.nanmedian(image[np.hypot(uu - foot[0], vv - foot[1]) <= 0.2 * gap_mm])
     if not body - o.soft_tissue_hu >= o.min_bone_contrast_hu:  # False for NaN too
-        ahead = canal_front(image, grid, line, back, gap_mm, o) if from_canal else None
+        # darker than muscle: fluid, cord or fat, as in the canal (a faint body's marrow is not)
+        in_canal = from_canal and body < o.soft_tissue_hu
+        ahead = canal_front(image, grid, line, back, gap_mm, o) if in_canal else None
         if ahead is None:
             return foot
         inside = centre + ahead[0] * frame[1] + ahead[1] * frame[2]
