@@ -175,6 +175,27 @@ def midline(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], gap_mm: floa
     return np.array([np.cos(tilts[i]), -np.sin(tilts[i])]), float(offsets[j, 0])
 
 
+def within(grid: tuple[np.ndarray, np.ndarray], at: np.ndarray, radius_mm: float) -> np.ndarray:
+    """(V, U) bool: the pixels of `grid` (across, front-back mm) within `radius_mm` of `at` (2,) mm."""
+    return np.hypot(grid[0] - at[0], grid[1] - at[1]) <= radius_mm
+
+
+def symmetric_bone(image: np.ndarray, threshold_hu: float, grid: tuple[np.ndarray, np.ndarray],
+                   line: tuple[np.ndarray, float]) -> np.ndarray:
+    """(V, U) bool: `image` above `threshold_hu` where its mirror image in the midline `line` (unit
+    normal, offset mm) is too (a vessel on one side of the body is not bone)."""
+    bone = np.nan_to_num(image, nan=-1000.0) > threshold_hu
+    return bone & (np.nan_to_num(mirrored(bone.astype(float), grid, line[0], line[1], grid)) > 0.5)
+
+
+def on_midline(mask: np.ndarray, grid: tuple[np.ndarray, np.ndarray], start: np.ndarray, direction: np.ndarray,
+               length_mm: float) -> np.ndarray:
+    """(m,) bool: `mask` (V, U) on `grid` every mm from `start` (2,) mm along the unit `direction` (2,)
+    for `length_mm`."""
+    walk = start + np.arange(0.0, length_mm, 1.0)[:, None] * direction
+    return bilinear(mask.astype(float), walk[:, 1] - grid[1][0, 0], walk[:, 0] - grid[0][0, 0]) > 0.5
+
+
 def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tuple[np.ndarray, float],
                 back: np.ndarray, gap_mm: float, o: BodyOptions) -> np.ndarray | None:
     """(2,) mm (lateral, posterior) of a point inside the body, where the midline's foot lies in the
@@ -185,26 +206,18 @@ def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tu
     has bone behind it only, one in a faint body lands in front of it). `line` = (unit normal, offset mm) of the
     midline (`midline`), `back` the unit vector posterior along it; `image` (V, U) on `grid` as in
     `section_centre`."""
-    normal, offset = line
-    u0, v0 = grid[0][0, 0], grid[1][0, 0]
-    foot = offset * normal
-    if (image[np.hypot(grid[0] - foot[0], grid[1] - foot[1]) <= o.canal_reach_gaps * gap_mm] < AIR_HU).any():
+    foot = line[1] * line[0]
+    reach = o.canal_reach_gaps * gap_mm
+    if (image[within(grid, foot, reach)] < AIR_HU).any():
         return None  # lung or gut beside it: the mediastinum or the abdomen in front of the body, not the canal
-    bone = np.nan_to_num(image, nan=-1000.0) > o.canal_bone_hu
-    bone = (bone & (np.nan_to_num(mirrored(bone.astype(float), grid, normal, offset, grid)) > 0.5)).astype(float)
-    steps = np.arange(0.0, o.canal_reach_gaps * gap_mm, 1.0)[:, None]
-    found = []
-    for direction in (-back, back):  # the body in front, the laminae behind
-        walk = foot + steps * direction
-        hit = np.flatnonzero(bilinear(bone, walk[:, 1] - v0, walk[:, 0] - u0) > 0.5)
-        found.append(float(steps[hit[0], 0]) if len(hit) else None)
-    front, behind = found
-    if front is None or behind is None:
+    bone = symmetric_bone(image, o.canal_bone_hu, grid, line)
+    front, behind = (on_midline(bone, grid, foot, direction, reach) for direction in (-back, back))  # body, laminae
+    if not (front.any() and behind.any()):
         return None
-    inside = foot - (front + o.middle_gaps * gap_mm) * back
+    inside = foot - (float(np.argmax(front)) + o.middle_gaps * gap_mm) * back
     # the body's bone there: a body whose cancellous bone is as faint as soft tissue (osteoporosis)
     # also shows bone in front of and behind its middle, its cortex, with soft tissue beyond it
-    body = np.nanmedian(image[np.hypot(grid[0] - inside[0], grid[1] - inside[1]) <= 0.2 * gap_mm])
+    body = np.nanmedian(image[within(grid, inside, 0.2 * gap_mm)])
     return inside if body - o.soft_tissue_hu >= o.min_bone_contrast_hu else None
 
 
@@ -230,7 +243,7 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     foot = offset * normal
     back = np.array([-normal[1], normal[0]])  # along the midline
     back *= np.sign(back[1]) or 1.0  # ... posterior
-    body = np.nanmedian(image[np.hypot(uu - foot[0], vv - foot[1]) <= 0.2 * gap_mm])
+    body = np.nanmedian(image[within(grid, foot, 0.2 * gap_mm)])
     if not body - o.soft_tissue_hu >= o.min_bone_contrast_hu:  # False for NaN too
         # darker than muscle: fluid, cord or fat, as in the canal (a faint body's marrow is not)
         in_canal = from_canal and body < o.soft_tissue_hu
@@ -239,10 +252,8 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
             return foot
         inside = centre + ahead[0] * frame[1] + ahead[1] * frame[2]
         return ahead + section_centre(volume, inside, frame, gap_mm, o, from_canal=False)
-    bone = np.nan_to_num(image, nan=-1000.0) > (body + o.soft_tissue_hu) / 2
-    bone &= np.nan_to_num(mirrored(bone.astype(float), grid, normal, offset, grid)) > 0.5
-    walk = foot + np.arange(0.0, 1.3 * gap_mm, 1.0)[:, None] * back
-    on_bone = bilinear(bone.astype(float), walk[:, 1] - v[0], walk[:, 0] - u[0]) > 0.5
+    bone = symmetric_bone(image, (body + o.soft_tissue_hu) / 2, grid, line)
+    on_bone = on_midline(bone, grid, foot, back, 1.3 * gap_mm)
     # the canal: the first run of `canal_gaps` without bone (a darker patch of cancellous bone is shorter)
     run = max(1, int(round(o.canal_gaps * gap_mm)))
     clear = np.convolve(~on_bone, np.ones(run), mode="valid") == run  # (m - run + 1,) a clear run starts here
@@ -250,7 +261,7 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
         return foot
     front_of_canal = float(np.argmax(clear))  # mm behind the foot
     bone &= (uu - foot[0]) * back[0] + (vv - foot[1]) * back[1] < front_of_canal
-    bone &= np.hypot(uu - foot[0], vv - foot[1]) <= o.section_gaps * gap_mm  # vessels and organs may touch the cortex
+    bone &= within(grid, foot, o.section_gaps * gap_mm)  # vessels and organs may touch the cortex
     seed = np.zeros_like(bone)
     seed[int(np.argmin(np.abs(v - foot[1]))), int(np.argmin(np.abs(u - foot[0])))] = True
     section = grown(bone, seed)
