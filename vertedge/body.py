@@ -39,10 +39,11 @@ first `canal_gaps` without bone behind the point) and at `section_gaps` from it 
 as dense as the cancellous bone may touch the cortex); the point moves to the centroid of the part
 connected to it (the body's cross-section), unless that is more than `offset_gaps` from the point
 (no clear body there); nothing moves across where less than `seen_fraction_across` of the slab
-lies inside the scan. A point the nets put in the spinal canal (darker than muscle at the midline's foot,
-mirror-symmetric bone within `canal_reach_gaps` both in front, the body's back wall, and behind,
-the laminae, and no lung or gas beside it) is read again from inside the bone in front of it. On the real lumbar CT its points sat 4-5 mm to
-the patient's right of the bodies; on the real chest CT the midline points were 1-2 mm off.
+lies inside the scan. A point the nets put in the spinal canal (darker than muscle at the
+midline's foot, mirror-symmetric bone within `canal_reach_gaps` both in front, the body's back
+wall, and behind, the laminae, and no lung or gas beside it) is read again from inside the bone in
+front of it. On the real lumbar CT its points sat 4-5 mm to the patient's right of the bodies; on
+the real chest CT the midline points were 1-2 mm off.
 
 Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`,
 with the local gap the shorter of the two spacings to the neighbours (a missed vertebra doubles
@@ -58,7 +59,7 @@ from .ribs import chain_frames, grown, slab_world
 from .volume import Volume
 
 METAL_HU = 2000.0  # above: metal (cortical bone stays under ~1900 HU)
-AIR_HU = -150.0  # below, in a slab image (clipped at -200): lung or gas, never beside the spinal canal (fat is ~-100)
+LUNG_OR_GAS_HU = -150.0  # below, in a slab image (clipped at -200): lung or gas, never beside the spinal canal (fat is ~-100)
 
 
 def period_mm(points_lps: np.ndarray) -> np.ndarray:
@@ -203,12 +204,12 @@ def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tu
     (the body's back wall) and behind it (the laminae), each within `canal_reach_gaps`; the point
     lies `middle_gaps` of a gap in front of the wall, and on bone brighter than soft tissue by
     `min_bone_contrast_hu`. None where the foot is not so enclosed (a point in front of the body
-    has bone behind it only, one in a faint body lands in front of it). `line` = (unit normal, offset mm) of the
-    midline (`midline`), `back` the unit vector posterior along it; `image` (V, U) on `grid` as in
-    `section_centre`."""
+    has bone behind it only, one in a faint body lands in front of it). `line` = (unit normal,
+    offset mm) of the midline (`midline`), `back` the unit vector posterior along it; `image`
+    (V, U) on `grid` as in `section_centre`."""
     foot = line[1] * line[0]
     reach = o.canal_reach_gaps * gap_mm
-    if (image[within(grid, foot, reach)] < AIR_HU).any():
+    if (image[within(grid, foot, reach)] < LUNG_OR_GAS_HU).any():
         return None  # lung or gut beside it: the mediastinum or the abdomen in front of the body, not the canal
     bone = symmetric_bone(image, o.canal_bone_hu, grid, line)
     front, behind = (on_midline(bone, grid, foot, direction, reach) for direction in (-back, back))  # body, laminae
