@@ -41,13 +41,13 @@ def paint_abdomen(sc: Scene, rng: np.random.Generator, prm: PhantomParams, spine
     Draws the bowel loops from `rng` (their count is the seed's).
     """
     z_of, y_of, x0, last_t = spine.z, spine.y, prm.anchor_lps[0], spine.last_thoracic
-    zt, yt = z_of[last_t], y_of[last_t]
+    zt, yt = z_of[last_t] + prm.shifts["diaphragm"], y_of[last_t]  # the organs under the diaphragm move with it
     organ = prm.organ_hu
     sc.ellipsoid([x0 - 65.0, yt - 55.0, zt + 40.0], rot_z(10), (95.0, 80.0, 85.0), organ + 15)  # liver
     sc.ellipsoid([x0 + 95.0, yt - 5.0, zt + 35.0], rot_z(-30), (30.0, 50.0, 55.0), organ + 5)  # spleen
     sc.ellipsoid([x0 + 55.0, yt - 80.0, zt + 35.0], np.eye(3), (50.0, 40.0, 55.0), STOMACH)
     sc.ellipsoid([x0 + 55.0, yt - 100.0, zt + 60.0], np.eye(3), (30.0, 18.0, 20.0), AIR)  # gastric air
-    zk, yk = z_of[21], y_of[21]
+    zk, yk = z_of[21] + prm.shifts["diaphragm"], y_of[21]
     for sx, dz in ((-1.0, -15.0), (1.0, 0.0)):  # the right kidney (-x) sits lower, under the liver
         c = [x0 + sx * 62.0, yk + 5.0, zk + dz]
         sc.ellipsoid(c, rot_z(sx * 25), (38.0, 36.0, 68.0), FAT)

@@ -20,7 +20,8 @@ from .tissue import BLOOD, BoneHU
 # rendered from an older phantom are never mixed into training. 2: realistic bone density.
 # 3: pedicles, transverse processes and rib heads and necks in the upper half of the body.
 # 4: the ribs' cortex denser than the vertebrae's (`tissue.RIB_CORTEX_EXTRA`).
-PHANTOM_VERSION = 4
+# 5: the organs and shoulders at the seed's own levels along the spine (`ORGAN_SHIFT_MM`).
+PHANTOM_VERSION = 5
 REGIONS = ("full", "cervical", "thoracic", "lumbar", "cervicothoracic", "thoracolumbar")
 ORIENTATIONS = ("LPS", "RAS", "permuted")
 VARIANTS = ("normal", "T13", "L6")  # T13: 13 thoracic vertebrae; L6: 6 lumbar (VerSe labels 28, 25)
@@ -37,6 +38,13 @@ METAL_P, DENTAL_METAL_P, CUPPING_P = 0.15, 0.2, 0.5
 METAL_HU = (3071.0, 4000.0, 8000.0)  # metal as scanners store it: clipped at 3071, or extended HU scales
 FOV_PAD_HU = (-1024.0, -2048.0, -3024.0)  # value outside the reconstruction circle, vendor dependent
 FOV_PAD_P = (0.6, 0.2, 0.2)
+# How far (mm, + cranial) the lung apices, the diaphragm (with the lung bases, liver, spleen,
+# stomach and kidneys under it), the mediastinum (heart, airways) and the shoulders (clavicles,
+# scapulae, arms) lie from their usual levels along the spine, each drawn on its own: breathing
+# moves the diaphragm by 3-5 cm, posture the shoulders, habitus all of them. A phantom with every
+# organ pinned to a vertebra teaches a net to name levels from the organs, which a patient's do not
+# follow (phantoms 500 and 749 lost every label to a 25 mm shift: benchmarks/RESULTS.md).
+ORGAN_SHIFT_MM = {"apex": (-20.0, 30.0), "diaphragm": (-45.0, 25.0), "mediastinum": (-30.0, 30.0), "shoulders": (-25.0, 25.0)}
 
 # Unenhanced values per compartment, and fixed enhancement where the phase is not drawn (HU).
 VENOUS_HU = {"none": 40.0, "arterial": 60.0}  # inferior vena cava; drawn 130-180 in the venous phase
@@ -83,6 +91,7 @@ class PhantomParams:
     fov_pad_hu: float
     anchor_lps: tuple[float, float, float]  # world LPS mm of the top of the spine curve
     noise_seed: int
+    organ_shift_mm: tuple[float, float, float, float]  # apex, diaphragm, mediastinum, shoulders (`ORGAN_SHIFT_MM`)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, region: str | None, orientation: str | None) -> PhantomParams:
@@ -127,6 +136,12 @@ class PhantomParams:
         cupping_hu = float(u(0, 40)) if rng.random() < CUPPING_P else 0.0
         fov_pad_hu = float(rng.choice(FOV_PAD_HU, p=FOV_PAD_P))
         anchor = (float(u(-30, 30)), float(u(-80, 80)), float(u(-200, 1200)))
+        noise_seed = int(rng.integers(0, 2**62))
+        # from a generator of its own, so that every other draw (and the bowel, grid and field of
+        # view drawn after the parameters) stays what it was in version 4
+        own = np.random.default_rng([noise_seed, PHANTOM_VERSION])
+        apex, diaphragm, mediastinum, shoulders = (float(own.uniform(lo, hi)) for lo, hi in ORGAN_SHIFT_MM.values())
+        organ_shift = (apex, diaphragm, mediastinum, shoulders)
         return cls(
             region=region, variant=variant, orientation=orientation, stature=stature, habitus=habitus, obesity=obesity,
             fat_mm=fat_mm, head_scale=head_scale, bone_density=bone_density, disc_hu=disc_hu, cartilage_hu=cartilage_hu,
@@ -136,8 +151,13 @@ class PhantomParams:
             kidney_hu=KIDNEY_HU[contrast], arms=arms, bowel_loops=bowel_loops, visceral_hu=visceral_hu,
             metal=bool(metal), metal_levels=metal_levels, metal_hu=metal_hu, dental_metal=dental_metal,
             noise_sigma=noise_sigma, cupping_hu=cupping_hu, fov_pad_hu=fov_pad_hu, anchor_lps=anchor,
-            noise_seed=int(rng.integers(0, 2**62)),
+            noise_seed=noise_seed, organ_shift_mm=organ_shift,
         )
+
+    @property
+    def shifts(self) -> dict[str, float]:
+        """`organ_shift_mm` by part: "apex", "diaphragm", "mediastinum", "shoulders" (mm, + cranial)."""
+        return dict(zip(ORGAN_SHIFT_MM, self.organ_shift_mm))
 
     @property
     def last_thoracic(self) -> int:
@@ -160,6 +180,7 @@ class PhantomParams:
         values["scoliosis"] = tuple(tuple(float(v) for v in curve) for curve in values["scoliosis"])
         values["metal_levels"] = tuple(int(v) for v in values["metal_levels"])
         values["anchor_lps"] = tuple(float(v) for v in values["anchor_lps"])
+        values["organ_shift_mm"] = tuple(float(v) for v in values["organ_shift_mm"])
         return cls(**values)
 
 

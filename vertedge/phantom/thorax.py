@@ -124,25 +124,27 @@ def paint_lungs_and_mediastinum(sc: Scene, prm: PhantomParams, spine: Spine, cag
     z_of, y_of, b_of, x0 = spine.z, spine.y, spine.depth, prm.anchor_lps[0]
     hoop = cage.hoops[14]  # T7, mid-chest
     dx, ar, br, yc = hoop.offset, hoop.half_width, hoop.half_depth, hoop.y_centre
-    z_top, z_bot = z_of[8] + 30.0, z_of[spine.last_thoracic] - 10.0
+    shift = prm.shifts
+    z_top, z_bot = z_of[8] + 30.0 + shift["apex"], z_of[spine.last_thoracic] - 10.0 + shift["diaphragm"]
     zc, hz = (z_top + z_bot) / 2, (z_top - z_bot) / 2
     for sx in (-1.0, 1.0):
         sc.ellipsoid([x0 + sx * (dx + 0.38 * ar), yc + 0.05 * br, zc], np.eye(3),
                      (0.66 * ar, 0.92 * br, hz), LUNG + prm.lung_offset)
-    dome = z_of[17] - 0.2 * hz
+    dome = z_of[17] + shift["diaphragm"] - 0.2 * hz
     for sx, lift in ((-1.0, 12.0), (1.0, 0.0)):  # right dome (-x) sits higher: the liver
         sc.ellipsoid([x0 + sx * 0.5 * ar, yc - 0.1 * br, dome + lift - 1.1 * hz], np.eye(3),
                      (0.95 * ar, 1.15 * br, 1.1 * hz), SOFT)
-    sc.box([x0, yc - 0.45 * br, z_of[13]], np.eye(3), (24.0, 0.45 * br, 0.45 * hz), MEDIASTINUM, r=8.0)
+    up = np.array([0.0, 0.0, shift["mediastinum"]])
+    sc.box([x0, yc - 0.45 * br, z_of[13] + up[2]], np.eye(3), (24.0, 0.45 * br, 0.45 * hz), MEDIASTINUM, r=8.0)
     blood = prm.blood_hu
-    heart = np.array([x0 + 22.0, yc - 0.42 * br, z_of[15] + 5.0])
+    heart = np.array([x0 + 22.0, yc - 0.42 * br, z_of[15] + 5.0]) + up
     rot = rot_z(-35.0)  # the heart's long axis points left, forward and down
     sc.ellipsoid(heart, rot, (62.0, 50.0, 56.0), FAT)  # epicardial fat
     sc.ellipsoid(heart, rot, (57.0, 45.0, 52.0), SOFT)  # myocardium
     sc.ellipsoid(heart + [-4, 3, 4], rot, (44.0, 33.0, 40.0), blood)  # chambers
     # trachea from the larynx to the carina, then the main bronchi
-    air = [np.array([x0, y_of[lab] - b_of[lab] - gap, z_of[lab]]) for lab, gap in ((3, 20.0), (5, 24.0), (7, 20.0), (9, 18.0))]
-    carina = np.array([x0, y_of[12] - b_of[12] - 18.0, z_of[12]])
+    air = [np.array([x0, y_of[lab] - b_of[lab] - gap, z_of[lab]]) + up for lab, gap in ((3, 20.0), (5, 24.0), (7, 20.0), (9, 18.0))]
+    carina = np.array([x0, y_of[12] - b_of[12] - 18.0, z_of[12]]) + up
     sc.chain(np.array([*air, carina]), 8.0, 8.0, AIR)
     for sx in (-1.0, 1.0):
         sc.capsule(carina, carina + [sx * 45.0, 10.0, -30.0], 6.5, 4.5, AIR)
@@ -151,7 +153,8 @@ def paint_lungs_and_mediastinum(sc: Scene, prm: PhantomParams, spine: Spine, cag
 def paint_shoulders_and_arms(sc: Scene, prm: PhantomParams, spine: Spine, torso: Torso, cage: RibCage) -> None:
     """Clavicles, scapulae, humeri and the arms' soft tissue, arms at the sides or raised."""
     canc, cort = prm.bone.cancellous, prm.bone.cortical
-    z_of, x0 = spine.z, prm.anchor_lps[0]
+    x0, up = prm.anchor_lps[0], prm.shifts["shoulders"]
+    z_of = {lab: z + up for lab, z in spine.z.items()}  # the shoulder girdle and arms at the seed's own height
     hw = torso.at(z_of[10])[2]  # half width of the chest at T3
     hoop = cage.hoops[12]
     dx, ar, br, yc = hoop.offset, hoop.half_width, hoop.half_depth, hoop.y_centre
