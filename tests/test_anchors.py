@@ -65,6 +65,16 @@ def test_the_sacrum_found_below_the_last_vertebra_makes_it_a_terminus():
     assert not supported(volume, points, LUMBAR - 1, np.full(5, 0.9), sacrum_below=True).any()  # T12-L4 on it
 
 
+def test_no_count_starts_from_a_last_point_on_the_sacrum():
+    """S1 kept in the chain and read as L5 (an S-I crop): bone lies beyond it, so it would pass for
+    the last lumbar vertebra, and every label counted from it would be a level off."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
+    assert supported(volume, points, LUMBAR, np.full(5, 0.9)).all()
+    assert not supported(volume, points, LUMBAR, np.full(5, 0.9), last_on_sacrum=True).any()
+    conf, flag = review(volume, points, LUMBAR, np.full(5, 0.9), last_on_sacrum=True)
+    assert flag.all() and (conf <= UNSUPPORTED_CONFIDENCE).all()
+
+
 def test_a_count_that_disagrees_with_the_terminus_is_not_trusted():
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
     one_up = LUMBAR - 1  # T12-L4: the net read every level one too high

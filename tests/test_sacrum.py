@@ -9,7 +9,7 @@ import pytest
 
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
-from vertedge.sacrum import last_lumbar_likelihood, sacral_start, sacrum_below
+from vertedge.sacrum import last_lumbar_likelihood, on_sacrum, sacral_start, sacrum_below
 from vertedge.sequence import identify
 from vertedge.volume import Volume
 from vertedge_train.variations import rotated, rotation
@@ -49,6 +49,21 @@ def test_the_point_on_the_sacrum_is_found_and_no_lumbar_vertebra_is():
     volume, points = pelvis_scan()
     assert sacral_start(volume, points, RIBLESS[:5], READS) == 4
     assert sacral_start(volume, points[:4], RIBLESS[:4], READS[:4]) == 4  # L5 last: its processes end short of the wings
+
+
+def test_the_sacrum_is_found_with_the_nets_point_on_l5_to_one_side():
+    """A point 14 mm to the side tilts the slab across the local axis at S1 by ~20 degrees, which
+    can miss one wing; the slab across the chain's axis over two rows each way still finds it."""
+    volume, points = pelvis_scan()
+    off = points.copy()
+    off[3, 0] += 14.0
+    assert sacral_start(volume, off, RIBLESS[:5], READS) == 4
+
+
+def test_the_last_point_is_on_the_sacrum_when_it_is_s1():
+    volume, points = pelvis_scan()
+    assert on_sacrum(volume, points)  # the chain ends on S1
+    assert not on_sacrum(volume, points[:4])  # ... on L5, whose processes end short of the wings
 
 
 def test_the_sacrum_is_found_in_a_patient_rolled_and_tilted():

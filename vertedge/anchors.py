@@ -14,7 +14,9 @@ lies tissue (cranially: the skull base, not the air above a cropped scan) or bon
 sacrum, not the pelvic soft tissue that follows a stray point), and the gap into it is regular.
 The caudal end is a terminus also where the sacrum probe found the sacrum right below it
 (`sacrum.sacrum_below`, or the point the localization net put on S1: `sacrum.sacral_start`):
-the lumbosacral angle can put the place one gap beyond the chain in front of the sacrum.
+the lumbosacral angle can put the place one gap beyond the chain in front of the sacrum. It is
+never one where the last point itself bridges to the iliac wings (`sacrum.on_sacrum`): that is S1
+kept in the chain, and a count from it is a level off.
 The label decoded there must be the one anatomy puts there (C1; L5, L6, or L4 when a T13 is
 decoded), else the count and the net disagree and nothing is trusted from that end. From a
 consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), stops
@@ -140,12 +142,14 @@ def supported(
     options: ReviewOptions = DEFAULT_OPTIONS.review,
     ribs: np.ndarray | None = None,
     sacrum_below: bool = False,
+    last_on_sacrum: bool = False,
 ) -> np.ndarray:
     """(n,) bool: the labels a count from a terminus of the scan reaches (see the module docstring).
 
     `points_lps` (n, 3) world LPS mm in chain order, `labels` (n,) VerSe, `confidence` (n,) in [0, 1],
     `ribs` (n, 2) what `ribs.rib_sides` found beside each point (None: not probed), `sacrum_below`
-    whether the sacrum lies right below the last point.
+    whether the sacrum lies right below the last point, `last_on_sacrum` whether the last point
+    itself bridges to the iliac wings (`sacrum.on_sacrum`: no count starts from it).
     """
     o = options
     p = np.asarray(points_lps, dtype=np.float64)
@@ -164,6 +168,8 @@ def supported(
             cut[end] = True
             continue
         cranial = end == 0
+        if not cranial and last_on_sacrum:
+            continue
         beyond = median_hu(volume, p[end] + gap * out, o.probe_radius_gaps * gap)
         ends_here = room >= o.room_gaps * gap and beyond > (o.tissue_hu if cranial else o.bone_hu)
         if not ((ends_here or (sacrum_below and not cranial)) and regular[min(end, end + inward)]
@@ -184,14 +190,15 @@ def review(
     options: ReviewOptions = DEFAULT_OPTIONS.review,
     ribs: np.ndarray | None = None,
     sacrum_below: bool = False,
+    last_on_sacrum: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confidences (n,) and needs_review flags (n,) of labelled vertebrae (points in chain order;
-    `ribs` and `sacrum_below` as in `supported`).
+    `ribs`, `sacrum_below` and `last_on_sacrum` as in `supported`).
 
     A label no count from a terminus reaches keeps at most `unsupported_confidence`; a label
     needs review when it is not reached or its confidence is under `unsupported_confidence`.
     """
-    reached = supported(volume, points_lps, labels, confidence, options, ribs, sacrum_below)
+    reached = supported(volume, points_lps, labels, confidence, options, ribs, sacrum_below, last_on_sacrum)
     least = options.unsupported_confidence
     conf = np.where(reached, confidence, np.minimum(confidence, least))
     return conf, ~reached | (conf < least)

@@ -29,7 +29,7 @@ from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .ribs import rib_sides
-from .sacrum import sacral_start, sacrum_below
+from .sacrum import on_sacrum, sacral_start, sacrum_below
 from .sequence import vote
 from .volume import Volume
 from .xp import to_host
@@ -223,6 +223,7 @@ class Labeler:
                 per_view = (per_view[0][:, :sacrum], per_view[1][:, :sacrum])
                 # what a count up from the sacrum starts from (anchors.py)
                 below = above_sacrum or (len(fused) >= 2 and sacrum_below(volume, fused.points_lps, options.sacrum))
+                last_on_sacrum = len(fused) >= 2 and on_sacrum(volume, fused.points_lps, options.sacrum)
             with timer("voting"):
                 labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
                                            above_sacrum)
@@ -230,7 +231,8 @@ class Labeler:
             with timer("review"):
                 points = fused.points_lps[keep]
                 confidence, needs_review = review(
-                    volume, points, labels[keep], confidence[keep], options.review, sides[keep], below
+                    volume, points, labels[keep], confidence[keep], options.review, sides[keep], below,
+                    bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
                 )
             if options.body.enabled:
                 with timer("body"):

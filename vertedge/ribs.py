@@ -38,19 +38,22 @@ UNSEEN = -1  # a side whose ring leaves the scan and shows no rib
 _IRRELEVANT = frozenset(LABELS[n] for n in ("L5", "L6"))  # the iliac crests reach the ring beside them
 
 
-def chain_frames(points_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def chain_frames(points_lps: np.ndarray, reach: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Local frames of points (n, 3) mm in chain order, n >= 2: (axis, lateral, posterior) unit
     vectors (n, 3) each, and the local gap mm (n,).
 
-    The axis points cranially along the chain (central differences, one-sided at the ends); the
-    lateral vector is the scan's +x (patient left) made perpendicular to it; posterior completes
-    the frame with a positive LPS y component.
+    The axis points cranially along the chain, from the point `reach` rows below to the one `reach`
+    rows above (fewer at the ends; 1: central differences; more: less swayed by one point off the
+    line); the lateral vector is the scan's +x (patient left) made perpendicular to it; posterior
+    completes the frame with a positive LPS y component.
     """
     p = np.asarray(points_lps, dtype=np.float64)
-    up = p[np.r_[0, : len(p) - 1]] - p[np.r_[1 : len(p), len(p) - 1]]
+    rows = np.arange(len(p))
+    above, below = np.maximum(rows - reach, 0), np.minimum(rows + reach, len(p) - 1)
+    up = p[above] - p[below]
     span = np.linalg.norm(up, axis=1)
     axis = up / span[:, None]
-    gap = span / np.where((np.arange(len(p)) == 0) | (np.arange(len(p)) == len(p) - 1), 1.0, 2.0)
+    gap = span / (below - above)
     lateral = np.array([1.0, 0.0, 0.0]) - axis[:, :1] * axis
     lateral /= np.linalg.norm(lateral, axis=1, keepdims=True)
     posterior = np.cross(axis, lateral)

@@ -37,10 +37,17 @@ _VARIANTS = (LABELS["L4"], LABELS["L6"])  # the last lumbar vertebra of four or 
 
 def _bridges(volume: Volume, points_lps: np.ndarray, row: int, o: SacrumOptions) -> bool:
     """Does the bone at point `row` of the chain run on into the iliac wings: on both sides, or on
-    one with the other side's band out of the scan?"""
+    one with the other side's band out of the scan? Probed in the slab across the chain's local
+    axis and across its axis over two rows each way: the net's point on L5 may lie 5-10 mm to one
+    side, which tilts the local slab by 20 degrees or more (an S-I crop of the real lumbar CT)."""
+    return any(_bridges_across(volume, points_lps, row, o, frames) for frames in (1, 2))
+
+
+def _bridges_across(volume: Volume, points_lps: np.ndarray, row: int, o: SacrumOptions, frames: int) -> bool:
+    """`_bridges` in the slab across the axis of `chain_frames(points_lps, reach=frames)`."""
     reach = o.reach_mm + 2 * o.pixel_mm
     across, front_back, radius = probe_grid(reach, o.pixel_mm)
-    axis, lateral, posterior, gap = (a[row] for a in chain_frames(points_lps))
+    axis, lateral, posterior, gap = (a[row] for a in chain_frames(points_lps, reach=frames))
     along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * gap
     mip, inside = slab_mip(volume, points_lps[row], (axis, lateral, posterior), along, (across, front_back))
     bone = mip > o.bone_hu
@@ -92,6 +99,16 @@ def sacrum_below(volume: Volume, points_lps: np.ndarray, options: SacrumOptions 
     p = np.asarray(points_lps, dtype=np.float64)
     beyond = 2 * p[-1] - p[-2]
     return _bridges(volume, np.vstack([p, beyond]), len(p), options)
+
+
+def on_sacrum(volume: Volume, points_lps: np.ndarray, options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> bool:
+    """Does the chain's last point (of n >= 2, mm) bridge to the iliac wings? Then it is S1, which
+    the localization net found and the identification net read as a lumbar vertebra below the one
+    above it (`sacral_start` does not take it: a phantom's L5 bridges too), or a last lumbar
+    vertebra fused with the wings; either way no count up from the sacrum may start there (an S-I
+    crop of the real lumbar CT read S1 as L5 and trusted four labels a level off, at 0.98)."""
+    p = np.asarray(points_lps, dtype=np.float64)
+    return _bridges(volume, p, len(p) - 1, options)
 
 
 def last_lumbar_likelihood(n: int, classes: tuple[int, ...], options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> np.ndarray:
