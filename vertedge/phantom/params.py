@@ -20,7 +20,8 @@ from .tissue import BLOOD, BoneHU
 # rendered from an older phantom are never mixed into training. 2: realistic bone density.
 # 3: pedicles, transverse processes and rib heads and necks in the upper half of the body.
 # 4: the ribs' cortex denser than the vertebrae's (`tissue.RIB_CORTEX_EXTRA`).
-# 5: the organs and shoulders at the seed's own levels along the spine (`ORGAN_SHIFT_MM`).
+# 5: the organs and shoulders at the seed's own levels along the spine (`ORGAN_SHIFT_MM`); the iliac
+#    crest falls behind its middle, clear of L5's transverse processes (`pelvis.CREST_FALL`).
 PHANTOM_VERSION = 5
 REGIONS = ("full", "cervical", "thoracic", "lumbar", "cervicothoracic", "thoracolumbar")
 ORIENTATIONS = ("LPS", "RAS", "permuted")

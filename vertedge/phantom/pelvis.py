@@ -16,20 +16,29 @@ from .spine import Spine
 from .tissue import FEMUR_CORTEX_EXTRA, MARROW, THIN_BONE_EXTRA, BoneHU
 
 ILIAC_AXES = (70.0, 58.0, 72.0)  # mm: semi-axes of the ellipsoid the iliac wing is tiled on
+CREST_TOP_PHI = -23.0  # degrees about S-I (posterior negative): behind this the crest falls ...
+CREST_FALL = 0.85  # ... this many degrees of elevation per degree toward the posterior superior spine
+TUBEROSITY_EXTRA = 6.0  # mm of half thickness added to the wing behind its middle (the iliac tuberosity)
 
 
 def _iliac_wing(sc: Scene, centre: np.ndarray, axes: np.ndarray, sx: float, bone: BoneHU) -> None:
     """An iliac wing: a curved bony plate tiled on the lateral part of an ellipsoid (LPS mm)."""
     up = np.array([0.0, 0.0, 1.0])
-    for phi in np.radians(np.linspace(-70, 70, 7)):
-        for theta in np.radians(np.linspace(-20, 42, 4)):
+    elevations = np.linspace(-20.0, 42.0, 4)  # degrees: acetabulum to crest
+    for phi_deg in np.linspace(-70.0, 70.0, 7):
+        # the crest falls behind its middle toward the posterior superior spine (S2), so it passes
+        # L5's transverse processes with a gap (the iliolumbar ligament's), as on real CT
+        top = elevations[-1] - CREST_FALL * max(0.0, CREST_TOP_PHI - phi_deg)
+        phi = math.radians(phi_deg)
+        for theta in np.radians(elevations[elevations <= top + 1e-9]):
             unit = np.array([sx * math.cos(theta) * math.cos(phi), -math.cos(theta) * math.sin(phi), math.sin(theta)])
             normal = unit / axes
             normal /= np.linalg.norm(normal)
             ez = up - normal @ up * normal
             ez /= np.linalg.norm(ez)
             rot = np.array([np.cross(normal, ez), normal, ez])
-            thick = 3.0 + 3.0 * (theta < 0)  # the wing thickens toward the acetabulum
+            # the wing thickens toward the acetabulum, and behind the sacroiliac joint (the tuberosity)
+            thick = 3.0 + 3.0 * (theta < 0) + TUBEROSITY_EXTRA * (phi_deg < CREST_TOP_PHI)
             sc.box(centre + axes * unit, rot, (15.0, thick, 14.0), bone.cancellous, bone.cortical, 1.2, r=2.0)
 
 
