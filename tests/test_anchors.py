@@ -110,6 +110,20 @@ def test_the_count_stops_at_a_missed_vertebra_and_past_a_doubtful_one():
     assert conf[3:].max() <= UNSUPPORTED_CONFIDENCE
 
 
+def test_the_count_does_not_step_onto_a_vertebra_the_decode_merged_from_several_detections():
+    """Two vertebrae found as three close detections, decoded as one vertebra plus its duplicates
+    (phantom 507 tilted: C3 and C4 so read, the chain below a level off, "C3" at 0.54): the gaps
+    around the kept point look regular, so the count from C1 stops before it, not past it."""
+    volume, points = neck_scan()
+    merged = np.zeros(7, bool)
+    merged[3] = True
+    assert supported(volume, points, CERVICAL, np.full(7, 0.9), merged=merged).tolist() == [True] * 3 + [False] * 4
+    assert supported(volume, points, CERVICAL, np.full(7, 0.9)).all()
+    at_the_terminus = np.zeros(7, bool)
+    at_the_terminus[0] = True  # the count's own start may be one (S1 absorbed into L5 on real CT)
+    assert supported(volume, points, CERVICAL, np.full(7, 0.9), merged=at_the_terminus).all()
+
+
 def test_a_count_from_the_sacrum_that_stops_below_l1_stands_only_at_the_top_of_the_scan():
     """Stopped below L1 (a missed or doubted vertebra) with more spine above, the count cannot be
     checked against the thoracolumbar junction: six lumbar vertebrae would shift it all."""

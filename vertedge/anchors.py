@@ -19,7 +19,8 @@ never one where the last point itself bridges to the iliac wings (`sacrum.on_sac
 kept in the chain, and a count from it is a level off.
 The label decoded there must be the one anatomy puts there (C1; L5, L6, or L4 when a T13 is
 decoded), else the count and the net disagree and nothing is trusted from that end. From a
-consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), stops
+consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), never
+onto a vertebra the decode formed from several detections (two vertebrae may lie there), stops
 past the first vertebra whose own confidence is under `unsupported_confidence`, and never crosses
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
 one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
@@ -90,7 +91,8 @@ def _crosses_junction(a: int, b: int) -> bool:
 
 
 def _count_from(
-    end: int, inward: int, labels: np.ndarray, confidence: np.ndarray, regular: np.ndarray, least: float
+    end: int, inward: int, labels: np.ndarray, confidence: np.ndarray, regular: np.ndarray, least: float,
+    merged: np.ndarray,
 ) -> list[int]:
     """Rows a count from the terminus row `end` reaches going `inward` (+1 caudally, -1 cranially)."""
     count = [end]
@@ -98,6 +100,7 @@ def _count_from(
     while (
         0 <= i + inward < len(labels)
         and regular[min(i, i + inward)]
+        and not merged[i + inward]
         and confidence[i] >= least
         and not _crosses_junction(labels[i], labels[i + inward])
     ):
@@ -143,13 +146,16 @@ def supported(
     ribs: np.ndarray | None = None,
     sacrum_below: bool = False,
     last_on_sacrum: bool = False,
+    merged: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n,) bool: the labels a count from a terminus of the scan reaches (see the module docstring).
 
     `points_lps` (n, 3) world LPS mm in chain order, `labels` (n,) VerSe, `confidence` (n,) in [0, 1],
     `ribs` (n, 2) what `ribs.rib_sides` found beside each point (None: not probed), `sacrum_below`
     whether the sacrum lies right below the last point, `last_on_sacrum` whether the last point
-    itself bridges to the iliac wings (`sacrum.on_sacrum`: no count starts from it).
+    itself bridges to the iliac wings (`sacrum.on_sacrum`: no count starts from it), `merged` (n,)
+    the vertebrae the decode formed from more than one detection (`labelling.one_per_label`: None,
+    none): a count does not step onto one, as the number of vertebrae there is in doubt.
     """
     o = options
     p = np.asarray(points_lps, dtype=np.float64)
@@ -157,6 +163,7 @@ def supported(
     reached = np.zeros(n, bool)
     if n < 2:
         return reached
+    merged = np.zeros(n, bool) if merged is None else np.asarray(merged, bool)
     regular = _regular_gaps(p, o.regular_gap)
     cut = np.zeros(n, bool)
     for end, inward in ((0, 1), (n - 1, -1)):
@@ -175,7 +182,7 @@ def supported(
         if not ((ends_here or (sacrum_below and not cranial)) and regular[min(end, end + inward)]
                 and _end_label_fits(labels, cranial)):
             continue
-        count = _count_from(end, inward, labels, confidence, regular, o.unsupported_confidence)
+        count = _count_from(end, inward, labels, confidence, regular, o.unsupported_confidence, merged)
         if not cranial and not _junction_sure(count, labels, confidence, o.unsupported_confidence, ribs):
             continue
         reached[count] = True
@@ -191,14 +198,15 @@ def review(
     ribs: np.ndarray | None = None,
     sacrum_below: bool = False,
     last_on_sacrum: bool = False,
+    merged: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confidences (n,) and needs_review flags (n,) of labelled vertebrae (points in chain order;
-    `ribs`, `sacrum_below` and `last_on_sacrum` as in `supported`).
+    `ribs`, `sacrum_below`, `last_on_sacrum` and `merged` as in `supported`).
 
     A label no count from a terminus reaches keeps at most `unsupported_confidence`; a label
     needs review when it is not reached or its confidence is under `unsupported_confidence`.
     """
-    reached = supported(volume, points_lps, labels, confidence, options, ribs, sacrum_below, last_on_sacrum)
+    reached = supported(volume, points_lps, labels, confidence, options, ribs, sacrum_below, last_on_sacrum, merged)
     least = options.unsupported_confidence
     conf = np.where(reached, confidence, np.minimum(confidence, least))
     return conf, ~reached | (conf < least)

@@ -233,6 +233,7 @@ class Labeler:
                 confidence, needs_review = review(
                     volume, points, labels[keep], confidence[keep], options.review, sides[keep], below,
                     bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
+                    np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
                 )
             if options.body.enabled:
                 with timer("body"):
