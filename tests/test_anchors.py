@@ -124,6 +124,24 @@ def test_the_count_does_not_step_onto_a_vertebra_the_decode_merged_from_several_
     assert supported(volume, points, CERVICAL, np.full(7, 0.9), merged=at_the_terminus).all()
 
 
+def test_no_count_starts_from_an_end_few_views_found():
+    """A point found in under half the views may be S1 found again below L5 (a v6 phantom: the
+    sacrum probe missed it, the net read it "L5" and the real L5 "L4", and the count from it
+    trusted L1-L5 a level off at 0.78-0.94); from the other end the count still stands."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
+    assert supported(volume, points, LUMBAR, np.full(5, 0.9)).all()
+    weak_end = np.ones(5, bool)
+    weak_end[-1] = False
+    assert not supported(volume, points, LUMBAR, np.full(5, 0.9), seen=weak_end).any()
+    weak_inside = np.ones(5, bool)
+    weak_inside[2] = False  # only the terminus must be seen by most views
+    assert supported(volume, points, LUMBAR, np.full(5, 0.9), seen=weak_inside).all()
+    volume, points = neck_scan()
+    weak_c1 = np.ones(7, bool)
+    weak_c1[0] = False
+    assert not supported(volume, points, CERVICAL, np.full(7, 0.9), seen=weak_c1).any()
+
+
 def test_a_count_from_the_sacrum_that_stops_below_l1_stands_only_at_the_top_of_the_scan():
     """Stopped below L1 (a missed or doubted vertebra) with more spine above, the count cannot be
     checked against the thoracolumbar junction: six lumbar vertebrae would shift it all."""

@@ -8,7 +8,9 @@ This module finds those ends in the scan and keeps a label's confidence only whe
 an end reaches it unbroken; every other label is capped at `unsupported_confidence` and flagged
 `needs_review`.
 
-An end of the detected chain is a *terminus* when the scan goes on beyond it (`room_gaps` local
+An end of the detected chain is a *terminus* when the views agree on it (found in at least
+`PipelineOptions.seen_views` of them: a point fewer views found may be a stray blob or a second
+detection, S1 found again below L5), the scan goes on beyond it (`room_gaps` local
 gaps along the chain, so a further vertebra would have been in full view) and one gap beyond it
 lies tissue (cranially: the skull base, not the air above a cropped scan) or bone (caudally: the
 sacrum, not the pelvic soft tissue that follows a stray point), and the gap into it is regular.
@@ -147,6 +149,7 @@ def supported(
     sacrum_below: bool = False,
     last_on_sacrum: bool = False,
     merged: np.ndarray | None = None,
+    seen: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n,) bool: the labels a count from a terminus of the scan reaches (see the module docstring).
 
@@ -155,7 +158,9 @@ def supported(
     whether the sacrum lies right below the last point, `last_on_sacrum` whether the last point
     itself bridges to the iliac wings (`sacrum.on_sacrum`: no count starts from it), `merged` (n,)
     the vertebrae the decode formed from more than one detection (`labelling.one_per_label`: None,
-    none): a count does not step onto one, as the number of vertebrae there is in doubt.
+    none): a count does not step onto one, as the number of vertebrae there is in doubt; `seen` (n,)
+    the vertebrae found in at least `PipelineOptions.seen_views` of the views (None: all), the
+    only ones a count starts from.
     """
     o = options
     p = np.asarray(points_lps, dtype=np.float64)
@@ -164,6 +169,7 @@ def supported(
     if n < 2:
         return reached
     merged = np.zeros(n, bool) if merged is None else np.asarray(merged, bool)
+    seen = np.ones(n, bool) if seen is None else np.asarray(seen, bool)
     regular = _regular_gaps(p, o.regular_gap)
     cut = np.zeros(n, bool)
     for end, inward in ((0, 1), (n - 1, -1)):
@@ -175,7 +181,7 @@ def supported(
             cut[end] = True
             continue
         cranial = end == 0
-        if not cranial and last_on_sacrum:
+        if not seen[end] or (not cranial and last_on_sacrum):
             continue
         beyond = median_hu(volume, p[end] + gap * out, o.probe_radius_gaps * gap)
         ends_here = room >= o.room_gaps * gap and beyond > (o.tissue_hu if cranial else o.bone_hu)
@@ -199,14 +205,16 @@ def review(
     sacrum_below: bool = False,
     last_on_sacrum: bool = False,
     merged: np.ndarray | None = None,
+    seen: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confidences (n,) and needs_review flags (n,) of labelled vertebrae (points in chain order;
-    `ribs`, `sacrum_below`, `last_on_sacrum` and `merged` as in `supported`).
+    `ribs`, `sacrum_below`, `last_on_sacrum`, `merged` and `seen` as in `supported`).
 
     A label no count from a terminus reaches keeps at most `unsupported_confidence`; a label
     needs review when it is not reached or its confidence is under `unsupported_confidence`.
     """
-    reached = supported(volume, points_lps, labels, confidence, options, ribs, sacrum_below, last_on_sacrum, merged)
+    reached = supported(volume, points_lps, labels, confidence, options, ribs, sacrum_below, last_on_sacrum, merged,
+                        seen)
     least = options.unsupported_confidence
     conf = np.where(reached, confidence, np.minimum(confidence, least))
     return conf, ~reached | (conf < least)

@@ -234,6 +234,7 @@ class Labeler:
                     volume, points, labels[keep], confidence[keep], options.review, sides[keep], below,
                     bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
                     np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
+                    fused.n_views[keep] >= options.seen_views * views.n_views,
                 )
             if options.body.enabled:
                 with timer("body"):
