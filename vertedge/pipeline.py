@@ -232,9 +232,9 @@ class Labeler:
                 points = fused.points_lps[keep]
                 confidence, needs_review = review(
                     volume, points, labels[keep], confidence[keep], options.review, sides[keep], below,
-                    bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
-                    np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
-                    fused.n_views[keep] >= options.seen_views * views.n_views,
+                    last_on_sacrum=bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
+                    merged=np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
+                    seen=fused.n_views[keep] >= options.seen_views * views.n_views,
                 )
             if options.body.enabled:
                 with timer("body"):
