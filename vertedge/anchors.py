@@ -21,8 +21,9 @@ never one where the last point itself bridges to the iliac wings (`sacrum.on_sac
 kept in the chain, and a count from it is a level off.
 The label decoded there must be the one anatomy puts there (C1; L5, L6, or L4 when a T13 is
 decoded), else the count and the net disagree and nothing is trusted from that end. From a
-consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), never
-onto a vertebra the decode formed from several detections (two vertebrae may lie there), stops
+consistent terminus trust walks inward over regular gaps (no missed or doubled vertebra), onto
+a vertebra only with a regular gap on its far side too, never onto one the decode formed from
+several detections (two vertebrae may lie there), stops
 past the first vertebra whose own confidence is under `unsupported_confidence`, and never crosses
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
 one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
@@ -96,12 +97,20 @@ def _count_from(
     end: int, inward: int, labels: np.ndarray, confidence: np.ndarray, regular: np.ndarray, least: float,
     merged: np.ndarray,
 ) -> list[int]:
-    """Rows a count from the terminus row `end` reaches going `inward` (+1 caudally, -1 cranially)."""
+    """Rows a count from the terminus row `end` reaches going `inward` (+1 caudally, -1 cranially).
+
+    A vertebra is reached only with regular gaps on both its sides (one at the chain's end): next
+    to an irregular gap it may be a detection doubled or misplaced, which the gap before it does
+    not show (phantom 740 under 60 HU noise: C5 found twice, the second read "C6" at 0.55 with a
+    gap of 0.87 before it and 2.9 after it).
+    """
     count = [end]
     i = end
+    n = len(labels)
     while (
-        0 <= i + inward < len(labels)
+        0 <= i + inward < n
         and regular[min(i, i + inward)]
+        and (not 0 <= i + 2 * inward < n or regular[min(i + inward, i + 2 * inward)])
         and not merged[i + inward]
         and confidence[i] >= least
         and not _crosses_junction(labels[i], labels[i + inward])
