@@ -30,6 +30,12 @@ def peaks_of(heatmaps: np.ndarray, views: Views, threshold: float, options: Pipe
     return find_peaks(heatmaps, threshold=threshold, min_distance_px=options.min_peak_distance_mm / iso_px_mm)
 
 
+def well_seen(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPTIONS) -> np.ndarray:
+    """(n,) bool: fused points found in at least `options.seen_views` of the `n_views` views (fewer,
+    and a point may be a stray blob or a second detection of a vertebra)."""
+    return fused.n_views >= options.seen_views * n_views
+
+
 def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPTIONS) -> np.ndarray:
     """(n - 1,) bool: may fused rows i, i + 1 be one vertebra found twice (the DP's "same" step)?
 
@@ -42,7 +48,7 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     normal spine, which shifts every label on one side of a T13 or L6 by one.
     """
     solid = fused.n_views >= options.solid_views * n_views
-    seen = fused.n_views >= options.seen_views * n_views
+    seen = well_seen(fused, n_views, options)
     full = relative_gaps(fused.points_lps) >= options.full_gap  # NaN (False) on chains too short to tell
     return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]))
 

@@ -23,7 +23,7 @@ from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
 from .fusion import Fused, fuse
 from .geometry import Views, make_views
-from .labelling import label, one_per_label, peaks_of, view_votes
+from .labelling import label, one_per_label, peaks_of, view_votes, well_seen
 from .labels import LABELS
 from .labels import name as label_name
 from .onnx_models import Models
@@ -234,7 +234,7 @@ class Labeler:
                     volume, points, labels[keep], confidence[keep], options.review, sides[keep], below,
                     last_on_sacrum=bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
                     merged=np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
-                    seen=fused.n_views[keep] >= options.seen_views * views.n_views,
+                    seen=well_seen(fused, views.n_views, options)[keep],
                 )
             if options.body.enabled:
                 with timer("body"):

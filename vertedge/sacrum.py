@@ -72,10 +72,10 @@ def sacral_start(
     Only the last `tail_rows` points are probed, and a point counts only where the identification
     net reads it as L5 or L6 and no lower than the point above it (`reads`, (n,), each point's most
     voted class, VerSe labels: the net has no sacral class and reads S1 as the last lumbar vertebra
-    again, where a real L5 reads below L4; a phantom's iliac wings touch L5's transverse
-    processes), and where one of the two vertebrae above it is seen without ribs by the
-    rib probe (`rib_sides`, (n, 2), 0 on both sides): not below thoracic vertebrae, whose ribs
-    cross the band too; one, since an iliac crest may cross the rib probe's ring beside L5.
+    again, where a real L5 reads below L4, and an L5 fused with the wings bridges as well), and
+    where one of the two vertebrae above it is seen without ribs by the rib probe (`rib_sides`,
+    (n, 2), 0 on both sides): not below thoracic vertebrae, whose ribs cross the band too; one,
+    since an iliac crest may cross the rib probe's ring beside L5.
     """
     p = np.asarray(points_lps, dtype=np.float64)
     n = len(p)
@@ -104,8 +104,8 @@ def sacrum_below(volume: Volume, points_lps: np.ndarray, options: SacrumOptions 
 def on_sacrum(volume: Volume, points_lps: np.ndarray, options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> bool:
     """Does the chain's last point (of n >= 2, mm) bridge to the iliac wings? Then it is S1, which
     the localization net found and the identification net read as a lumbar vertebra below the one
-    above it (`sacral_start` does not take it: a phantom's L5 bridges too), or a last lumbar
-    vertebra fused with the wings; either way no count up from the sacrum may start there (an S-I
+    above it (`sacral_start` does not take it: so reads a real L5 fused with the wings), or that
+    fused L5 itself; either way no count up from the sacrum may start there (an S-I
     crop of the real lumbar CT read S1 as L5 and trusted four labels a level off, at 0.98)."""
     p = np.asarray(points_lps, dtype=np.float64)
     return _bridges(volume, p, len(p) - 1, options)

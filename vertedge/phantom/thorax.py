@@ -135,7 +135,7 @@ def paint_lungs_and_mediastinum(sc: Scene, prm: PhantomParams, spine: Spine, cag
         sc.ellipsoid([x0 + sx * 0.5 * ar, yc - 0.1 * br, dome + lift - 1.1 * hz], np.eye(3),
                      (0.95 * ar, 1.15 * br, 1.1 * hz), SOFT)
     up = np.array([0.0, 0.0, shift["mediastinum"]])
-    sc.box([x0, yc - 0.45 * br, z_of[13] + up[2]], np.eye(3), (24.0, 0.45 * br, 0.45 * hz), MEDIASTINUM, r=8.0)
+    sc.box(np.array([x0, yc - 0.45 * br, z_of[13]]) + up, np.eye(3), (24.0, 0.45 * br, 0.45 * hz), MEDIASTINUM, r=8.0)
     blood = prm.blood_hu
     heart = np.array([x0 + 22.0, yc - 0.42 * br, z_of[15] + 5.0]) + up
     rot = rot_z(-35.0)  # the heart's long axis points left, forward and down
