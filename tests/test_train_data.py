@@ -5,9 +5,12 @@ numpy only: these run without torch.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from vertedge_train.config import AugmentConfig
 from vertedge_train.data import (
     CLASSES,
     BatchSettings,
@@ -18,6 +21,7 @@ from vertedge_train.data import (
     phantom_scan,
     render_scan,
     sample_batch,
+    spine_band,
     square_half_px,
     verse_scan,
 )
@@ -69,6 +73,42 @@ def test_sample_batch_shapes_and_pair():
         assert len(bx) == len(cl) and np.all(np.diff(cl) > 0)  # cranial -> caudal
     b = sample_batch(_P(), 2, (32, 32), rng, "pair", cfg)
     assert b["x"].shape == b["x2"].shape == (2, 1, 32, 32)
+
+
+def test_spine_band_follows_the_spine_between_and_beyond_the_points():
+    band = spine_band((6, 10), np.array([[4.0, 5.0], [1.0, 2.0]]), 1.0)  # any order
+    assert [np.flatnonzero(row).tolist() for row in band] == [[1, 2, 3], [1, 2, 3], [2, 3, 4], [3, 4, 5],
+                                                               [4, 5, 6], [4, 5, 6]]
+    assert spine_band((3, 4), np.zeros((0, 2)), 1.0).all()
+
+
+def test_identification_crops_keep_only_the_band_around_the_spine():
+    class _P:
+        items = [render_scan(_spine_scan(), PROTOCOL)]  # noqa: RUF012
+
+        def __len__(self):
+            return 1
+
+    still = AugmentConfig(gamma=1.0, contrast=0.0, offset=0.0, noise=0.0, band_prob=1.0, band_mm=(30.0, 30.0))
+    cfg = BatchSettings(still, _cfg().heatmap, focus=1.0)
+    item = _P.items[0]
+    half_px = 30.0 / np.median(item["px_mm"])
+    for seed in range(4):  # one crop per batch: the band's draw moves the generator on
+        b = sample_batch(_P(), 1, (48, 48), np.random.default_rng(seed), "id", cfg)
+        plain = sample_batch(_P(), 1, (48, 48), np.random.default_rng(seed), "id", replace_band(cfg, 0.0))
+        x, y, t = b["x"][0, 0], plain["x"][0, 0], b["target"][0]
+        rows, cols = np.nonzero(t)  # the vertebrae's squares lie on the spine, inside the band
+        assert np.array_equal(x[rows, cols], y[rows, cols])
+        spine_col = np.median(cols)
+        far = np.abs(np.arange(48) - spine_col) > half_px + 4
+        assert (x[:, far] == 0).all() and (y[:, far] > 0).any()
+    loc = sample_batch(_P(), 1, (48, 48), np.random.default_rng(3), "loc", cfg)  # localization crops keep all
+    assert np.array_equal(loc["x"][0, 0], y)
+
+
+def replace_band(cfg: BatchSettings, prob: float) -> BatchSettings:
+    """`cfg` with the band's probability set to `prob`."""
+    return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, band_prob=prob))
 
 
 def test_crop_si_drops_centroids_outside_and_keeps_world_positions():

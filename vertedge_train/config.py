@@ -45,6 +45,12 @@ class AugmentConfig:
     noise: float = 0.03  # Gaussian noise sigma drawn in [0, noise]
     blur_prob: float = 0.0
     blur: float = 1.0  # Gaussian blur sigma (pixels) drawn in [0.3, blur]
+    # Identification crops: with this probability everything further than a half-width drawn in
+    # `band_mm` (mm at the vertebrae's depth) from the spine's projection becomes air, so that the
+    # net reads a level from the spine and the ribs beside it, not from the arms, shoulder girdle
+    # and outer rib cage, where the phantom is least like a patient.
+    band_prob: float = 0.0
+    band_mm: tuple[float, float] = (60.0, 160.0)
 
 
 @dataclass(frozen=True)

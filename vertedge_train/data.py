@@ -479,6 +479,21 @@ def augment_intensity(img: np.ndarray, rng: np.random.Generator, cfg: AugmentCon
     return x.astype(np.float32)
 
 
+def spine_band(shape: tuple[int, int], points_rc: np.ndarray, half_px: float) -> np.ndarray:
+    """(H, W) bool: pixels within `half_px` columns of the spine's projection in each row.
+
+    The spine's column is interpolated along rows between the projected centroids `points_rc` (n, 2)
+    pixels (any order) and held at the end ones beyond them; all True without a point.
+    """
+    h, w = shape
+    p = np.asarray(points_rc, float).reshape(-1, 2)
+    if not len(p):
+        return np.ones(shape, bool)
+    order = np.argsort(p[:, 0])
+    column = np.interp(np.arange(h), p[order, 0], p[order, 1])
+    return np.abs(np.arange(w)[None, :] - column[:, None]) <= half_px
+
+
 def _crop_origin(item: dict, k: int, crop: tuple[int, int], rng: np.random.Generator, focus: float) -> tuple[int, int]:
     """Top-left (r0, c0) of a crop of view k: near a random vertebra with prob `focus`, else uniform."""
     _, h, w = item["images"].shape
@@ -548,6 +563,9 @@ def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.G
         k = int(rng.integers(n_views))
         r0, c0 = _crop_origin(item, k, crop, rng, focus)
         img = crop_view(item["images"][k].astype(np.float32), r0, c0, crop)
+        if task == "id" and rng.random() < aug.band_prob:
+            half_px = rng.uniform(*aug.band_mm) / float(np.median(item["px_mm"][k]))
+            img = np.where(spine_band(crop, item["points"][k] - np.array([r0, c0], np.float32), half_px), img, 0.0)
         xs.append(augment_intensity(img, rng, aug))
         if task == "pair":
             k2 = int((k + rng.integers(1, n_views)) % n_views)
