@@ -563,7 +563,8 @@ def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.G
         k = int(rng.integers(n_views))
         r0, c0 = _crop_origin(item, k, crop, rng, focus)
         img = crop_view(item["images"][k].astype(np.float32), r0, c0, crop)
-        if task == "id" and rng.random() < aug.band_prob:
+        # no draw at band_prob 0: recipes without the band keep their random stream
+        if task == "id" and aug.band_prob > 0 and rng.random() < aug.band_prob:
             half_px = rng.uniform(*aug.band_mm) / float(np.median(item["px_mm"][k]))
             img = np.where(spine_band(crop, item["points"][k] - np.array([r0, c0], np.float32), half_px), img, 0.0)
         xs.append(augment_intensity(img, rng, aug))
