@@ -55,23 +55,28 @@ def test_targets_peak_at_projected_centroids_and_carry_the_classes():
         assert set(np.unique(tgt)) == {0, *(1 + idx)}
 
 
+class _OneScan:
+    """A pool of one rendered spine scan, as `sample_batch` reads it."""
+
+    def __init__(self) -> None:
+        self.items = [render_scan(_spine_scan(), PROTOCOL)]
+
+    def __len__(self) -> int:
+        return 1
+
+
 def test_sample_batch_shapes_and_pair():
-    class _P:
-        items = [render_scan(_spine_scan(), PROTOCOL)]  # noqa: RUF012
-
-        def __len__(self):
-            return 1
-
+    pool = _OneScan()
     rng = np.random.default_rng(0)
     cfg = BatchSettings(_cfg().augment, _cfg().heatmap, focus=1.0)
-    b = sample_batch(_P(), 3, (32, 32), rng, "loc", cfg)
+    b = sample_batch(pool, 3, (32, 32), rng, "loc", cfg)
     assert b["x"].shape == (3, 1, 32, 32) and b["heatmap"].shape == (3, 1, 32, 32)
     assert b["heatmap"].max() > 0.5
-    b = sample_batch(_P(), 2, (32, 32), rng, "id", cfg)
+    b = sample_batch(pool, 2, (32, 32), rng, "id", cfg)
     assert b["target"].shape == (2, 32, 32) and len(b["boxes"]) == 2
     for bx, cl in zip(b["boxes"], b["classes"]):
         assert len(bx) == len(cl) and np.all(np.diff(cl) > 0)  # cranial -> caudal
-    b = sample_batch(_P(), 2, (32, 32), rng, "pair", cfg)
+    b = sample_batch(pool, 2, (32, 32), rng, "pair", cfg)
     assert b["x"].shape == b["x2"].shape == (2, 1, 32, 32)
 
 
@@ -83,26 +88,21 @@ def test_spine_band_follows_the_spine_between_and_beyond_the_points():
 
 
 def test_identification_crops_keep_only_the_band_around_the_spine():
-    class _P:
-        items = [render_scan(_spine_scan(), PROTOCOL)]  # noqa: RUF012
-
-        def __len__(self):
-            return 1
-
+    pool = _OneScan()
     still = AugmentConfig(gamma=1.0, contrast=0.0, offset=0.0, noise=0.0, band_prob=1.0, band_mm=(30.0, 30.0))
     cfg = BatchSettings(still, _cfg().heatmap, focus=1.0)
-    item = _P.items[0]
+    item = pool.items[0]
     half_px = 30.0 / np.median(item["px_mm"])
     for seed in range(4):  # one crop per batch: the band's draw moves the generator on
-        b = sample_batch(_P(), 1, (48, 48), np.random.default_rng(seed), "id", cfg)
-        plain = sample_batch(_P(), 1, (48, 48), np.random.default_rng(seed), "id", replace_band(cfg, 0.0))
+        b = sample_batch(pool, 1, (48, 48), np.random.default_rng(seed), "id", cfg)
+        plain = sample_batch(pool, 1, (48, 48), np.random.default_rng(seed), "id", replace_band(cfg, 0.0))
         x, y, t = b["x"][0, 0], plain["x"][0, 0], b["target"][0]
         rows, cols = np.nonzero(t)  # the vertebrae's squares lie on the spine, inside the band
         assert np.array_equal(x[rows, cols], y[rows, cols])
         spine_col = np.median(cols)
         far = np.abs(np.arange(48) - spine_col) > half_px + 4
         assert (x[:, far] == 0).all() and (y[:, far] > 0).any()
-    loc = sample_batch(_P(), 1, (48, 48), np.random.default_rng(3), "loc", cfg)  # localization crops keep all
+    loc = sample_batch(pool, 1, (48, 48), np.random.default_rng(3), "loc", cfg)  # localization crops keep all
     assert np.array_equal(loc["x"][0, 0], y)
 
 

@@ -563,10 +563,11 @@ def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.G
         k = int(rng.integers(n_views))
         r0, c0 = _crop_origin(item, k, crop, rng, focus)
         img = crop_view(item["images"][k].astype(np.float32), r0, c0, crop)
+        pts = item["points"][k] - np.array([r0, c0], np.float32)  # the projected centroids in the crop
         # no draw at band_prob 0: recipes without the band keep their random stream
         if task == "id" and aug.band_prob > 0 and rng.random() < aug.band_prob:
             half_px = rng.uniform(*aug.band_mm) / float(np.median(item["px_mm"][k]))
-            img = np.where(spine_band(crop, item["points"][k] - np.array([r0, c0], np.float32), half_px), img, 0.0)
+            img = np.where(spine_band(crop, pts, half_px), img, 0.0)
         xs.append(augment_intensity(img, rng, aug))
         if task == "pair":
             k2 = int((k + rng.integers(1, n_views)) % n_views)
@@ -575,7 +576,6 @@ def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.G
             img2 = crop_view(item["images"][k2].astype(np.float32), r0, c2, crop)
             x2s.append(augment_intensity(img2, rng, aug))
             continue
-        pts = item["points"][k] - np.array([r0, c0], np.float32)
         if task == "loc":
             hms.append(heatmap_target(crop, pts, hm.sigma_px, hm.amplitude))
         else:
