@@ -19,17 +19,20 @@ GAP = 25.0  # mm between body centroids
 RIBBED = (2, 3, 4)  # the chain rows that bear ribs
 
 
-def chest_scan(half_width_mm: float = 120.0) -> tuple[Volume, np.ndarray]:
+def chest_scan(half_width_mm: float = 120.0, lean_mm: float = 0.0) -> tuple[Volume, np.ndarray]:
     """Soft tissue holding seven vertebral bodies along S-I, `GAP` apart (points cranial -> caudal),
     each with transverse processes to 36 mm lateral; rows `RIBBED` have a rib on each side from
     25 to 100 mm lateral, rising to the vertebra's upper half as a real rib does; beside the top
-    vertebra a scapula (a plate 75-100 mm lateral) and a clavicle (in front of the spine)."""
+    vertebra a scapula (a plate 75-100 mm lateral) and a clavicle (in front of the spine). The top
+    vertebra lies `lean_mm` in front of the others (the spine's curve at C7) and 24 mm below the
+    scan's top edge."""
     n = int(2 * half_width_mm / 2.0)
     volume = air_volume((n, n, 100), (2.0, 2.0, 2.0))
     k, j, i = np.indices(volume.hu.shape)
     world = volume.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3)).reshape(*volume.hu.shape, 3)
     volume.hu[np.hypot(world[..., 0], world[..., 1] - 20.0) < 110.0] = 40
     points = np.array([[0.0, 0.0, 75.0 - GAP * r] for r in range(7)])
+    points[0, 1] -= lean_mm
     for row, p in enumerate(points):
         paint_segment(volume, world, p + [0, 0, -8], p + [0, 0, 8], 14.0, 300)
         for side in (-1.0, 1.0):
@@ -58,6 +61,17 @@ def test_ribs_are_found_in_a_patient_rolled_and_tilted():
     sides = rib_sides(turned, points @ turn.T)
     assert (sides[list(RIBBED)] == 1).all()
     assert (sides[[0, 1, 5, 6]] == 0).all()
+
+
+def test_a_vertebra_near_the_scans_edge_at_the_spines_curved_end_is_seen_ribless():
+    """The chest CT's C7: 20 mm below the scan's top edge and 11 mm in front of T1. Across the
+    local axis, which leans with the curve, the probe's slab leaves the scan; across the whole
+    chain's axis it stays in view and shows no rib."""
+    volume, points = chest_scan(lean_mm=12.0)
+    local_only = dataclasses.replace(DEFAULT_OPTIONS.ribs, whole_chain=False)
+    assert (rib_sides(volume, points, local_only)[0] == UNSEEN).all()
+    expect = np.array([[1, 1] if row in RIBBED else [0, 0] for row in range(len(points))])
+    np.testing.assert_array_equal(rib_sides(volume, points), expect)
 
 
 def test_a_side_the_scan_does_not_show_is_unseen_not_ribless():

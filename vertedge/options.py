@@ -63,6 +63,8 @@ class RibOptions:
     wedge_deg: tuple[float, float] = (-35.0, 75.0)  # from lateral, posterior positive: a rib, not the clavicle
     bone_hu: float = 250.0  # above: rib cortex in the projection, not muscle under 60 HU noise
     seen_fraction: float = 0.95  # of the wedge's slab inside the scan: enough to say a side has no rib
+    whole_chain: bool = True  # also probe across the whole chain's axis: a slab the scan holds at a curved end
+    at_bodies: bool = True  # probe at the bodies (`body.body_centres`, when `BodyOptions.enabled`), not the nets' points
     ribs_if_none: float = 0.25  # likelihood of a rib on one side of a cervical or lumbar vertebra, against none
     none_if_ribs: float = 0.35  # likelihood of no rib on one side of a thoracic vertebra (short or faint ribs)
 

@@ -210,7 +210,11 @@ class Labeler:
             with timer("identification_net"):
                 prob = self.models.identify(images)
             with timer("ribs"):
-                sides = rib_sides(volume, fused.points_lps, options.ribs)
+                # where the scan shows the bodies, at them: the nets' points may sit 6-10 mm off
+                # (the chest CT), enough for a slab to leave a scan whose edge is near
+                at_bodies = options.ribs.at_bodies and options.body.enabled
+                probed = body_centres(volume, fused.points_lps, options.body) if at_bodies else fused.points_lps
+                sides = rib_sides(volume, probed, options.ribs)
             with timer("voting"):
                 per_view = view_votes(fused, views, prob, options)
             with timer("sacrum"):
