@@ -121,6 +121,21 @@ def test_two_points_found_in_most_views_are_never_one_vertebra() -> None:
     assert may_be_one_vertebra(short, 10).tolist() == [False, True]
 
 
+def test_a_full_step_of_the_spines_rhythm_is_a_vertebra_however_few_views_found_it() -> None:
+    """Seven points 20 mm apart along a spine leaning 30 degrees, rows 3 and 4 found in 4 of 10
+    views: a full gap along the spine inside a regular rhythm is two vertebrae. A point the views
+    fused beside a vertebra (20 mm to its side, 2 mm lower: a full gap in 3D, none along the
+    spine) may be that vertebra found twice."""
+    axis = np.array([0.0, np.sin(np.radians(30.0)), -np.cos(np.radians(30.0))])
+    points = 20.0 * np.arange(7)[:, None] * axis
+    n_views = np.array([8, 8, 8, 4, 4, 8, 8])
+    fused = Fused(points, np.zeros(7), n_views, np.zeros((7, 10), np.int64))
+    assert not may_be_one_vertebra(fused, 10)[3]
+    beside = np.insert(points, 4, points[3] + [20.0, 0.0, 0.0] + 2.0 * axis, axis=0)
+    fused = Fused(beside, np.zeros(8), np.insert(n_views, 4, 3), np.zeros((8, 10), np.int64))
+    assert may_be_one_vertebra(fused, 10)[3]
+
+
 def test_upright_axis_is_the_spine_axis_only_where_the_spine_leans() -> None:
     """The views are rendered again about the vertebrae's principal axis when it leans more than
     the threshold from the scan's S-I axis; a near-upright chain, two points or no threshold: never."""

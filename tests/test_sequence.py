@@ -182,6 +182,30 @@ def test_decode_same_ok_makes_two_solid_vertebrae_a_t13() -> None:
         decode(V, ALL, same_ok=np.ones(5, bool))
 
 
+def test_identify_never_names_a_vertebra_what_its_evidence_rules_out() -> None:
+    """An L6 spine whose lumbar vertebrae the net reads a level high: with the "same" step barred,
+    the sum over the rows is best with a T13 on the first lumbar vertebra, which the ribs rule
+    out (no rib beside it); a class under the floor is not a state of the decode."""
+    classes = tuple(LABELS[n] for n in ("T11", "T12", "T13", "L1", "L2", "L3", "L4"))
+    V = np.array([
+        [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # T12
+        [0.0, 0.5, 0.001, 0.499, 0.0, 0.0, 0.0],  # L1, no rib: T13 all but ruled out
+        [0.0, 0.0, 0.0, 0.7, 0.3, 0.0, 0.0],  # L2, read L1
+        [0.0, 0.0, 0.0, 0.0, 0.7, 0.3, 0.0],  # L3, read L2
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.7, 0.3],  # L4, read L3
+    ])
+    apart = np.zeros(4, bool)
+    read, conf = identify(V[None], classes, same_ok=apart)
+    assert read.tolist() == list(_labels("T12", "T13", "L1", "L2", "L3")) and conf[1] < 0.01
+    read, _ = identify(V[None], classes, same_ok=apart, floor=0.01)
+    assert read.tolist() == list(_labels("T12", "L1", "L2", "L3", "L4"))
+    # where every allowed sequence passes a class under the floor, the floor gives way
+    tight = tuple(LABELS[n] for n in ("L1", "L2", "L3"))
+    W = np.array([[0.9, 0.05, 0.05], [0.5, 0.005, 0.495], [0.05, 0.05, 0.9]])
+    read, _ = identify(W[None], tight, same_ok=np.zeros(2, bool), floor=0.01)
+    assert read.tolist() == list(_labels("L1", "L2", "L3"))
+
+
 def _views(names: list[str], k: int, rng: np.random.Generator, noise: float = 0.1) -> np.ndarray:
     """k noisy probability maps (k, n, c) peaked on `names`."""
     P = _one_hot(names)[None] + noise * rng.random((k, len(names), len(ALL)))

@@ -466,7 +466,13 @@ def relative_gaps(points_lps: np.ndarray) -> np.ndarray:
     The gap itself is left out of its median; NaN for chains under 4 points, where a local gap
     would rest on fewer than two other gaps.
     """
-    gaps = np.linalg.norm(np.diff(np.asarray(points_lps, dtype=np.float64), axis=0), axis=1)
+    return relative_to_neighbours(np.linalg.norm(np.diff(np.asarray(points_lps, dtype=np.float64), axis=0), axis=1))
+
+
+def relative_to_neighbours(gaps: np.ndarray) -> np.ndarray:
+    """(m,) each of m chain gaps (mm) over the median of up to `_GAP_WINDOW` gaps on each side, itself
+    left out; NaN for m < 3."""
+    gaps = np.asarray(gaps, dtype=np.float64)
     if len(gaps) < 3:
         return np.full(len(gaps), np.nan)
     offsets = np.r_[-_GAP_WINDOW:0, 1 : _GAP_WINDOW + 1]

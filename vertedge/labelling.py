@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from .boxes import box_means, square_half_px
-from .fusion import Fused, relative_gaps
+from .fusion import Fused, relative_to_neighbours
 from .geometry import Views, pixel_mm_at_depth, project
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .peaks import Peaks, find_peaks
-from .ribs import likelihood
+from .ribs import chain_frames, likelihood
 from .sacrum import last_lumbar_likelihood
 from .sequence import identify
 
@@ -36,21 +36,44 @@ def well_seen(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPT
     return fused.n_views >= options.seen_views * n_views
 
 
+def spine_gaps(points_lps: np.ndarray) -> np.ndarray:
+    """(n - 1,) mm: each chain gap of points (n >= 2, 3) mm along the spine (the mean of the two
+    points' `ribs.chain_frames` axes, two rows each way so that one point off the line does not
+    turn it), not across it."""
+    p = np.asarray(points_lps, dtype=np.float64)
+    axis = chain_frames(p, reach=2)[0]
+    mid = axis[1:] + axis[:-1]
+    mid /= np.linalg.norm(mid, axis=1, keepdims=True)
+    return np.abs((np.diff(p, axis=0) * mid).sum(axis=1))
+
+
 def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPTIONS) -> np.ndarray:
     """(n - 1,) bool: may fused rows i, i + 1 be one vertebra found twice (the DP's "same" step)?
 
     Not when both were found in at least a `options.solid_views` fraction of the `n_views` views
     (fusion never lets two points share a detection, and `fusion.distinct_vertebrae` has already
     merged points closer than half the local gap), nor when both were found in `seen_views` and
-    lie a full vertebral gap apart (`full_gap` x the gaps around them). A point seen in fewer
-    views may be a stray blob (dental metal above C1), which the DP must stay free to absorb.
-    Without this the DP can read a real vertebra as a duplicate to keep the anatomical count of a
-    normal spine, which shifts every label on one side of a T13 or L6 by one.
+    lie a full vertebral gap apart (`full_gap` x the gaps around them), nor, however few views
+    found them, when they lie a full gap apart with the gaps on either side regular
+    (`review.regular_gap`): a full step of the spine's rhythm is a vertebra, not a second
+    detection (on real chests most points are found in 3-6 of 10 views, and the DP joined a weak
+    T10 to T9 there). Gaps are measured along the spine (`spine_gaps`): a point the views fused
+    beside a vertebra, not below it, lies a gap away in 3D but none along the spine (phantom
+    749's pairs). A point off the rhythm (dental metal above C1, an end of the chain) stays free
+    to be absorbed. Without this the DP can read a real vertebra as a duplicate to keep the
+    anatomical count of a normal spine, which shifts every label on one side of a T13 or L6 by one.
     """
     solid = fused.n_views >= options.solid_views * n_views
     seen = well_seen(fused, n_views, options)
-    full = relative_gaps(fused.points_lps) >= options.full_gap  # NaN (False) on chains too short to tell
-    return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]))
+    if len(fused) < 2:
+        return np.zeros(0, dtype=bool)
+    along = relative_to_neighbours(spine_gaps(fused.points_lps))  # NaN (False below) on chains too short to tell
+    lo, hi = options.review.regular_gap
+    regular = (along >= lo) & (along <= hi)
+    in_rhythm = np.zeros(len(along), dtype=bool)
+    in_rhythm[1:-1] = regular[:-2] & regular[2:]
+    full = along >= options.full_gap
+    return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]) | (full & in_rhythm))
 
 
 def view_votes(fused: Fused, views: Views, prob: np.ndarray, options: PipelineOptions = DEFAULT_OPTIONS
@@ -87,7 +110,7 @@ def label(
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
     return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
-                    evidence=evidence)
+                    evidence=evidence, floor=options.label_floor)
 
 
 def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:

@@ -63,7 +63,7 @@ class RibOptions:
     wedge_deg: tuple[float, float] = (-35.0, 75.0)  # from lateral, posterior positive: a rib, not the clavicle
     bone_hu: float = 250.0  # above: rib cortex in the projection, not muscle under 60 HU noise
     seen_fraction: float = 0.95  # of the wedge's slab inside the scan: enough to say a side has no rib
-    whole_chain: bool = True  # also probe across the whole chain's axis: a slab the scan holds at a curved end
+    whole_chain: bool = True  # a side the local slab leaves unseen: probe across the whole chain's axis (a curved end)
     at_bodies: bool = True  # probe at the bodies (`body.body_centres`, when `BodyOptions.enabled`), not the nets' points
     ribs_if_none: float = 0.25  # likelihood of a rib on one side of a cervical or lumbar vertebra, against none
     none_if_ribs: float = 0.35  # likelihood of no rib on one side of a thoracic vertebra (short or faint ribs)
@@ -129,6 +129,7 @@ class PipelineOptions:
     solid_views: float = 0.7  # fraction of views: a fused point found in this many is surely a vertebra of its own
     seen_views: float = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
     full_gap: float = 0.85  # x the local gap: points this far apart, both seen in `seen_views`, are two vertebrae
+    label_floor: float = 0.01  # the decode names no vertebra with a class its evidence leaves under this (a ribless T13)
     review: ReviewOptions = field(default_factory=ReviewOptions)
     ribs: RibOptions = field(default_factory=RibOptions)
     sacrum: SacrumOptions = field(default_factory=SacrumOptions)

@@ -8,10 +8,10 @@ fused point for a rib on either side, and turns what it finds into a likelihood 
 the decode multiplies into the voted probabilities (`sequence.identify`).
 
 The probe, per point and side: the maximum-HU projection of the vertebra's axial slab (from
-`slab_gaps[0]` to `slab_gaps[1]` local gaps along the spine's local axis, and again along the
-whole chain's, which keeps the slab inside a scan whose edge lies near a curved end of the
-spine, `rib_sides`; a rib leaves its vertebra at the pedicles and crosses 45 mm lateral 0.1-0.5
-gap above the body's centroid, below the rib of the vertebra above), sampled on a grid of `pixel_mm` in the plane across the spine; a rib is a bone
+`slab_gaps[0]` to `slab_gaps[1]` local gaps along the spine's local axis, or the whole chain's
+where that slab leaves the scan, `rib_sides`; a rib leaves its vertebra at the pedicles and
+crosses 45 mm lateral 0.1-0.5 gap above the body's centroid, below the rib of the vertebra
+above), sampled on a grid of `pixel_mm` in the plane across the spine; a rib is a bone
 component (> `bone_hu`) that crosses the ring from `inner_mm` to `outer_mm` around the point
 within a posterolateral wedge (`wedge_deg` from the lateral direction, posterior positive; wide
 enough for a patient rolled 30 degrees). Transverse processes end inside the ring (C7's at ~38
@@ -128,13 +128,15 @@ def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFA
     where no rib crosses and less than `seen_fraction` of the wedge's slab lies inside the scan.
     All `UNSEEN` for fewer than two points.
 
-    Each point is probed across its local axis (`chain_frames`) and, with `whole_chain`, across
-    the whole chain's (from its first point to its last; the slab still spans the local gap). At
-    the ends of a chain the local axis follows the spine's curve (C7 lies 11 mm in front of T1 on
-    the chest CT, a 33-degree lean), which tilts the probe's posterior wedge 25-35 mm along the
-    body, out of a scan whose edge lies 20 mm beyond the vertebra; across the whole chain's axis
-    the slab stays in view. A rib crossing in either counts; a side is ribless where a slab that
-    holds it in view shows none.
+    Each point is probed across its local axis (`chain_frames`) and, with `whole_chain`, a side
+    that slab leaves `UNSEEN` across the whole chain's axis (from its first point to its last; the
+    slab still spans the local gap). At the ends of a chain the local axis follows the spine's
+    curve (C7 lies 11 mm in front of T1 on the chest CT, a 33-degree lean), which tilts the
+    probe's posterior wedge 25-35 mm along the body, out of a scan whose edge lies 20 mm beyond
+    the vertebra; across the whole chain's axis the slab stays in view. Only there: elsewhere the
+    local plane is the one the ribs lie in, and the whole chain's, tilted against it where the
+    spine curves, cuts the iliac crest beside a lower lumbar vertebra as a rib (a rolled,
+    tilted phantom's L4).
     """
     o = options
     p = np.asarray(points_lps, dtype=np.float64)
@@ -151,11 +153,14 @@ def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFA
     for n, centre in enumerate(p):
         along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * float(local[3][n])
         for frame in frames:
+            unseen = np.flatnonzero(out[n] == UNSEEN)
+            if not len(unseen):
+                break
             mip, inside = slab_mip(volume, centre, tuple(f[n] for f in frame), along, (across, front_back))
-            for side, wedge in enumerate(wedges):
-                if crosses(wedge & (mip > o.bone_hu), radius, o.inner_mm, o.outer_mm):
+            for side in unseen:
+                if crosses(wedges[side] & (mip > o.bone_hu), radius, o.inner_mm, o.outer_mm):
                     out[n, side] = 1
-                elif out[n, side] == UNSEEN and inside[wedge].mean() >= o.seen_fraction:
+                elif inside[wedges[side]].mean() >= o.seen_fraction:
                     out[n, side] = 0
     return out
 

@@ -221,25 +221,29 @@ def _as_steps(same_ok: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def _best_path(
-    P: np.ndarray, classes: tuple[int, ...], alpha: float, beta: float, same_ok: np.ndarray
+    P: np.ndarray, classes: tuple[int, ...], alpha: float, beta: float, same_ok: np.ndarray, floor: float = 0.0
 ) -> tuple[np.ndarray, float]:
     """Column indices (n,) of the best sequence through P: (n, c), n >= 1, and its score (Eq. 1).
 
     `same_ok: (n - 1,) bool` False forbids the "same" step into row i + 1 (rows i, i + 1 are known
-    to be two vertebrae).
+    to be two vertebrae); a class under `floor` on a row is no state of it, unless no sequence is
+    left without one.
     """
     n, c = P.shape
     weights, penalty = _transitions(classes, float(alpha), float(beta))
     weights = weights / beta  # in units of beta, as in _relative_scores
     distinct = penalty.copy()
     distinct[np.diag_indices(c)] = -np.inf
+    ruled_out = np.where(P < floor, -np.inf, 0.0)
     back = np.zeros((n, c), dtype=int)
-    opt = P[0].copy()
+    opt = P[0] + ruled_out[0]
     cols = np.arange(c)
     for i in range(1, n):
-        cand = _candidates(opt, P[i], weights, penalty if same_ok[i - 1] else distinct)
+        cand = _candidates(opt, P[i], weights, penalty if same_ok[i - 1] else distinct) + ruled_out[i]
         back[i] = cand.argmax(axis=0)
         opt = cand[back[i], cols]
+    if floor > 0 and not np.isfinite(opt).any():
+        return _best_path(P, classes, alpha, beta, same_ok, 0.0)
     path = np.empty(n, dtype=int)
     path[-1] = int(opt.argmax())
     for i in range(n - 1, 0, -1):
@@ -305,13 +309,18 @@ def identify(
     valid: np.ndarray | None = None,
     same_ok: np.ndarray | None = None,
     evidence: np.ndarray | None = None,
+    floor: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) int and confidences (n,) float in [0, 1] for K maps Ps: (K, n, c) (Sec. 2.4).
 
     Votes the views (Eq. 6), multiplies each voted row by `evidence` (n, c), a likelihood per class
     from outside the views (the ribs, `ribs.likelihood`), normalises each row to sum 1, decodes it
-    with the DP (`same_ok` as in `decode`); the confidence of a row is its normalised probability
-    of the decoded label.
+    with the DP (`same_ok` as in `decode`) over the classes each row holds at `floor` or more; the
+    confidence of a row is its normalised probability of the decoded label. The DP sums
+    probabilities, so a class ruled out on one row costs it at most that row's share, and where
+    the net reads the rows below a level off the sum can still name a vertebra what its ribs rule
+    out (a T13 without a rib); the floor keeps such a class out of the decode, and gives way where
+    every allowed sequence needs one.
     """
     classes = _check_classes(classes)
     V, _ = vote(Ps, classes, alpha, beta, valid)
@@ -322,5 +331,5 @@ def identify(
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
-    path, _ = _best_path(V, classes, alpha, beta, same_ok)
+    path, _ = _best_path(V, classes, alpha, beta, same_ok, floor)
     return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]
