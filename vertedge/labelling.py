@@ -63,10 +63,10 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     to be absorbed. Without this the DP can read a real vertebra as a duplicate to keep the
     anatomical count of a normal spine, which shifts every label on one side of a T13 or L6 by one.
     """
-    solid = fused.n_views >= options.solid_views * n_views
-    seen = well_seen(fused, n_views, options)
     if len(fused) < 2:
         return np.zeros(0, dtype=bool)
+    solid = fused.n_views >= options.solid_views * n_views
+    seen = well_seen(fused, n_views, options)
     along = relative_to_neighbours(spine_gaps(fused.points_lps))  # NaN (False below) on chains too short to tell
     lo, hi = options.review.regular_gap
     regular = (along >= lo) & (along <= hi)
