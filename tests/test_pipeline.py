@@ -136,6 +136,26 @@ def test_a_full_step_of_the_spines_rhythm_is_a_vertebra_however_few_views_found_
     assert may_be_one_vertebra(fused, 10)[3]
 
 
+def test_the_shorter_steps_at_the_top_of_the_thorax_are_vertebrae_too() -> None:
+    """A chest's chain: gaps of 16-17 mm at its top (T1-T3), 21-23 mm below, the top rows found in
+    3-4 of 10 views. A top gap is 0.8 of the gaps the chain's end is measured against, yet regular
+    between regular gaps: a vertebra, not T2 found twice. The first gap, with nothing above it to
+    tell its rhythm by, may still be one vertebra found twice, and so may a point that splits one
+    step into two gaps that together are one regular step (a vertebra found twice, 14 and 15 mm
+    from its neighbours where 20-22 mm is the step)."""
+    gaps = np.array([16.0, 16.0, 17.0, 21.0, 22.0, 22.0, 23.0, 23.0])
+    s = -np.r_[0.0, np.cumsum(gaps)]
+    points = np.stack([np.zeros_like(s), 1e-3 * s**2, s], axis=1)  # the thoracic kyphosis
+    n_views = np.array([3, 3, 4, 3, 8, 8, 8, 8, 8])
+    fused = Fused(points, np.zeros(9), n_views, np.zeros((9, 10), np.int64))
+    same_ok = may_be_one_vertebra(fused, 10)
+    assert same_ok[0] and not same_ok[1:].any()
+    split = np.r_[0.0, -np.cumsum([20.0, 20.0, 21.0, 14.0, 15.0, 22.0, 22.0, 22.0])]
+    points = np.stack([np.zeros_like(split), np.zeros_like(split), split], axis=1)
+    fused = Fused(points, np.zeros(9), np.full(9, 4), np.zeros((9, 10), np.int64))
+    assert may_be_one_vertebra(fused, 10)[1:7].tolist() == [False, False, True, True, False, False]
+
+
 def test_upright_axis_is_the_spine_axis_only_where_the_spine_leans() -> None:
     """The views are rendered again about the vertebrae's principal axis when it leans more than
     the threshold from the scan's S-I axis; a near-upright chain, two points or no threshold: never."""

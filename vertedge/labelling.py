@@ -54,14 +54,18 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     (fusion never lets two points share a detection, and `fusion.distinct_vertebrae` has already
     merged points closer than half the local gap), nor when both were found in `seen_views` and
     lie a full vertebral gap apart (`full_gap` x the gaps around them), nor, however few views
-    found them, when they lie a full gap apart with the gaps on either side regular
-    (`review.regular_gap`): a full step of the spine's rhythm is a vertebra, not a second
-    detection (on real chests most points are found in 3-6 of 10 views, and the DP joined a weak
-    T10 to T9 there). Gaps are measured along the spine (`spine_gaps`): a point the views fused
-    beside a vertebra, not below it, lies a gap away in 3D but none along the spine (phantom
-    749's pairs). A point off the rhythm (dental metal above C1, an end of the chain) stays free
-    to be absorbed. Without this the DP can read a real vertebra as a duplicate to keep the
-    anatomical count of a normal spine, which shifts every label on one side of a T13 or L6 by one.
+    found them, when they are a step of the spine's rhythm: their gap and the gaps on either side
+    regular (`review.regular_gap`), and neither side's gap together with theirs as short as one
+    regular step (what a second detection inside a step leaves: phantom 502's T1 found twice, two
+    gaps of 0.65 and 0.63 where one belongs). On real chests most points are found in 3-6 of 10
+    views, and the DP joined a weak T10 to T9 there, and T2 to T3 at the top of the chest, where
+    the upper thoracic vertebrae are shorter than the ones below them and a step is 0.8 of the
+    gaps the chain's end is measured against. Gaps are measured along the spine (`spine_gaps`): a
+    point the views fused beside a vertebra, not below it, lies a gap away in 3D but none along
+    the spine (phantom 749's pairs). A point off the rhythm (dental metal above C1, an end of the
+    chain) stays free to be absorbed. Without this the DP can read a real vertebra as a duplicate
+    to keep the anatomical count of a normal spine, which shifts every label on one side of a T13
+    or L6 by one.
     """
     if len(fused) < 2:
         return np.zeros(0, dtype=bool)
@@ -72,8 +76,14 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     regular = (along >= lo) & (along <= hi)
     in_rhythm = np.zeros(len(along), dtype=bool)
     in_rhythm[1:-1] = regular[:-2] & regular[2:]
+    # a point inside one step splits it into two gaps that together make one regular step
+    one_step = along[:-1] + along[1:] <= hi
+    split = np.zeros(len(along), dtype=bool)
+    split[:-1] |= one_step
+    split[1:] |= one_step
     full = along >= options.full_gap
-    return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]) | (full & in_rhythm))
+    step = regular & in_rhythm & ~split
+    return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]) | step)
 
 
 def view_votes(fused: Fused, views: Views, prob: np.ndarray, options: PipelineOptions = DEFAULT_OPTIONS
