@@ -18,6 +18,11 @@ And the ribs, as the runtime's rib probe (`vertedge.ribs.rib_sides`, tuned on re
 at the true centroids: per group of vertebrae (T1-T3, T4-T8, T9-T12; C6-C7 and L1-L2, which bear
 none), the fraction of the sides it sees on which it finds a rib, per real case and over all
 seeds.
+
+And how the ribs slope (`rib_drops`): each rib found as a connected piece of bone (> 200 HU,
+resampled at 2 mm) clear of the spine, from its medial end (the 5 % of its voxels nearest the
+spine's axis) to its front end (the 5 % most anterior), in vertebral steps of the case's spine,
+grouped by the vertebra nearest the medial end's height: the median per group.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from vertedge import drr
 from vertedge.geometry import Protocol, make_views, project
@@ -113,6 +119,43 @@ def rib_counts(volume: Volume, centroids: dict[int, np.ndarray]) -> dict[str, li
     return counts
 
 
+def rib_drops(volume: Volume, centroids: dict[int, np.ndarray], grid_mm: float = 2.0) -> dict[str, list[float]]:
+    """Per rib group, the drops (vertebral steps) of the ribs whose medial end lies by one of its
+    vertebrae: front end below medial end, on a `grid_mm` world LPS grid around the spine of
+    `centroids` (label -> world LPS mm, >= 3 vertebrae)."""
+    labels = sorted((k for k in centroids if k in SPINE_ORDER), key=SPINE_ORDER.index)
+    drops: dict[str, list[float]] = {group: [] for group in RIB_GROUPS}
+    if len(labels) < 3:
+        return drops
+    pts = np.array([centroids[k] for k in labels], float)
+    step = float(np.median(np.linalg.norm(np.diff(pts, axis=0), axis=1)))
+    lo = pts.min(axis=0) - [170.0, 230.0, 30.0]  # the cage's width, its depth in front of the spine
+    hi = pts.max(axis=0) + [170.0, 60.0, 30.0]
+    x, y, z = np.meshgrid(*(np.arange(a, b, grid_mm) for a, b in zip(lo, hi)), indexing="ij")
+    hu = volume.hu_linear(np.stack([x, y, z], -1).reshape(-1, 3)).reshape(x.shape)
+    order = np.argsort(pts[:, 2])
+    axis_x, axis_y = (np.interp(z, pts[order, 2], pts[order, c]) for c in (0, 1))
+    radius = np.hypot(x - axis_x, y - axis_y)
+    pieces, _ = ndimage.label((hu > 200.0) & (radius > 45.0) & (np.abs(x - axis_x) > 25.0))
+    for label, piece in enumerate(ndimage.find_objects(pieces), start=1):
+        idx = pieces[piece] == label
+        px, py, pz, pr = (a[piece][idx] for a in (x, y, z, radius))
+        lateral = np.abs(px - axis_x[piece][idx])
+        # a rib reaches 100 mm lateral and runs 60 mm front to back (a transverse process, the sternum do not)
+        if idx.sum() < 150 or lateral.max() < 100.0 or np.ptp(py) < 60.0:
+            continue
+        medial, front = pr <= np.percentile(pr, 5), py <= np.percentile(py, 5)  # LPS: anterior is -y
+        # ... and starts within 80 mm of the spine's axis and hangs from there: a piece whose top lies
+        # away from the spine is a rib grown into the scapula or an arm lying against the chest
+        if pr[medial].mean() > 80.0 or pz[medial].mean() < np.percentile(pz, 80):
+            continue
+        near = labels[int(np.argmin(np.abs(pts[:, 2] - pz[medial].mean())))]
+        for group, members in RIB_GROUPS.items():
+            if near in members:
+                drops[group].append(float((pz[medial].mean() - pz[front].mean()) / step))
+    return drops
+
+
 def summary(records: list[dict[str, float]]) -> dict[str, Any]:
     """Median (and 10th-90th percentile) of each measure over records."""
     keys = ("body_hu", "ball_p90", "ball_p99", "drr_ratio")
@@ -129,7 +172,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     protocol = Models(device="cpu").protocol
-    report: dict[str, Any] = {"protocol": protocol.to_dict(), "real": {}, "phantom": {}, "ribs": {}}
+    report: dict[str, Any] = {"protocol": protocol.to_dict(), "real": {}, "phantom": {}, "ribs": {}, "rib_drops": {}}
     for case in sorted(p for p in args.real.glob("*") if (p / "ct.nii.gz").is_file()):
         truth, cut = read_points(case / "ground_truth.json")
         volume, whole = load_volume(case / "ct.nii.gz"), {k: v for k, v in truth.items() if k not in cut}
@@ -137,9 +180,11 @@ def main() -> None:
         if records:
             report["real"][case.name] = summary(records) | {"vertebrae": records}
         report["ribs"][case.name] = rib_counts(volume, whole)
+        report["rib_drops"][case.name] = rib_drops(volume, whole)
     lo, hi = (int(v) for v in args.seeds.split("-"))
     phantom_records: list[dict[str, float]] = []
     phantom_ribs = {group: [0, 0] for group in RIB_GROUPS}
+    phantom_drops: dict[str, list[float]] = {group: [] for group in RIB_GROUPS}
     for seed in range(lo, hi + 1):
         ph = make_phantom(seed)
         whole = {k: c for k, c in ph.centroids.items() if not ph.cut[k]}
@@ -147,9 +192,12 @@ def main() -> None:
         for group, (found, seen) in rib_counts(ph.volume, whole).items():
             phantom_ribs[group][0] += found
             phantom_ribs[group][1] += seen
+        for group, drops in rib_drops(ph.volume, whole).items():
+            phantom_drops[group] += drops
         print(f"seed {seed}: {len(phantom_records)} lumbar vertebrae so far", file=sys.stderr)
     report["phantom"] = summary(phantom_records)
     report["ribs"][f"phantom seeds {args.seeds}"] = phantom_ribs
+    report["rib_drops"][f"phantom seeds {args.seeds}"] = phantom_drops
     print("| source | lumbar vertebrae | body HU | 25 mm p90 HU | 25 mm p99 HU | DRR spine/side |")
     print("|---|---|---|---|---|---|")
     rows = [(name, s) for name, s in report["real"].items()] + [(f"phantom seeds {args.seeds}", report["phantom"])]
@@ -163,6 +211,14 @@ def main() -> None:
     for name, counts in report["ribs"].items():
         if any(seen for _, seen in counts.values()):
             cells = [f"{found / seen:.0%} of {seen}" if seen else "-" for found, seen in counts.values()]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    groups = [g for g in RIB_GROUPS if "none" not in g]
+    print("| source | " + " | ".join(f"rib drop by {g}, steps (ribs)" for g in groups) + " |")
+    print("|---|" + "---|" * len(groups))
+    for name, by_group in report["rib_drops"].items():
+        if any(by_group[g] for g in groups):
+            cells = [f"{np.median(by_group[g]):.2f} ({len(by_group[g])})" if by_group[g] else "-" for g in groups]
             print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
