@@ -182,6 +182,25 @@ def test_decode_same_ok_makes_two_solid_vertebrae_a_t13() -> None:
         decode(V, ALL, same_ok=np.ones(5, bool))
 
 
+def test_a_row_between_two_vertebrae_joins_one_of_them_not_both() -> None:
+    """T11 found twice (rows 1 and 2, the second weak), and the net reads T12 and T13 a level high
+    ("T11", "T12"): joining the weak row to both its neighbours merges T11 and T12 and keeps the
+    normal count. With rows 1 and 3 known to be two vertebrae (`same_twice_ok`), the weak row
+    joins one of them and the T13 is named."""
+    V = 0.9 * _one_hot(["T10", "T11", "T11", "T11", "T12", "L1"]) + 0.01
+    V[4, ALL.index(LABELS["T13"])] = 0.05
+    same_ok = np.array([False, True, True, False, False])  # only the weak row may join a neighbour
+    labels, _ = decode(V, ALL, same_ok=same_ok)
+    assert labels.tolist() == list(_labels("T10", "T11", "T11", "T11", "T12", "L1"))  # the merge
+    assert identify(V[None], ALL, same_ok=same_ok)[0].tolist() == labels.tolist()  # None: as before
+    twice = np.array([True, False, True, True])  # rows 1 and 3 are two vertebrae
+    read, _ = identify(V[None], ALL, same_ok=same_ok, same_twice_ok=twice)
+    assert read[4] == LABELS["T13"] and read[5] == LABELS["L1"]
+    assert (read[1] == read[2]) != (read[2] == read[3])  # one join, not two
+    with pytest.raises(VertedgeError, match="same_twice_ok"):
+        identify(V[None], ALL, same_ok=same_ok, same_twice_ok=np.ones(5, bool))
+
+
 def test_identify_never_names_a_vertebra_what_its_evidence_rules_out() -> None:
     """An L6 spine whose lumbar vertebrae the net reads a level high: with the "same" step barred,
     the sum over the rows is best with a T13 on the first lumbar vertebra, which the ribs rule

@@ -86,6 +86,19 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]) | step)
 
 
+def may_be_one_across(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPTIONS) -> np.ndarray:
+    """(n - 2,) bool: may fused rows i and i + 2 be one vertebra, joined through the row between by
+    two "same" steps?
+
+    Not when both were found in at least a `options.solid_views` fraction of the views, as for
+    neighbours (`may_be_one_vertebra`): a weak row between two solid ones (a vertebra found twice,
+    the second point half a gap below it) may join either, not both. Joining both merged phantom
+    3204's T2 and T3 into one and left its T13 unnamed.
+    """
+    solid = fused.n_views >= options.solid_views * n_views
+    return ~(solid[:-2] & solid[2:])
+
+
 def view_votes(fused: Fused, views: Views, prob: np.ndarray, options: PipelineOptions = DEFAULT_OPTIONS
                ) -> tuple[np.ndarray, np.ndarray]:
     """Every view's class distribution at every fused point: the mean of the identification net's
@@ -120,7 +133,8 @@ def label(
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
     return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
-                    evidence=evidence, floor=options.label_floor)
+                    evidence=evidence, floor=options.label_floor,
+                    same_twice_ok=may_be_one_across(fused, n_views, options))
 
 
 def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:

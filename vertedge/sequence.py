@@ -10,7 +10,8 @@ row earns `beta * P[0, b]`, so a perfect one-hot ascending P scores `beta * n` a
 T13 and L6 are optional variants: T12 -> T13, T12 -> L1, T13 -> L1 and L5 -> L6 are all "next".
 Successors are anatomical, not positions in `classes`: with a class list lacking T5, T4 -> T6 is a
 skip. Where the caller knows two consecutive rows are two vertebrae (`same_ok`), "same" is not
-allowed between them. The dynamic programme is a max-plus recursion, one NumPy max per row, batched over leading
+allowed between them, and where it knows rows i and i + 2 are (`same_twice_ok`), not twice in a
+row through the row between. The dynamic programme is a max-plus recursion, one NumPy max per row, batched over leading
 axes so K views are scored at once.
 """
 
@@ -221,34 +222,59 @@ def _as_steps(same_ok: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def _best_path(
-    P: np.ndarray, classes: tuple[int, ...], alpha: float, beta: float, same_ok: np.ndarray, floor: float = 0.0
+    P: np.ndarray,
+    classes: tuple[int, ...],
+    alpha: float,
+    beta: float,
+    same_ok: np.ndarray,
+    floor: float = 0.0,
+    twice_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Column indices (n,) of the best sequence through P: (n, c), n >= 1, and its score (Eq. 1).
 
     `same_ok: (n - 1,) bool` False forbids the "same" step into row i + 1 (rows i, i + 1 are known
-    to be two vertebrae); a class under `floor` on a row is no state of it, unless no sequence is
-    left without one.
+    to be two vertebrae); `twice_ok: (n - 2,) bool` False forbids two "same" steps in a row from
+    row i to row i + 2 (rows i, i + 2 are two vertebrae, so the row between may join one of them,
+    not both; None: all allowed). A class under `floor` on a row is no state of it, unless no
+    sequence is left without one. The recursion keeps two scores per class: reached by a step to
+    another class, and reached by "same".
     """
     n, c = P.shape
     weights, penalty = _transitions(classes, float(alpha), float(beta))
     weights = weights / beta  # in units of beta, as in _relative_scores
-    distinct = penalty.copy()
-    distinct[np.diag_indices(c)] = -np.inf
+    same_w = np.diag(weights).copy()
+    move = penalty.copy()
+    move[np.diag_indices(c)] = -np.inf
+    twice = np.ones(max(n - 2, 0), dtype=bool) if twice_ok is None else np.asarray(twice_ok, dtype=bool)
     ruled_out = np.where(P < floor, -np.inf, 0.0)
-    back = np.zeros((n, c), dtype=int)
-    opt = P[0] + ruled_out[0]
     cols = np.arange(c)
+    moved_from = np.zeros((n, c), dtype=int)  # class of row i - 1 a step to another class came from
+    moved_state = np.zeros((n, c), dtype=int)  # ... and how that class was reached (1: by "same")
+    same_state = np.zeros((n, c), dtype=int)  # how row i - 1's class was reached before a "same" step
+    opt = np.stack([P[0] + ruled_out[0], np.full(c, -np.inf)])
     for i in range(1, n):
-        cand = _candidates(opt, P[i], weights, penalty if same_ok[i - 1] else distinct) + ruled_out[i]
-        back[i] = cand.argmax(axis=0)
-        opt = cand[back[i], cols]
+        best_state = opt.argmax(axis=0)
+        cand = _candidates(opt[best_state, cols], P[i], weights, move)
+        moved_from[i] = cand.argmax(axis=0)
+        moved_state[i] = best_state[moved_from[i]]
+        moved = cand[moved_from[i], cols]
+        from_moved = opt[0] if same_ok[i - 1] else np.full(c, -np.inf)
+        from_same = opt[1] if same_ok[i - 1] and (i < 2 or twice[i - 2]) else np.full(c, -np.inf)
+        same_state[i] = from_same > from_moved
+        same = np.maximum(from_moved, from_same) + same_w * P[i]
+        opt = np.stack([moved, same]) + ruled_out[i]
     if floor > 0 and not np.isfinite(opt).any():
-        return _best_path(P, classes, alpha, beta, same_ok, 0.0)
+        return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok)
+    state, last = np.unravel_index(int(opt.argmax()), opt.shape)
     path = np.empty(n, dtype=int)
-    path[-1] = int(opt.argmax())
+    path[-1] = last
     for i in range(n - 1, 0, -1):
-        path[i - 1] = back[i, path[i]]
-    return path, float(beta * opt[path[-1]])
+        b = path[i]
+        if state == 1:
+            path[i - 1], state = b, same_state[i, b]
+        else:
+            path[i - 1], state = moved_from[i, b], moved_state[i, b]
+    return path, float(beta * opt.max())
 
 
 def decode(
@@ -310,12 +336,15 @@ def identify(
     same_ok: np.ndarray | None = None,
     evidence: np.ndarray | None = None,
     floor: float = 0.0,
+    same_twice_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) int and confidences (n,) float in [0, 1] for K maps Ps: (K, n, c) (Sec. 2.4).
 
     Votes the views (Eq. 6), multiplies each voted row by `evidence` (n, c), a likelihood per class
     from outside the views (the ribs, `ribs.likelihood`), normalises each row to sum 1, decodes it
-    with the DP (`same_ok` as in `decode`) over the classes each row holds at `floor` or more; the
+    with the DP (`same_ok` as in `decode`; `same_twice_ok: (n - 2,) bool` False forbids rows i and
+    i + 2 to be joined through the row between by two "same" steps) over the classes each row holds
+    at `floor` or more; the
     confidence of a row is its normalised probability of the decoded label. The DP sums
     probabilities, so a class ruled out on one row costs it at most that row's share, and where
     the net reads the rows below a level off the sum can still name a vertebra what its ribs rule
@@ -331,5 +360,7 @@ def identify(
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
-    path, _ = _best_path(V, classes, alpha, beta, same_ok, floor)
+    if same_twice_ok is not None and np.shape(same_twice_ok) != (max(V.shape[0] - 2, 0),):
+        raise VertedgeError(f"sequence: same_twice_ok of shape {np.shape(same_twice_ok)}; expected ({max(V.shape[0] - 2, 0)},)")
+    path, _ = _best_path(V, classes, alpha, beta, same_ok, floor, same_twice_ok)
     return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]
