@@ -36,6 +36,12 @@ def well_seen(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPT
     return fused.n_views >= options.seen_views * n_views
 
 
+def solidly_seen(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPTIONS) -> np.ndarray:
+    """(n,) bool: fused points found in at least `options.solid_views` of the `n_views` views, each
+    surely a vertebra of its own (two such points are never one vertebra found twice)."""
+    return fused.n_views >= options.solid_views * n_views
+
+
 def spine_gaps(points_lps: np.ndarray) -> np.ndarray:
     """(n - 1,) mm: each chain gap of points (n >= 2, 3) mm along the spine (the mean of the two
     points' `ribs.chain_frames` axes, two rows each way so that one point off the line does not
@@ -69,7 +75,7 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     """
     if len(fused) < 2:
         return np.zeros(0, dtype=bool)
-    solid = fused.n_views >= options.solid_views * n_views
+    solid = solidly_seen(fused, n_views, options)
     seen = well_seen(fused, n_views, options)
     along = relative_to_neighbours(spine_gaps(fused.points_lps))  # NaN (False below) on chains too short to tell
     lo, hi = options.review.regular_gap
@@ -95,7 +101,7 @@ def may_be_one_across(fused: Fused, n_views: int, options: PipelineOptions = DEF
     the second point half a gap below it) may join either, not both. Joining both merged phantom
     3204's T2 and T3 into one and left its T13 unnamed.
     """
-    solid = fused.n_views >= options.solid_views * n_views
+    solid = solidly_seen(fused, n_views, options)
     return ~(solid[:-2] & solid[2:])
 
 

@@ -210,15 +210,16 @@ def sequence_loss(
     return float(sequence_losses(_two_d(P), classes, alpha, beta))
 
 
-def _as_steps(same_ok: np.ndarray | None, n: int) -> np.ndarray:
-    """(max(n - 1, 0),) bool: may rows i, i + 1 of n take the "same" step; all True when None."""
-    m = max(n - 1, 0)
-    if same_ok is None:
+def _as_steps(steps: np.ndarray | None, n: int, name: str = "same_ok", span: int = 1) -> np.ndarray:
+    """(max(n - span, 0),) bool: may rows i, i + span of n be joined by "same" steps (`name` in the
+    error); all True when None."""
+    m = max(n - span, 0)
+    if steps is None:
         return np.ones(m, dtype=bool)
-    same_ok = np.asarray(same_ok, dtype=bool)
-    if same_ok.shape != (m,):
-        raise VertedgeError(f"sequence: same_ok of shape {same_ok.shape}; expected ({m},) for {n} rows")
-    return same_ok
+    steps = np.asarray(steps, dtype=bool)
+    if steps.shape != (m,):
+        raise VertedgeError(f"sequence: {name} of shape {steps.shape}; expected ({m},) for {n} rows")
+    return steps
 
 
 def _best_path(
@@ -245,7 +246,8 @@ def _best_path(
     same_w = np.diag(weights).copy()
     move = penalty.copy()
     move[np.diag_indices(c)] = -np.inf
-    twice = np.ones(max(n - 2, 0), dtype=bool) if twice_ok is None else np.asarray(twice_ok, dtype=bool)
+    twice = _as_steps(twice_ok, n, "same_twice_ok", span=2)
+    never = np.full(c, -np.inf)
     ruled_out = np.where(P < floor, -np.inf, 0.0)
     cols = np.arange(c)
     moved_from = np.zeros((n, c), dtype=int)  # class of row i - 1 a step to another class came from
@@ -258,8 +260,8 @@ def _best_path(
         moved_from[i] = cand.argmax(axis=0)
         moved_state[i] = best_state[moved_from[i]]
         moved = cand[moved_from[i], cols]
-        from_moved = opt[0] if same_ok[i - 1] else np.full(c, -np.inf)
-        from_same = opt[1] if same_ok[i - 1] and (i < 2 or twice[i - 2]) else np.full(c, -np.inf)
+        from_moved = opt[0] if same_ok[i - 1] else never
+        from_same = opt[1] if same_ok[i - 1] and (i < 2 or twice[i - 2]) else never
         same_state[i] = from_same > from_moved
         same = np.maximum(from_moved, from_same) + same_w * P[i]
         opt = np.stack([moved, same]) + ruled_out[i]
@@ -356,11 +358,10 @@ def identify(
     if evidence is not None:
         V = V * _as_maps(evidence, classes)
     same_ok = _as_steps(same_ok, V.shape[0])
+    same_twice_ok = _as_steps(same_twice_ok, V.shape[0], "same_twice_ok", span=2)
     mass = V.sum(axis=1, keepdims=True)
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
-    if same_twice_ok is not None and np.shape(same_twice_ok) != (max(V.shape[0] - 2, 0),):
-        raise VertedgeError(f"sequence: same_twice_ok of shape {np.shape(same_twice_ok)}; expected ({max(V.shape[0] - 2, 0)},)")
     path, _ = _best_path(V, classes, alpha, beta, same_ok, floor, same_twice_ok)
     return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]
