@@ -12,6 +12,17 @@ LABELS: dict[str, int] = {name: label for label, name in NAMES.items()}
 
 # Cranio-caudal order of every label a spine can hold (T13 after T12, L6 after L5).
 SPINE_ORDER: tuple[int, ...] = (*range(1, 20), 28, *range(20, 26))
+OPTIONAL: frozenset[int] = frozenset({28, 25})  # T13 and L6: a spine may or may not have them
+
+
+def successors(label: int) -> frozenset[int]:
+    """Anatomical "next" labels of a VerSe label: the one below it, and the one after that where the
+    one below is an optional variant (both T13 and L1 follow T12, both L6 and nothing after L5)."""
+    pos = SPINE_ORDER.index(int(label))
+    nxt = SPINE_ORDER[pos + 1 : pos + 2]
+    if nxt and nxt[0] in OPTIONAL:
+        nxt = SPINE_ORDER[pos + 1 : pos + 3]
+    return frozenset(nxt)
 
 
 def name(label: int) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from .anchors import review
-from .body import body_centres
+from .body import body_centres, onto_column
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
@@ -243,7 +243,9 @@ class Labeler:
             if options.body.enabled:
                 with timer("body"):
                     # the nets' points, kept for the labels above, moved onto the bodies the scan shows
-                    points = body_centres(volume, points, options.body, read=~np.isin(labels[keep], _NO_BODY))
+                    read = ~np.isin(labels[keep], _NO_BODY)
+                    points = body_centres(volume, points, options.body, read=read)
+                    points = onto_column(volume, points, labels[keep], options.body, read=read)
             voxel = volume.world_to_index(points)
             vertebrae = tuple(
                 Vertebra(

@@ -23,21 +23,10 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import VertedgeError
-from .labels import NAMES, SPINE_ORDER
+from .labels import NAMES, SPINE_ORDER, successors
 
 ALPHA = 0.1
 BETA = 0.8
-_OPTIONAL = frozenset({28, 25})  # T13 and L6: a spine may or may not have them
-
-
-def _successors(label: int) -> frozenset[int]:
-    """Anatomical "next" labels of a VerSe label (both T13 and L1 follow T12)."""
-    pos = SPINE_ORDER.index(label)
-    nxt = SPINE_ORDER[pos + 1 : pos + 2]
-    if nxt and nxt[0] in _OPTIONAL:
-        # An optional vertebra may be absent, so the one after it is "next" as well.
-        nxt = SPINE_ORDER[pos + 1 : pos + 3]
-    return frozenset(nxt)
 
 
 def _check_classes(classes: Sequence[int]) -> tuple[int, ...]:
@@ -68,9 +57,9 @@ def _transitions(
     allowed = np.eye(c, dtype=bool)
     weights[np.diag_indices(c)] = alpha
     for a, label in enumerate(classes):
-        nxt = _successors(label)
+        nxt = successors(label)
         # T12 -> L1 is both "next" and "skip one" (via T13): "next" wins.
-        skip = frozenset().union(*(_successors(s) for s in nxt)) - nxt
+        skip = frozenset().union(*(successors(s) for s in nxt)) - nxt
         for targets, w in ((nxt, beta), (skip, alpha)):
             cols = [index[t] for t in targets if t in index]
             weights[a, cols] = w
