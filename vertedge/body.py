@@ -334,8 +334,8 @@ def column_predictions(points_lps: np.ndarray, labels: np.ndarray, options: Body
     Between two adjacent levels a body lies at their midpoint, off it by at most 0.18 of a gap in
     the real spines of `../shared/data` (the chest CT, the lumbar CT, VerSe's T9-L5): up to
     `column_gaps` of the half-distance; beyond two adjacent levels at the mirror image of the
-    farther one in the nearer, off by up to 0.33 of a gap (the column's curve): up to
-    `column_end_gaps` of their distance. Points not `read` (n,) bool (C1 has no body, C2's dens
+    farther one in the nearer, off by up to 0.39 of a gap there (0.56 once: the column's curve):
+    up to `column_end_gaps` of their distance. Points not `read` (n,) bool (C1 has no body, C2's dens
     lifts its centroid) place no other.
     """
     p = np.asarray(points_lps, dtype=np.float64)
@@ -344,7 +344,7 @@ def column_predictions(points_lps: np.ndarray, labels: np.ndarray, options: Body
     read = np.ones(n, bool) if read is None else np.asarray(read, bool)
     follows = np.array([int(b) in successors(int(a)) for a, b in zip(labels[:-1], labels[1:])], bool)
     follows &= read[:-1] & read[1:]
-    # padded so that row i of `q[k]` is point i + k - 2 and `f[k]` tells whether it follows the one before
+    # padded: q[i + 2] is point i; f[i + 1] says whether point i follows point i - 1
     q = np.concatenate([np.full((2, 3), np.nan), p, np.full((2, 3), np.nan)])
     f = np.r_[False, False, follows, False, False, False]
     prev, prev2, nxt, nxt2 = q[1 : n + 1], q[:n], q[3 : n + 3], q[4 : n + 4]
