@@ -19,9 +19,22 @@ from vertedge_train.variations import rotated, rotation
 from .conftest import SHARED_DATA, air_volume
 
 
+def chain(centroids: dict[int, np.ndarray], cut: dict[int, bool] | frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) world LPS mm body centroids and (n,) their labels, cranial -> caudal, cut ones left out."""
+    labels = np.array([k for k in sorted(centroids, key=SPINE_ORDER.index)
+                       if not (cut[k] if isinstance(cut, dict) else k in cut)])
+    return np.array([centroids[k] for k in labels]), labels
+
+
 def whole_bodies(centroids: dict[int, np.ndarray], cut: dict[int, bool] | frozenset[int]) -> np.ndarray:
     """(n, 3) world LPS mm body centroids in chain order (cranial -> caudal), cut ones left out."""
-    return np.array([centroids[k] for k in sorted(centroids) if not (cut[k] if isinstance(cut, dict) else k in cut)])
+    return chain(centroids, cut)[0]
+
+
+@pytest.fixture(scope="module")
+def thoracic_chain() -> tuple[Volume, np.ndarray, np.ndarray]:
+    ph = make_phantom(3, "thoracic")
+    return (ph.volume, *chain(ph.centroids, ph.cut))
 
 
 def errors(points: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,9 +45,8 @@ def errors(points: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 @pytest.fixture(scope="module")
-def thoracic() -> tuple[Volume, np.ndarray]:
-    ph = make_phantom(3, "thoracic")
-    return ph.volume, whole_bodies(ph.centroids, ph.cut)
+def thoracic(thoracic_chain) -> tuple[Volume, np.ndarray]:
+    return thoracic_chain[:2]
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +164,6 @@ def test_a_body_cut_by_the_scans_edge_is_not_moved_across_the_spine(lumbar):
     np.testing.assert_allclose((moved[0] - start[0]) @ lateral[0], 0.0, atol=1e-9)
     _, across, _ = errors(moved[1:], truth[1:])
     assert across.max() <= 1.5
-
-
-def chain(centroids: dict[int, np.ndarray], cut: dict[int, bool] | frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 3) world LPS mm body centroids and (n,) their labels, cranial -> caudal, cut ones left out."""
-    labels = np.array([k for k in sorted(centroids, key=SPINE_ORDER.index)
-                       if not (cut[k] if isinstance(cut, dict) else k in cut)])
-    return np.array([centroids[k] for k in labels]), labels
-
-
-@pytest.fixture(scope="module")
-def thoracic_chain() -> tuple[Volume, np.ndarray, np.ndarray]:
-    ph = make_phantom(3, "thoracic")
-    return (ph.volume, *chain(ph.centroids, ph.cut))
 
 
 @pytest.mark.parametrize("seed, region", [(3, "thoracic"), (5, "lumbar"), (742, "whole")])

@@ -325,6 +325,22 @@ def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = 
     return out
 
 
+def _shifted(values: np.ndarray, k: int, fill: float | bool) -> np.ndarray:
+    """`values` (n, ...) moved so that row i holds row i + k; `fill` where that leaves the chain."""
+    out = np.full_like(values, fill)
+    n = len(values)
+    if k >= 0:
+        out[: max(n - k, 0)] = values[k:]
+    else:
+        out[-k:] = values[: n + k]
+    return out
+
+
+def _pairs(values: np.ndarray, fill: float | bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each point's two neighbours either side: `values` at i - 1, i - 2, i + 1, i + 2 (n, ...)."""
+    return tuple(_shifted(values, k, fill) for k in (-1, -2, 1, 2))  # type: ignore[return-value]
+
+
 def column_predictions(points_lps: np.ndarray, labels: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,
                        read: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Where its labelled neighbours put each point (n, 3) LPS mm of the chain, and how far off it
@@ -339,16 +355,13 @@ def column_predictions(points_lps: np.ndarray, labels: np.ndarray, options: Body
     lifts its centroid) place no other.
     """
     p = np.asarray(points_lps, dtype=np.float64)
-    n = len(p)
     labels = np.asarray(labels)
-    read = np.ones(n, bool) if read is None else np.asarray(read, bool)
-    follows = np.array([int(b) in successors(int(a)) for a, b in zip(labels[:-1], labels[1:])], bool)
-    follows &= read[:-1] & read[1:]
-    # padded: q[i + 2] is point i; f[i + 1] says whether point i follows point i - 1
-    q = np.concatenate([np.full((2, 3), np.nan), p, np.full((2, 3), np.nan)])
-    f = np.r_[False, False, follows, False, False, False]
-    prev, prev2, nxt, nxt2 = q[1 : n + 1], q[:n], q[3 : n + 3], q[4 : n + 4]
-    into, into_prev, out_of, out_of_next = f[1 : n + 1], f[:n], f[2 : n + 2], f[3 : n + 3]
+    read = np.ones(len(p), bool) if read is None else np.asarray(read, bool)
+    # into[i]: point i is the level after point i - 1
+    into = np.array([False] + [int(b) in successors(int(a)) for a, b in zip(labels[:-1], labels[1:])], bool)
+    into &= read & _shifted(read, -1, False)
+    prev, prev2, nxt, nxt2 = _pairs(p, np.nan)
+    into_prev, _, out_of, out_of_next = _pairs(into, False)  # point i - 1 after i - 2, i + 1 after i, i + 2 after i + 1
     prediction = np.stack([(prev + nxt) / 2, 2 * prev - prev2, 2 * nxt - nxt2])
     tolerance = np.stack([
         options.column_gaps * np.linalg.norm(nxt - prev, axis=1) / 2,
@@ -357,6 +370,12 @@ def column_predictions(points_lps: np.ndarray, labels: np.ndarray, options: Body
     ])
     known = np.stack([into & out_of, into & into_prev, out_of & out_of_next])
     return np.where(known[..., None], prediction, np.nan), np.where(known, tolerance, np.nan)
+
+
+def _pair_ok(ok: np.ndarray) -> np.ndarray:
+    """(3, n) bool: both points behind each of `column_predictions`' predictions are `ok` (n,)."""
+    prev, prev2, nxt, nxt2 = _pairs(ok, False)
+    return np.stack([prev & nxt, prev & prev2, nxt & nxt2])
 
 
 def onto_column(volume: Volume, points_lps: np.ndarray, labels: np.ndarray,
@@ -374,23 +393,15 @@ def onto_column(volume: Volume, points_lps: np.ndarray, labels: np.ndarray,
     """
     p = np.asarray(points_lps, dtype=np.float64)
     out = p.copy()
-    n = len(p)
-    if n < 3:
+    if len(p) < 3:
         return out
-    read = np.ones(n, bool) if read is None else np.asarray(read, bool)
     prediction, tolerance = column_predictions(p, labels, options, read)
     within = np.linalg.norm(p - prediction, axis=2) <= tolerance  # (3, n), False where not judged
     judged = np.isfinite(tolerance)
-
-    def sources(ok: np.ndarray) -> np.ndarray:
-        """(3, n) bool: the pair behind each prediction is all `ok` (either side, the two above, the two below)."""
-        q = np.r_[False, False, ok, False, False]  # row i + 2: point i
-        return np.stack([q[1 : n + 1] & q[3 : n + 3], q[1 : n + 1] & q[:n], q[3 : n + 3] & q[4 : n + 4]])
-
     first = ~judged.any(axis=0) | within.any(axis=0)
-    usable = judged & sources(first)
+    usable = judged & _pair_ok(first)
     placed = ~usable.any(axis=0) | (within & usable).any(axis=0)
-    movable = ~placed & judged[0] & sources(placed)[0]
+    movable = ~placed & judged[0] & _pair_ok(placed)[0]
     out[movable] = prediction[0, movable]
     if movable.any():
         axis, lateral, posterior, _ = chain_frames(out)
