@@ -2,15 +2,17 @@
 
 Usage:
     python benchmarks/robustness.py [--real ../shared/data/real] [--phantoms 500-503]
-        [--variations stored,tilt+8,...] [--models DIR] [--json out.json] [--markdown out.md]
+        [--variations stored,tilt+8,...] [--start-angles 0,12,24] [--models DIR] [--json out.json]
+        [--markdown out.md]
 
 Every case (each `../shared/data/real/<case>/` with `ct.nii.gz` or a DICOM `dicom/` folder, and
 phantom seeds) runs as stored and under the variations of `VARIATIONS`: the patient tilted about
 L-R, rolled about S-I, both at once (oblique), air padded in-plane, a spine-centred in-plane
 field of view, S-I crops down to a third, thick slices, noise, and the same voxels stored in a
-permuted and flipped grid. Every pose change resamples the patient into the stored scan's
-axis-aligned grid (air outside it), as a scanner does, and moves the ground truth with the
-patient: `x' = R (x - c) + c` about the spine centre `c`. The variations live in
+permuted and flipped grid; with `--start-angles`, each run again with the views started that many
+degrees further round (the nets' readings change with where the views stand). Every pose change
+resamples the patient into the stored scan's axis-aligned grid (air outside it), as a scanner
+does, and moves the ground truth with the patient: `x' = R (x - c) + c` about the spine centre `c`. The variations live in
 `vertedge_train.variations`, so that a training augmentation can draw from the same code.
 
 Per case and variation: Id-Rate and L-Error (VerSe rules, `vertedge.metrics`; vertebrae cut by
@@ -287,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
                     help="a PipelineOptions field for an ablation, e.g. upright_min_deg=null or "
                          "fusion='{\"min_views\": 4}' (repeatable)")
+    ap.add_argument("--start-angles", default="0", metavar="DEG,...",
+                    help="the views' start angles, degrees: every run at each, named VARIATION@DEG past 0 "
+                         "(the nets' readings change with where the views stand; RESULTS.md)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
@@ -295,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         options = with_settings(DEFAULT_OPTIONS, args.option)
     except (AttributeError, TypeError, ValueError) as e:
         ap.error(f"--option: {e}")
+    try:
+        starts = [float(a) for a in args.start_angles.split(",")]
+    except ValueError as e:
+        ap.error(f"--start-angles: {e}")
     labeler = Labeler(args.models, device="cpu", options=options)
+    protocol = labeler.protocol
     cases = real_cases(Path(args.real)) if Path(args.real).is_dir() else []
     seeds = seeds_of(args.phantoms)
     wanted = set(filter(None, args.cases.split(",")))
@@ -308,10 +318,13 @@ def main(argv: list[str] | None = None) -> int:
             case = phantom_case(case)
         elif wanted and case.name not in wanted:
             continue
-        for name in names:
+        for name, start in ((n, a) for n in names for a in starts):
             t0 = time.time()
             variant = VARIATIONS[name](case)
+            labeler.protocol = replace(protocol, start_angle_deg=protocol.start_angle_deg + start)
             result = labeler(variant.volume)
+            if start:
+                name = f"{name}@{start:g}"
             rec = {"case": case.name, "variation": name, **judge(variant, result), "seconds": round(time.time() - t0, 1)}
             records.append(rec)
             print(f"[robustness] {case.name:<16} {name:<11} Id-Rate {_fmt(rec['id_rate']):>5} L-Error "
