@@ -12,8 +12,9 @@ field of view, S-I crops down to a third, thick slices, noise, and the same voxe
 permuted and flipped grid; with `--start-angles`, each run again with the views started that many
 degrees further round (the nets' readings change with where the views stand). Every pose change
 resamples the patient into the stored scan's axis-aligned grid (air outside it), as a scanner
-does, and moves the ground truth with the patient: `x' = R (x - c) + c` about the spine centre `c`. The variations live in
-`vertedge_train.variations`, so that a training augmentation can draw from the same code.
+does, and moves the ground truth with the patient: `x' = R (x - c) + c` about the spine centre
+`c`. The variations live in `vertedge_train.variations`, so that a training augmentation can draw
+from the same code.
 
 Per case and variation: Id-Rate and L-Error (VerSe rules, `vertedge.metrics`; vertebrae cut by
 the field of view are not scored) and every prediction's correctness: a prediction is right when
@@ -318,19 +319,22 @@ def main(argv: list[str] | None = None) -> int:
             case = phantom_case(case)
         elif wanted and case.name not in wanted:
             continue
-        for name, start in ((n, a) for n in names for a in starts):
-            t0 = time.time()
+        for name in names:
+            t_variant = time.time()
             variant = VARIATIONS[name](case)
-            labeler.protocol = replace(protocol, start_angle_deg=protocol.start_angle_deg + start)
-            result = labeler(variant.volume)
-            if start:
-                name = f"{name}@{start:g}"
-            rec = {"case": case.name, "variation": name, **judge(variant, result), "seconds": round(time.time() - t0, 1)}
-            records.append(rec)
-            print(f"[robustness] {case.name:<16} {name:<11} Id-Rate {_fmt(rec['id_rate']):>5} L-Error "
-                  f"{_fmt(rec['l_error_mm']):>5}  {' '.join(p['name'] + ('' if p['right'] else '*') for p in rec['predictions'])}"
-                  f"  max wrong conf {_fmt(rec['max_wrong_confidence'], '.2f')} ({rec['seconds']} s)",
-                  file=sys.stderr, flush=True)
+            t_variant = time.time() - t_variant
+            for start in starts:
+                t0 = time.time()
+                labeler.protocol = replace(protocol, start_angle_deg=protocol.start_angle_deg + start)
+                result = labeler(variant.volume)
+                run = f"{name}@{start:g}" if start else name
+                seconds = round(time.time() - t0 + t_variant, 1)
+                rec = {"case": case.name, "variation": run, **judge(variant, result), "seconds": seconds}
+                records.append(rec)
+                print(f"[robustness] {case.name:<16} {run:<11} Id-Rate {_fmt(rec['id_rate']):>5} L-Error "
+                      f"{_fmt(rec['l_error_mm']):>5}  {' '.join(p['name'] + ('' if p['right'] else '*') for p in rec['predictions'])}"
+                      f"  max wrong conf {_fmt(rec['max_wrong_confidence'], '.2f')} ({rec['seconds']} s)",
+                      file=sys.stderr, flush=True)
     summ = summary(records)
     print(markdown(records, summ))
     print(f"[robustness] {len(records)} runs in {time.time() - t_start:.0f} s", file=sys.stderr)
