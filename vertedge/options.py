@@ -146,12 +146,19 @@ class PipelineOptions:
     # that sees the spine tilted underestimates its lean). Robustness benchmark, 2 against 1: the
     # chest CT 75 -> 92 % as stored, 65 -> 73 % over its variations; the lumbar CT 74 -> 81 %.
     upright_rounds: int = 2
+    # Runs per scan, their views started evenly over one view step (`consensus`): the labels of a scan
+    # not seen before should not hang on where its views happen to start.
+    view_starts: int = 3
     # Views per ONNX Runtime call on the CPU. One at a time is lighter and no slower: on a 512 x 512 x
     # 600 scan's 10 views of 512 x 288 pixels both nets peak at 2.6 GiB in one call and 0.85 GiB one
     # view at a time (1.6 s against 1.3 s, 2-core AMD EPYC). On CUDA all views go in one call.
     cpu_views_per_run: int = 1
     cuda_fp32: tuple[tuple[str, str], ...] = _CUDA_FP32  # ONNX Runtime CUDA provider options, fp32 models
     cuda_fp16: tuple[tuple[str, str], ...] = _CUDA_FP16  # the same for the fp16 models
+
+    def __post_init__(self) -> None:
+        if self.view_starts < 1:
+            raise ValueError(f"view_starts must be at least 1, got {self.view_starts}")
 
     def cuda_provider_options(self, fp16: bool) -> dict[str, str]:
         """The CUDA provider options for fp32 or fp16 models."""

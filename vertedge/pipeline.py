@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ import numpy as np
 from . import __version__
 from .anchors import review
 from .body import body_centres, onto_column
+from .consensus import Run, consensus
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
 from .fusion import Fused, fuse
-from .geometry import Views, make_views
+from .geometry import Protocol, Views, make_views
 from .labelling import label, one_per_label, peaks_of, view_votes, well_seen
 from .labels import LABELS
 from .labels import name as label_name
@@ -152,6 +153,18 @@ def upright_axis(points_lps: np.ndarray, view_axis: np.ndarray, min_deg: float |
     return axis if lean_deg > min_deg else None
 
 
+@dataclass(frozen=True, eq=False)
+class _Labelled:
+    """One run's vertebrae with what the result reports of the run it chose: each vertebra's fusion
+    residual (mm) and views, the views and their images."""
+
+    run: Run
+    residual_mm: np.ndarray
+    n_views: np.ndarray
+    views: Views
+    images: Any
+
+
 class Labeler:
     """Holds both models (and the GPU kernels when used); call it on a Volume per scan."""
 
@@ -190,10 +203,9 @@ class Labeler:
             fused = fuse(peaks, views, self.options.fusion)
         return views, images, fused
 
-    def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
-        """Find and label the vertebrae of one scan."""
-        timer = _Timer(self.drr_backend.synchronize)
-        protocol, options = self.protocol, self.options
+    def _run(self, volume: Volume, protocol: Protocol, timer: _Timer) -> _Labelled:
+        """Label the scan from the views of `protocol`: one run of every stage."""
+        options = self.options
         views, images, fused = self._localize(volume, make_views(volume, protocol), timer)
         # Views about a leaning spine's own axis; a view that sees the spine tilted underestimates
         # its lean (a phantom tilted 12 degrees read as 8), so the axis is estimated again from
@@ -205,69 +217,88 @@ class Labeler:
                 break
             axis = new_axis
             views, images, fused = self._localize(volume, make_views(volume, protocol, axis_lps=axis), timer)
-        vertebrae: tuple[Vertebra, ...] = ()
-        if len(fused):
-            with timer("identification_net"):
-                prob = self.models.identify(images)
-            with timer("ribs"):
-                # where the scan shows the bodies, at them: the nets' points may sit 6-10 mm off
-                # (the chest CT), enough for a slab to leave a scan whose edge is near
-                at_bodies = options.ribs.at_bodies and options.body.enabled
-                probed = body_centres(volume, fused.points_lps, options.body) if at_bodies else fused.points_lps
-                sides = rib_sides(volume, probed, options.ribs)
-            with timer("voting"):
-                per_view = view_votes(fused, views, prob, options)
-            with timer("sacrum"):
-                # the points on the sacrum leave the chain; the vertebra above them is the last lumbar one
-                voted = vote(per_view[0], self.models.classes, valid=per_view[1])[0]
-                reads = np.asarray(self.models.classes)[voted.argmax(axis=1)]
-                sacrum = sacral_start(volume, fused.points_lps, sides, reads, options.sacrum)
-                above_sacrum = sacrum < len(fused)
-                fused, sides = fused.head(sacrum), sides[:sacrum]
-                per_view = (per_view[0][:, :sacrum], per_view[1][:, :sacrum])
-                # what a count up from the sacrum starts from (anchors.py)
-                below = above_sacrum or (len(fused) >= 2 and sacrum_below(volume, fused.points_lps, options.sacrum))
-                last_on_sacrum = len(fused) >= 2 and on_sacrum(volume, fused.points_lps, options.sacrum)
-            with timer("voting"):
-                labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
-                                           above_sacrum)
-                keep = one_per_label(labels, fused)
-            with timer("review"):
-                points = fused.points_lps[keep]
-                confidence, needs_review = review(
-                    volume, points, labels[keep], confidence[keep], options.review, sides[keep], below,
-                    last_on_sacrum=bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
-                    merged=np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
-                    seen=well_seen(fused, views.n_views, options)[keep],
-                )
-            if options.body.enabled:
-                with timer("body"):
-                    # the nets' points, kept for the labels above, moved onto the bodies the scan shows
-                    read = ~np.isin(labels[keep], _NO_BODY)
-                    points = body_centres(volume, points, options.body, read=read)
-                    points = onto_column(volume, points, labels[keep], options.body, read=read)
-            voxel = volume.world_to_index(points)
-            vertebrae = tuple(
-                Vertebra(
-                    label=int(labels[i]),
-                    name=label_name(int(labels[i])),
-                    world_lps_mm=tuple(float(x) for x in points[j]),  # type: ignore[arg-type]
-                    voxel_index=tuple(float(x) for x in voxel[j]),  # type: ignore[arg-type]
-                    confidence=float(confidence[j]),
-                    residual_mm=float(fused.residual_mm[i]),
-                    n_views=int(fused.n_views[i]),
-                    needs_review=bool(needs_review[j]),
-                )
-                for j, i in enumerate(keep)
+        if not len(fused):
+            return _Labelled(Run(np.zeros(0, int), np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool)),
+                             np.zeros(0), np.zeros(0, int), views, images)
+        with timer("identification_net"):
+            prob = self.models.identify(images)
+        with timer("ribs"):
+            # where the scan shows the bodies, at them: the nets' points may sit 6-10 mm off
+            # (the chest CT), enough for a slab to leave a scan whose edge is near
+            at_bodies = options.ribs.at_bodies and options.body.enabled
+            probed = body_centres(volume, fused.points_lps, options.body) if at_bodies else fused.points_lps
+            sides = rib_sides(volume, probed, options.ribs)
+        with timer("voting"):
+            per_view = view_votes(fused, views, prob, options)
+        with timer("sacrum"):
+            # the points on the sacrum leave the chain; the vertebra above them is the last lumbar one
+            voted = vote(per_view[0], self.models.classes, valid=per_view[1])[0]
+            reads = np.asarray(self.models.classes)[voted.argmax(axis=1)]
+            sacrum = sacral_start(volume, fused.points_lps, sides, reads, options.sacrum)
+            above_sacrum = sacrum < len(fused)
+            fused, sides = fused.head(sacrum), sides[:sacrum]
+            per_view = (per_view[0][:, :sacrum], per_view[1][:, :sacrum])
+            # what a count up from the sacrum starts from (anchors.py)
+            below = above_sacrum or (len(fused) >= 2 and sacrum_below(volume, fused.points_lps, options.sacrum))
+            last_on_sacrum = len(fused) >= 2 and on_sacrum(volume, fused.points_lps, options.sacrum)
+        with timer("voting"):
+            labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
+                                       above_sacrum)
+            keep = one_per_label(labels, fused)
+        with timer("review"):
+            points = fused.points_lps[keep]
+            confidence, needs_review = review(
+                volume, points, labels[keep], confidence[keep], options.review, sides[keep], below,
+                last_on_sacrum=bool(last_on_sacrum) and keep[-1] == len(fused) - 1,
+                merged=np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
+                seen=well_seen(fused, views.n_views, options)[keep],
             )
+        if options.body.enabled:
+            with timer("body"):
+                # the nets' points, kept for the labels above, moved onto the bodies the scan shows
+                read = ~np.isin(labels[keep], _NO_BODY)
+                points = body_centres(volume, points, options.body, read=read)
+                points = onto_column(volume, points, labels[keep], options.body, read=read)
+        return _Labelled(Run(labels[keep], points, confidence, needs_review),
+                         fused.residual_mm[keep], fused.n_views[keep], views, images)
+
+    def starts_deg(self) -> np.ndarray:
+        """The views' start angles of the runs whose consensus labels a scan, degrees: the protocol's,
+        then spread evenly over one view step (`PipelineOptions.view_starts`)."""
+        step = 360.0 / self.protocol.n_views
+        return self.protocol.start_angle_deg + np.arange(self.options.view_starts) * step / self.options.view_starts
+
+    def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
+        """Find and label the vertebrae of one scan: one run per view start, then their consensus."""
+        timer = _Timer(self.drr_backend.synchronize)
+        runs = [self._run(volume, replace(self.protocol, start_angle_deg=float(a)), timer) for a in self.starts_deg()]
+        with timer("consensus"):
+            agreed = consensus([r.run for r in runs], self.options.fusion.min_separation_mm,
+                               self.options.review.unsupported_confidence)
+        chosen = runs[agreed.index]
+        voxel = volume.world_to_index(agreed.points_lps)
+        vertebrae = tuple(
+            Vertebra(
+                label=int(chosen.run.labels[j]),
+                name=label_name(int(chosen.run.labels[j])),
+                world_lps_mm=tuple(float(x) for x in agreed.points_lps[j]),  # type: ignore[arg-type]
+                voxel_index=tuple(float(x) for x in voxel[j]),  # type: ignore[arg-type]
+                confidence=float(agreed.confidence[j]),
+                residual_mm=float(chosen.residual_mm[j]),
+                n_views=int(chosen.n_views[j]),
+                needs_review=bool(agreed.needs_review[j]),
+            )
+            for j in range(len(chosen.run))
+        )
+        views = chosen.views
         return Result(
             vertebrae=vertebrae,
             input=input_description(volume),
             models=self.models.ids,
             device=self.device,
             timings_ms=timer.ms,
-            options=options.to_dict(),
+            options=self.options.to_dict(),
             view_axis_lps=tuple(float(v) for v in -views.row_dir[0]),  # type: ignore[arg-type]
             views=views if keep_images else None,
-            images=to_host(images) if keep_images else None,
+            images=to_host(chosen.images) if keep_images else None,
         )

@@ -1,0 +1,82 @@
+"""The consensus of runs from several view starts (`vertedge.consensus`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vertedge.consensus import Run, consensus, matches
+
+GAP_MM = 25.0
+
+
+def chain(labels: list[int], shift_mm: float = 0.0, confidence: float = 0.9, flagged: bool = False) -> Run:
+    """A straight chain along S (+z), one vertebra a gap, the first at z = 0 (+ shift)."""
+    n = len(labels)
+    points = np.zeros((n, 3))
+    points[:, 2] = -GAP_MM * np.arange(n) + shift_mm
+    return Run(np.array(labels), points, np.full(n, confidence), np.full(n, flagged))
+
+
+def test_runs_that_agree_keep_their_labels_and_average_their_points() -> None:
+    runs = [chain([10, 11, 12], 0.0), chain([10, 11, 12], 2.0), chain([10, 11, 12], -5.0)]
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5)
+    assert agreed.index == 0
+    np.testing.assert_array_equal(agreed.n_agree, [3, 3, 3])
+    np.testing.assert_allclose(agreed.points_lps[:, 2], [-1.0, -26.0, -51.0])
+    np.testing.assert_allclose(agreed.confidence, 0.9)
+    assert not agreed.needs_review.any()
+
+
+def test_the_run_a_level_off_is_outvoted_and_what_it_disputes_is_flagged() -> None:
+    off = chain([11, 12, 13], 0.0, confidence=0.95)  # the protocol's own start, one level off
+    runs = [off, chain([10, 11, 12]), chain([10, 11, 12], 1.0)]
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5)
+    assert agreed.index == 1
+    # every vertebra is disputed by the first run: flagged, and its confidence at most the cap
+    assert agreed.needs_review.all()
+    np.testing.assert_array_equal(agreed.n_agree, [2, 2, 2])
+    np.testing.assert_allclose(agreed.confidence, 0.5)
+
+
+def test_a_flag_of_the_chosen_run_is_kept_and_caps_the_confidence() -> None:
+    flagged = chain([10, 11], flagged=True)
+    agreed = consensus([flagged, chain([10, 11]), chain([10, 11])], alone_mm=8.0, most_if_review=0.4)
+    assert agreed.index == 0
+    assert agreed.needs_review.all()
+    np.testing.assert_allclose(agreed.confidence, 0.4)
+
+
+def test_a_label_on_the_neighbours_point_is_no_agreement() -> None:
+    a = chain([10, 11, 12])
+    b = chain([10, 11, 12], shift_mm=-0.6 * GAP_MM)  # every point nearer a's next vertebra than its own half-gap
+    np.testing.assert_array_equal(matches(a, b, alone_mm=8.0), [-1, -1, -1])
+    np.testing.assert_array_equal(matches(a, chain([10, 11, 12], shift_mm=-0.4 * GAP_MM), alone_mm=8.0), [0, 1, 2])
+
+
+def test_a_lone_vertebra_agrees_within_the_lone_reach_only() -> None:
+    a = chain([20])
+    assert matches(a, chain([20], shift_mm=7.0), alone_mm=8.0)[0] == 0
+    assert matches(a, chain([20], shift_mm=9.0), alone_mm=8.0)[0] == -1
+
+
+def test_a_missed_vertebra_lowers_the_mean_confidence() -> None:
+    runs = [chain([10, 11, 12], confidence=0.9), chain([10, 11], confidence=0.9), chain([10, 11, 12], confidence=0.6)]
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5)
+    assert agreed.index == 0
+    np.testing.assert_array_equal(agreed.n_agree, [3, 3, 2])
+    np.testing.assert_allclose(agreed.confidence, [0.8, 0.8, 0.5])
+    np.testing.assert_array_equal(agreed.needs_review, [False, False, True])
+
+
+@pytest.mark.parametrize("n_empty", [1, 3])
+def test_runs_without_vertebrae(n_empty: int) -> None:
+    empty = Run(np.zeros(0, int), np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool))
+    runs = [empty] * n_empty + [chain([10, 11])] * (3 - n_empty)
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5)
+    if n_empty == 3:
+        assert agreed.index == 0 and agreed.points_lps.shape == (0, 3)
+    else:
+        assert agreed.index == 1
+        assert agreed.needs_review.all()  # the empty run found none of them
+        np.testing.assert_allclose(agreed.confidence, 0.5)  # 2/3 of 0.9, capped
