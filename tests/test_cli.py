@@ -167,6 +167,22 @@ def test_verbose_quiet_and_fp16_on_cpu(tmp_path, monkeypatch, capsys):
     assert code == 0 and "warning: --fp16 is ignored on the CPU" in err.splitlines()[0]
 
 
+def test_starts_sets_the_runs_per_scan_and_is_recorded(tmp_path, monkeypatch, capsys):
+    """`--starts N` reaches the labeller and is recorded in each result; 0 is refused before anything is written."""
+    models, _ = _tiny_models(tmp_path / "models")
+    scan = str(_scan(tmp_path / "a.nii.gz"))
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"o{n}"
+        code, _, _ = run_cli(monkeypatch, capsys, "run", scan, "-o", str(out), "--models", str(models), "--device", "cpu",
+                             "--starts", str(n), "-q")
+        assert code == 0
+        runs[n] = json.loads((out / "a.vertebrae.json").read_text())
+    assert [runs[n]["options"]["view_starts"] for n in (1, 2)] == [1, 2]
+    code, _, err = run_cli(monkeypatch, capsys, "run", scan, "-o", str(tmp_path / "o0"), "--models", str(models), "--starts", "0")
+    assert code == 2 and "--starts" in err and not (tmp_path / "o0").exists()
+
+
 def test_drr_renders_what_the_models_see_unless_asked_for_the_papers_protocol(tmp_path, monkeypatch, capsys):
     from vertedge.onnx_models import Models
 

@@ -80,3 +80,12 @@ def test_runs_without_vertebrae(n_empty: int) -> None:
         assert agreed.index == 1
         assert agreed.needs_review.all()  # the empty run found none of them
         np.testing.assert_allclose(agreed.confidence, 0.5)  # 2/3 of 0.9, capped
+
+
+def test_one_run_is_its_own_consensus() -> None:
+    run = Run(np.array([10, 11]), np.array([[0.0, 0, 0], [0, 0, -25]]), np.array([0.3, 0.8]), np.array([True, False]))
+    agreed = consensus([run], alone_mm=8.0, most_if_review=0.5)
+    assert agreed.index == 0
+    np.testing.assert_array_equal(agreed.points_lps, run.points_lps)
+    np.testing.assert_array_equal(agreed.confidence, run.confidence)
+    np.testing.assert_array_equal(agreed.needs_review, run.needs_review)

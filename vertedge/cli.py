@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import VertedgeError
+from .options import DEFAULT_OPTIONS
 
 app = typer.Typer(
     add_completion=False,
@@ -31,6 +33,14 @@ EXAMPLE_REGION = "thoracolumbar"
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (GPU N)."
 MODELS_HELP = "Folder with localization.onnx and identification.onnx."
 PNG_HELP = "Also write NAME.png: coronal and sagittal bone MIPs along the spine with the labels."
+StartsOption = Annotated[
+    int,
+    typer.Option(
+        "--starts", min=1, max=12,
+        help="Runs per scan, their views started evenly over one view step; the result is their consensus "
+        "and what they disagree on is flagged (1: a third of the time, labels that hang on where the views start).",
+    ),
+]
 
 
 def _print_version(show: bool) -> None:
@@ -222,6 +232,7 @@ def run(
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     models: Annotated[Path | None, typer.Option(help=MODELS_HELP)] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the fp16 models (about 1 ms faster, slightly less accurate).")] = False,
+    starts: StartsOption = DEFAULT_OPTIONS.view_starts,
     png: Annotated[bool, typer.Option("--png", help=PNG_HELP)] = False,
     dicom: Annotated[
         bool,
@@ -257,7 +268,8 @@ def run(
 
     _setup_logging(verbose, quiet)
     check_out_dir(out_dir)
-    labeler = Labeler(models, device=device, n_views=views, fp16=fp16)  # logs the device it chose
+    options = replace(DEFAULT_OPTIONS, view_starts=starts)
+    labeler = Labeler(models, device=device, n_views=views, fp16=fp16, options=options)  # logs the device it chose
     if fp16 and labeler.device == "cpu":
         log.warning("--fp16 is ignored on the CPU (it selects the fp16 models on CUDA)")
     log.debug(f"models {labeler.models.ids['localization']}, {labeler.models.ids['identification']}; protocol {labeler.protocol.to_json()}")
@@ -357,6 +369,7 @@ def archive(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try again the scans an earlier run recorded failed.")] = False,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     models: Annotated[Path | None, typer.Option(help=MODELS_HELP)] = None,
+    starts: StartsOption = DEFAULT_OPTIONS.view_starts,
     png: Annotated[bool, typer.Option("--png", help=PNG_HELP)] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr, the workers' own output too.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
@@ -394,7 +407,7 @@ def archive(
                     started = time.perf_counter()
                     with _Progress(len(todo), rates=True) as progress:
                         for done in label_archive(
-                            todo, manifest, out_dir, partial(Labeler, models, device=device),
+                            todo, manifest, out_dir, partial(Labeler, models, device=device, options=replace(DEFAULT_OPTIONS, view_starts=starts)),
                             actors=n, gpu=gpu, retries=retries, png=png,
                         ):
                             finished.append(done)

@@ -146,8 +146,10 @@ class PipelineOptions:
     # that sees the spine tilted underestimates its lean). Robustness benchmark, 2 against 1: the
     # chest CT 75 -> 92 % as stored, 65 -> 73 % over its variations; the lumbar CT 74 -> 81 %.
     upright_rounds: int = 2
-    # Runs per scan, their views started evenly over one view step (`consensus`): the labels of a scan
-    # not seen before should not hang on where its views happen to start.
+    # Runs per scan, their views started evenly over one view step (`consensus`): a scan not seen
+    # before stands at no particular angle to the views. Robustness benchmark, 3 against 1: 246 and
+    # 238 of 285 real vertebrae at two phases of the start against 230-241 from single starts; the
+    # chest CT's variations without S-I crops 94-95 % against 85-92 %; three times the pipeline's time.
     view_starts: int = 3
     # Views per ONNX Runtime call on the CPU. One at a time is lighter and no slower: on a 512 x 512 x
     # 600 scan's 10 views of 512 x 288 pixels both nets peak at 2.6 GiB in one call and 0.85 GiB one
