@@ -8,7 +8,8 @@ Usage:
 Each volume size runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
 A phantom of that size is written as .nii.gz, then: decode (load_volume), the pipeline stages
 (Labeler timings: drr, localization_net, peaks, fusion, identification_net, ribs, sacrum, voting,
-review, body, consensus; each stage summed over the view starts) and the writes, one warm-up and `--repeats` timed runs; median and p95 per stage. Peers for decode:
+review, body, consensus; each stage summed over the view starts) and the writes, one warm-up and
+`--repeats` timed runs; median and p95 per stage. Peers for decode:
 SimpleITK against nibabel on the same .nii.gz. `--formats`: the reference size (512x512x600) also
 as .nii, an uncompressed DICOM series and an RLE Lossless one, each from the file to the labels in
 its own subprocess (the readers alone against SimpleITK, nibabel and pydicom: `decode.py`).

@@ -74,11 +74,12 @@ class Result:
     models: dict[str, str]
     device: str
     timings_ms: dict[str, float]
+    # the views and (K, H, W) normalized DRRs of the run the consensus kept (`consensus.consensus`)
     views: Views | None = field(default=None, repr=False)
-    images: np.ndarray | None = field(default=None, repr=False)  # (K, H, W) normalized DRRs
+    images: np.ndarray | None = field(default=None, repr=False)
     options: dict[str, Any] = field(default_factory=dict)  # the `PipelineOptions` it was labelled with
-    # world LPS unit vector the views were rendered about: the scan's S-I axis, or the spine's own
-    # where the first pass found it leaning (`PipelineOptions.upright_min_deg`)
+    # world LPS unit vector the kept run's views were rendered about: the scan's S-I axis, or the
+    # spine's own where its first pass found it leaning (`PipelineOptions.upright_min_deg`)
     view_axis_lps: tuple[float, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
