@@ -39,12 +39,16 @@ def test_the_run_a_level_off_is_outvoted_and_what_it_disputes_is_flagged() -> No
     np.testing.assert_allclose(agreed.confidence, 0.5)
 
 
-def test_a_flag_of_the_chosen_run_is_kept_and_caps_the_confidence() -> None:
-    flagged = chain([10, 11], flagged=True)
-    agreed = consensus([flagged, chain([10, 11]), chain([10, 11])], alone_mm=8.0, most_if_review=0.4)
-    assert agreed.index == 0
-    assert agreed.needs_review.all()
-    np.testing.assert_allclose(agreed.confidence, 0.4)
+def test_a_label_most_runs_flag_is_flagged_whichever_run_is_kept() -> None:
+    flagged, clear = chain([10, 11], flagged=True), chain([10, 11])
+    for runs in ([flagged, flagged, clear], [clear, flagged, flagged], [flagged, clear, flagged]):
+        agreed = consensus(runs, alone_mm=8.0, most_if_review=0.4)
+        assert agreed.index == 0  # all agree: the earliest is kept
+        assert agreed.needs_review.all()
+        np.testing.assert_allclose(agreed.confidence, 0.4)
+    one = consensus([flagged, clear, clear], alone_mm=8.0, most_if_review=0.4)
+    assert not one.needs_review.any()  # one run's flag of three is not the consensus
+    np.testing.assert_allclose(one.confidence, 0.9)
 
 
 def test_a_label_on_the_neighbours_point_is_no_agreement() -> None:

@@ -71,7 +71,7 @@ def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float) -> Co
     own start), its points averaged with the agreeing runs' and its confidences averaged over all runs.
 
     A vertebra some run does not agree with needs review (where the views start decides its label),
-    as does one the chosen run flags; a flagged vertebra's confidence is at most `most_if_review`.
+    as does one most runs flag; a flagged vertebra's confidence is at most `most_if_review`.
     """
     n = len(runs)
     match = [[matches(a, b, alone_mm) for b in runs] for a in runs]
@@ -84,7 +84,10 @@ def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float) -> Co
     points = np.stack([r.points_lps[i] if len(r) else np.zeros((len(run), 3)) for r, i in zip(runs, at)])
     confidence = np.stack([r.confidence[i] if len(r) else np.zeros(len(run)) for r, i in zip(runs, at)])
     n_agree = found.sum(axis=0)
-    needs_review = run.needs_review | (n_agree < n)
+    # a label all runs give is flagged as most of them flag it: which of several tied runs is
+    # kept is arbitrary, and its own flags would make the result hang on that choice
+    flagged = np.stack([r.needs_review[i] if len(r) else np.ones(len(run), bool) for r, i in zip(runs, at)])
+    needs_review = (n_agree < n) | (2 * (flagged & found).sum(axis=0) > n)
     mean_confidence = (confidence * found).sum(axis=0) / n
     return Consensus(
         index=best,
