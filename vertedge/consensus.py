@@ -14,7 +14,7 @@ point is never the same vertebra). Points in world LPS mm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,14 +80,20 @@ def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float) -> Co
     run = runs[best]
     found = np.stack([m >= 0 for m in match[best]])  # (runs, n); the chosen run agrees with itself
     at = [np.maximum(m, 0) for m in match[best]]
-    # a run with no vertebrae agrees with none: its rows are masked out by `found`
-    points = np.stack([r.points_lps[i] if len(r) else np.zeros((len(run), 3)) for r, i in zip(runs, at)])
-    confidence = np.stack([r.confidence[i] if len(r) else np.zeros(len(run)) for r, i in zip(runs, at)])
+
+    def gathered(values: Callable[[Run], np.ndarray]) -> np.ndarray:
+        """(runs, n, ...) each run's values at its vertebrae agreeing with the chosen run's; a run
+        with no vertebrae agrees with none, and its zeros are masked out by `found`."""
+        return np.stack([values(r)[i] if len(r) else np.zeros((len(run), *values(r).shape[1:]), values(r).dtype)
+                         for r, i in zip(runs, at)])
+
+    points = gathered(lambda r: r.points_lps)
+    confidence = gathered(lambda r: r.confidence)
     n_agree = found.sum(axis=0)
     # a label all runs give is flagged as most of them flag it: which of several tied runs is
     # kept is arbitrary, and its own flags would make the result hang on that choice
-    flagged = np.stack([r.needs_review[i] if len(r) else np.ones(len(run), bool) for r, i in zip(runs, at)])
-    needs_review = (n_agree < n) | (2 * (flagged & found).sum(axis=0) > n)
+    flagged = gathered(lambda r: r.needs_review) & found
+    needs_review = (n_agree < n) | (2 * flagged.sum(axis=0) > n)
     mean_confidence = (confidence * found).sum(axis=0) / n
     return Consensus(
         index=best,
