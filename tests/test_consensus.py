@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertedge.consensus import Run, consensus, matches
+from vertedge.consensus import Run, consensus, geometric_median, matches
 
 GAP_MM = 25.0
 
@@ -18,12 +18,13 @@ def chain(labels: list[int], shift_mm: float = 0.0, confidence: float = 0.9, fla
     return Run(np.array(labels), points, np.full(n, confidence), np.full(n, flagged))
 
 
-def test_runs_that_agree_keep_their_labels_and_average_their_points() -> None:
-    runs = [chain([10, 11, 12], 0.0), chain([10, 11, 12], 2.0), chain([10, 11, 12], -5.0)]
+def test_runs_that_agree_keep_their_labels_and_the_median_of_their_points() -> None:
+    runs = [chain([10, 11, 12], 0.0), chain([10, 11, 12], 2.0), chain([10, 11, 12], -9.0)]
     agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5)
     assert agreed.index == 0
     np.testing.assert_array_equal(agreed.n_agree, [3, 3, 3])
-    np.testing.assert_allclose(agreed.points_lps[:, 2], [-1.0, -26.0, -51.0])
+    # on a line the geometric median is the middle point: the run 9 mm off does not pull it (the mean: -2.3)
+    np.testing.assert_allclose(agreed.points_lps[:, 2], [0.0, -25.0, -50.0], atol=1e-6)
     np.testing.assert_allclose(agreed.confidence, 0.9)
     assert not agreed.needs_review.any()
 
@@ -93,3 +94,21 @@ def test_one_run_is_its_own_consensus() -> None:
     np.testing.assert_array_equal(agreed.points_lps, run.points_lps)
     np.testing.assert_array_equal(agreed.confidence, run.confidence)
     np.testing.assert_array_equal(agreed.needs_review, run.needs_review)
+
+
+def test_the_geometric_median_has_the_least_summed_distance_to_its_points() -> None:
+    rng = np.random.default_rng(3)
+    points = rng.normal(scale=5.0, size=(4, 6, 3))
+    weights = np.ones((4, 6))
+    weights[3, :3] = 0.0  # the first three columns: three points only
+    x = geometric_median(points, weights)
+
+    def summed(at: np.ndarray) -> np.ndarray:
+        return (weights * np.linalg.norm(points - at, axis=2)).sum(axis=0)
+
+    for step in rng.normal(scale=0.3, size=(50, 6, 3)):
+        assert (summed(x) <= summed(x + step) + 1e-6).all()
+    # two points: their midpoint; one: itself
+    two = geometric_median(points[:2], np.ones((2, 6)))
+    np.testing.assert_allclose(two, points[:2].mean(axis=0))
+    np.testing.assert_allclose(geometric_median(points[:1], np.ones((1, 6))), points[0])
