@@ -60,12 +60,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import successors
+from .labels import LABELS, successors
 from .options import DEFAULT_OPTIONS, BodyOptions
 from .ribs import chain_frames, grown, slab_world
 from .volume import Volume
 
 METAL_HU = 2000.0  # above: metal (cortical bone stays under ~1900 HU)
+NO_BODY = (LABELS["C1"], LABELS["C2"])  # not read: C1 has no body, C2's dens breaks the body's symmetry
 LUNG_OR_GAS_HU = -150.0  # below, in a slab image (clipped at -200): lung or gas, never beside the spinal canal (fat is ~-100)
 
 

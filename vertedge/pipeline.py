@@ -17,7 +17,8 @@ import numpy as np
 
 from . import __version__
 from .anchors import review
-from .body import body_centres, onto_column
+from .body import NO_BODY, body_centres, onto_column
+from .chain_ends import beyond_ends
 from .consensus import Run, consensus
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
@@ -25,7 +26,6 @@ from .errors import CudaProviderError, VertedgeError
 from .fusion import Fused, fuse
 from .geometry import Protocol, Views, make_views
 from .labelling import label, one_per_label, peaks_of, view_votes, well_seen
-from .labels import LABELS
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
@@ -34,8 +34,6 @@ from .sacrum import on_sacrum, sacral_start, sacrum_below
 from .sequence import vote
 from .volume import Volume
 from .xp import to_host
-
-_NO_BODY = (LABELS["C1"], LABELS["C2"])  # C1 has no body; C2's dens breaks the body's symmetry (body.body_centres)
 
 
 @dataclass(frozen=True)
@@ -47,8 +45,8 @@ class Vertebra:
     world_lps_mm: tuple[float, float, float]
     voxel_index: tuple[float, float, float]
     confidence: float
-    residual_mm: float
-    n_views: int
+    residual_mm: float  # of the views' rays at the fused point
+    n_views: int  # the views that found it; 0: read from the CT beyond the chain's end (chain_ends.py), residual 0
     needs_review: bool = False  # the scan gives no count from C1 or the sacrum to this label (anchors.py)
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,7 +255,7 @@ class Labeler:
         if options.body.enabled:
             with timer("body"):
                 # the nets' points, kept for the labels above, moved onto the bodies the scan shows
-                read = ~np.isin(labels[keep], _NO_BODY)
+                read = ~np.isin(labels[keep], NO_BODY)
                 points = body_centres(volume, points, options.body, read=read)
                 points = onto_column(volume, points, labels[keep], options.body, read=read)
         return _Labelled(Run(labels[keep], points, confidence, needs_review),
@@ -277,19 +275,25 @@ class Labeler:
             agreed = consensus([r.run for r in runs], self.options.fusion.min_separation_mm,
                                self.options.review.unsupported_confidence)
         chosen = runs[agreed.index]
-        voxel = volume.world_to_index(agreed.points_lps)
+        with timer("ends"):
+            # a vertebra the nets missed beyond either end (chain_ends.py): read from the CT, in no view
+            points, labels, added = beyond_ends(volume, agreed.points_lps, chosen.run.labels, self.options.body)
+        of_run = np.clip(np.cumsum(~added) - 1, 0, None)  # each row's vertebra of the run; an added one's neighbour
+        confidence = np.where(added, np.minimum(agreed.confidence[of_run], self.options.review.unsupported_confidence),
+                              agreed.confidence[of_run]) if len(points) else np.zeros(0)
+        voxel = volume.world_to_index(points)
         vertebrae = tuple(
             Vertebra(
-                label=int(chosen.run.labels[j]),
-                name=label_name(int(chosen.run.labels[j])),
-                world_lps_mm=tuple(float(x) for x in agreed.points_lps[j]),  # type: ignore[arg-type]
+                label=int(labels[j]),
+                name=label_name(int(labels[j])),
+                world_lps_mm=tuple(float(x) for x in points[j]),  # type: ignore[arg-type]
                 voxel_index=tuple(float(x) for x in voxel[j]),  # type: ignore[arg-type]
-                confidence=float(agreed.confidence[j]),
-                residual_mm=float(chosen.residual_mm[j]),
-                n_views=int(chosen.n_views[j]),
-                needs_review=bool(agreed.needs_review[j]),
+                confidence=float(confidence[j]),
+                residual_mm=0.0 if added[j] else float(chosen.residual_mm[of_run[j]]),
+                n_views=0 if added[j] else int(chosen.n_views[of_run[j]]),
+                needs_review=bool(added[j] or agreed.needs_review[of_run[j]]),
             )
-            for j in range(len(chosen.run))
+            for j in range(len(points))
         )
         views = chosen.views
         return Result(

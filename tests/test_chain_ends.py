@@ -1,0 +1,79 @@
+"""A vertebra the nets missed beyond either end of the chain, read from the CT (`vertedge.chain_ends`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from vertedge import metrics
+from vertedge.chain_ends import beyond_ends, neighbour_label
+from vertedge.labels import LABELS
+from vertedge.options import DEFAULT_OPTIONS
+from vertedge.phantom import make_phantom
+from vertedge.volume import Volume, load_volume
+
+from .conftest import air_volume
+from .test_body import REAL, chain
+
+
+@pytest.fixture(scope="module")
+def thoracic() -> tuple[Volume, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    ph = make_phantom(3, "thoracic")  # T2-T12 whole, T1 cut by the scan's top
+    return (ph.volume, *chain(ph.centroids, ph.cut), ph.centroids)
+
+
+def test_the_anatomical_neighbours_skip_the_variants_and_stop_at_the_sacrum_and_c2() -> None:
+    up, down = (lambda n: neighbour_label(LABELS[n], cranial=True)), (lambda n: neighbour_label(LABELS[n], cranial=False))
+    assert up("T1") == LABELS["C7"] and down("C7") == LABELS["T1"]
+    assert down("T12") == LABELS["L1"] and up("L1") == LABELS["T12"]
+    assert down("T13") == LABELS["L1"] and up("L6") == LABELS["L5"]
+    assert down("L5") is None and down("L6") is None  # the sacrum follows
+    assert up("C3") is None and up("C2") is None and up("C1") is None  # no body read at C1/C2
+
+
+@pytest.mark.parametrize("drop", ["top", "bottom", "both"])
+def test_a_whole_body_beyond_either_end_comes_back_with_its_label(thoracic, drop) -> None:
+    volume, points, labels, truth = thoracic
+    lo, hi = (1 if drop in ("top", "both") else 0), (len(points) - 1 if drop in ("bottom", "both") else len(points))
+    p, lab, added = beyond_ends(volume, points[lo:hi], labels[lo:hi])
+    np.testing.assert_array_equal(lab, labels)  # T2 above T3, T12 below T11, in chain order
+    expected = np.zeros(len(points), bool)
+    expected[:lo], expected[hi:] = True, True
+    np.testing.assert_array_equal(added, expected)
+    for k in np.flatnonzero(added):
+        assert np.linalg.norm(p[k] - truth[lab[k]]) < 3.0
+    np.testing.assert_array_equal(p[~added], points[lo:hi])  # the nets' points are not moved
+
+
+def test_nothing_is_added_where_the_scan_cuts_the_body_or_ends(thoracic) -> None:
+    volume, points, labels, _ = thoracic
+    # the whole chain: T1 above it is cut by the scan's top, below T12 the scan ends
+    p, lab, added = beyond_ends(volume, points, labels)
+    assert not added.any() and len(p) == len(points)
+    # no body at all: an empty scan of air
+    air = air_volume(volume.shape_ijk, tuple(volume.spacing), volume.direction, tuple(volume.center_world))
+    assert not beyond_ends(air, points[1:-1], labels[1:-1])[2].any()
+
+
+def test_an_irregular_end_or_a_short_chain_adds_nothing(thoracic) -> None:
+    volume, points, labels, _ = thoracic
+    stray = points[1:].copy()
+    stray[0] = stray[1] + 0.4 * (stray[0] - stray[1])  # the end point only 0.4 of a gap from its neighbour
+    assert not beyond_ends(volume, stray, labels[1:])[2][0]
+    assert not beyond_ends(volume, points[1:3], labels[1:3])[2].any()  # two points: no regular gaps to judge
+    off = replace(DEFAULT_OPTIONS.body, beyond_ends=False)
+    assert not beyond_ends(volume, points[1:-1], labels[1:-1], off)[2].any()
+
+
+@pytest.mark.skipif(not (REAL / "popi_thorax").is_dir(), reason="no ../shared/data")
+def test_the_chest_ct_c7_under_the_shoulders_is_read_from_the_ct() -> None:
+    """The nets miss the real chest CT's C7 from most view starts; the CT shows its body above T1."""
+    truth, cut = metrics.read_points(REAL / "popi_thorax" / "ground_truth.json")
+    points, labels = chain(truth, frozenset(cut))
+    assert labels[0] == LABELS["C7"]
+    p, lab, added = beyond_ends(load_volume(REAL / "popi_thorax" / "ct.nii.gz"), points[1:], labels[1:])
+    assert added[0] and lab[0] == LABELS["C7"]
+    assert np.linalg.norm(p[0] - truth[LABELS["C7"]]) < 5.0
+    assert not added[1:].any()  # T12 below T11 is cut by the scan's bottom
