@@ -264,7 +264,8 @@ def result_note(result: Result) -> str:
         return ""
     which = f"all {len(doubtful)} labels" if len(doubtful) == len(result.vertebrae) else ", ".join(doubtful)
     return (f"check {which} (needs_review: no count from C1 under the skull or from the sacrum reaches "
-            "them, the identification is unsure, the runs from different view starts disagree, or the nets missed it and it was read from the CT)")
+            "them, the identification is unsure, the runs from different view starts disagree, or the "
+            "nets missed the vertebra and it was read from the CT)")
 
 
 def run_batch(

@@ -14,8 +14,8 @@ cross-section in front of the canal). A vertebra is added there only where all o
   there lies `1 +- beyond_gap_tolerance` gaps from the end point (not the end's own body again);
 - the scan holds the body `beyond_inside_gaps` either side of its centre along the spine (a body
   the scan's edge cuts is not added: its centroid would not be the body's);
-- its middle (`middle_gaps` either side) is bone: brighter than soft tissue by `min_bone_contrast_hu` (not a disc or the air
-  beyond the neck).
+- its middle (`middle_gaps` either side) is bone: brighter than soft tissue by
+  `min_bone_contrast_hu` (not a disc, nor the air beyond the neck).
 
 Its label is the end's anatomical neighbour without the variants (C7 above T1, L1 below T12): the
 nets never read it, so it is always flagged `needs_review`. Nothing is added above C3 (C1 has no
@@ -70,11 +70,11 @@ def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
     centre = centre + lat * lateral[end] + post * posterior[end]
     if abs(np.linalg.norm(centre - p[end]) / gap - 1) > o.beyond_gap_tolerance:
         return None
-    whole = axial_profile(volume, centre, frame, np.linspace(-1, 1, 17) * o.beyond_inside_gaps * gap,
-                          o.radius_gaps * gap)
+    along_gaps = np.linspace(-1, 1, 17) * o.beyond_inside_gaps
+    whole = axial_profile(volume, centre, frame, along_gaps * gap, o.radius_gaps * gap)
     if not np.isfinite(whole).all():
         return None
-    middle = np.median(whole[np.abs(np.linspace(-1, 1, 17)) * o.beyond_inside_gaps <= o.middle_gaps])
+    middle = np.median(whole[np.abs(along_gaps) <= o.middle_gaps])
     return centre if middle - o.soft_tissue_hu >= o.min_bone_contrast_hu else None
 
 

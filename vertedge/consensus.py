@@ -39,8 +39,9 @@ class Run:
 @dataclass(frozen=True)
 class Consensus:
     """The chosen run (`index` into the runs) and its vertebrae's consensus: points (n, 3) in world LPS
-    mm, the geometric median of the runs that agree, the mean confidence over all runs (0 from a run that does
-    not agree), the flags (n,), and how many runs agree with each (n,), the chosen one included."""
+    mm, the geometric median of the runs that agree, the mean confidence over all runs (0 from a run
+    that does not agree), the flags (n,), and how many runs agree with each (n,), the chosen one
+    included."""
 
     index: int
     points_lps: np.ndarray
