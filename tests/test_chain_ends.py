@@ -12,6 +12,7 @@ from vertedge.chain_ends import beyond_ends, neighbour_label
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
 from vertedge.phantom import make_phantom
+from vertedge.pipeline import Labeler
 from vertedge.volume import Volume, load_volume
 
 from .conftest import air_volume
@@ -77,3 +78,17 @@ def test_the_chest_ct_c7_under_the_shoulders_is_read_from_the_ct() -> None:
     assert added[0] and lab[0] == LABELS["C7"]
     assert np.linalg.norm(p[0] - truth[LABELS["C7"]]) < 5.0
     assert not added[1:].any()  # T12 below T11 is cut by the scan's bottom
+
+
+@pytest.mark.skipif(not (REAL / "popi_thorax").is_dir(), reason="no ../shared/data")
+def test_the_chest_ct_c7_the_nets_miss_is_written_read_from_the_ct_and_flagged() -> None:
+    """From the protocol's own view start alone the shipped nets miss the chest CT's C7 (RESULTS.md);
+    the result carries it, flagged, at most 0.5 and T1's confidence, found in no view."""
+    truth, _ = metrics.read_points(REAL / "popi_thorax" / "ground_truth.json")
+    labeler = Labeler(device="cpu", options=replace(DEFAULT_OPTIONS, view_starts=1))
+    result = labeler(load_volume(REAL / "popi_thorax" / "ct.nii.gz"))
+    first, second = result.vertebrae[:2]
+    assert (first.name, second.name) == ("C7", "T1")
+    assert first.n_views == 0 and first.needs_review and first.confidence <= min(0.5, second.confidence)
+    assert np.linalg.norm(np.array(first.world_lps_mm) - truth[LABELS["C7"]]) < 6.0
+    assert all(v.n_views > 0 for v in result.vertebrae[1:])
