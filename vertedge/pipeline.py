@@ -280,7 +280,7 @@ class Labeler:
             points, labels, added = beyond_ends(volume, agreed.points_lps, chosen.run.labels, self.options.body)
         of_run = np.clip(np.cumsum(~added) - 1, 0, None)  # each row's vertebra of the run; an added one's neighbour
         confidence = np.where(added, np.minimum(agreed.confidence[of_run], self.options.review.unsupported_confidence),
-                              agreed.confidence[of_run]) if len(points) else np.zeros(0)
+                              agreed.confidence[of_run])
         voxel = volume.world_to_index(points)
         vertebrae = tuple(
             Vertebra(
