@@ -122,6 +122,16 @@ def body_offset(profile: np.ndarray, gap_mm: float, options: BodyOptions) -> flo
     return float((candidates[best] - centre) * o.step_mm / gap_mm)
 
 
+def offset_at(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray], gap_mm: float,
+              options: BodyOptions) -> float:
+    """The body's centre in local gaps from `centre` (3,) LPS along the frame's axis (`body_offset` of
+    the `axial_profile` there, sampled as it expects); NaN where none is read."""
+    o = options
+    reach = (o.search_gaps + o.mirror_gaps) * gap_mm + 4 * o.smooth_mm
+    along = np.arange(-reach, reach + 1e-9, o.step_mm)
+    return body_offset(axial_profile(volume, centre, frame, along, o.radius_gaps * gap_mm), gap_mm, o)
+
+
 def bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """`image` (H, W) at fractional pixel positions (...), NaN outside it (or where a neighbour is NaN)."""
     h, w = image.shape
@@ -299,10 +309,7 @@ def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = 
     along_read = read & (voxel_mm <= o.max_voxel_gaps * gaps)
     offsets = np.full(len(p), np.nan)
     for n in np.flatnonzero(along_read):
-        reach = (o.search_gaps + o.mirror_gaps) * gaps[n] + 4 * o.smooth_mm
-        along = np.arange(-reach, reach + 1e-9, o.step_mm)
-        profile = axial_profile(volume, p[n], (axis[n], lateral[n], posterior[n]), along, o.radius_gaps * gaps[n])
-        offsets[n] = body_offset(profile, float(gaps[n]), o)
+        offsets[n] = offset_at(volume, p[n], (axis[n], lateral[n], posterior[n]), float(gaps[n]), o)
     out = p.copy()
     width = 2 * o.neighbours + 1
     everywhere = offsets[np.isfinite(offsets)]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .body import NO_BODY, axial_profile, body_offset, section_centre
+from .body import NO_BODY, axial_profile, offset_at, section_centre
 from .labels import OPTIONAL, SPINE_ORDER, successors
 from .options import DEFAULT_OPTIONS, BodyOptions
 from .ribs import chain_frames
@@ -60,9 +60,7 @@ def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
     axis, lateral, posterior, _ = chain_frames(p)
     frame = (axis[end], lateral[end], posterior[end])
     guess = 2 * p[end] - p[before]
-    reach = (o.search_gaps + o.mirror_gaps) * gap + 4 * o.smooth_mm
-    along = np.arange(-reach, reach + 1e-9, o.step_mm)
-    offset = body_offset(axial_profile(volume, guess, frame, along, o.radius_gaps * gap), gap, o)
+    offset = offset_at(volume, guess, frame, gap, o)
     if not np.isfinite(offset):
         return None
     centre = guess + offset * gap * axis[end]
