@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 STAGES = ("decode", "drr", "localization_net", "peaks", "fusion", "identification_net", "ribs", "sacrum", "voting",
-          "review", "body", "consensus", "ends", "write")
+          "between", "review", "body", "consensus", "ends", "write")
 
 
 def machine() -> dict[str, Any]:

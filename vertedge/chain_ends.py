@@ -1,4 +1,5 @@
-"""A vertebra the nets missed just beyond either end of the labelled chain, read from the CT.
+"""A vertebra the nets missed just beyond either end of the labelled chain, or between two of its
+vertebrae, read from the CT.
 
 At the ends of a scan's spine the localization net is weakest: under the shoulders of the real
 chest CT the heatmaps show no peak of C7's own in most views, and which view start finds it decides
@@ -19,8 +20,18 @@ cross-section in front of the canal). A vertebra is added there only where all o
 
 Its label is the end's anatomical neighbour without the variants (C7 above T1, L1 below T12): the
 nets never read it, so it is always flagged `needs_review`. Nothing is added above C3 (C1 has no
-body, C2's dens breaks its symmetry) or below L5 (the sacrum follows). Points are world LPS mm in
-chain order (cranial -> caudal).
+body, C2's dens breaks its symmetry) or below L5 (the sacrum follows).
+
+Inside the chain a missed vertebra leaves a gap along the spine twice the ones around it
+(`double_gap`), and the decode, which cannot see it, names every vertebra on one side of it a
+level off (phantom 3220's T5: T6-T13 named T5-T12). Between two decoded vertebrae at their bodies
+with such a gap, the two gaps beside it regular, the body is read near their midpoint as above
+(half their distance the local gap; where the reading along the spine is unclear the midpoint
+stands), and must lie `1 +- beyond_gap_tolerance` half-gaps from both and have a bone middle inside
+the scan. The pipeline then decodes the chain again with it, the identification net's vote read
+at it like at any other point (`pipeline.Labeler`); found in no view, it is flagged too.
+
+Points are world LPS mm in chain order (cranial -> caudal).
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from __future__ import annotations
 import numpy as np
 
 from .body import NO_BODY, axial_profile, offset_at, section_centre
+from .fusion import relative_to_neighbours
+from .labelling import spine_gaps
 from .labels import OPTIONAL, SPINE_ORDER, successors
 from .options import DEFAULT_OPTIONS, BodyOptions
 from .ribs import chain_frames
@@ -44,6 +57,32 @@ def neighbour_label(label: int, cranial: bool) -> int | None:
     return found[0] if found and found[0] not in NO_BODY else None
 
 
+def body_near(volume: Volume, guess: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray], gap_mm: float,
+              options: BodyOptions = DEFAULT_OPTIONS.body, keep_guess: bool = False) -> np.ndarray | None:
+    """World LPS mm (3,): the body whose centre lies near `guess` (3,) LPS, read as `body.body_centres`
+    reads one (along the frame's axis, then across it; `frame` = (axis, lateral, posterior) unit
+    vectors, `gap_mm` the local gap); None where the scan cuts the body (`beyond_inside_gaps` either
+    side of it along the spine), its middle is not bone (`min_bone_contrast_hu` over soft tissue: a
+    disc, the air beyond the neck) or no clear centre of symmetry lies within `search_gaps` (then,
+    with `keep_guess`, the guess's place along the spine is kept)."""
+    o = options
+    axis, lateral, posterior = frame
+    offset = offset_at(volume, guess, frame, gap_mm, o)
+    if not np.isfinite(offset):
+        if not keep_guess:
+            return None
+        offset = 0.0
+    centre = guess + offset * gap_mm * axis
+    lat, post = section_centre(volume, centre, frame, gap_mm, o)
+    centre = centre + lat * lateral + post * posterior
+    along_gaps = np.linspace(-1, 1, 17) * o.beyond_inside_gaps
+    whole = axial_profile(volume, centre, frame, along_gaps * gap_mm, o.radius_gaps * gap_mm)
+    if not np.isfinite(whole).all():
+        return None
+    middle = np.median(whole[np.abs(along_gaps) <= o.middle_gaps])
+    return centre if middle - o.soft_tissue_hu >= o.min_bone_contrast_hu else None
+
+
 def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
                 options: BodyOptions = DEFAULT_OPTIONS.body) -> np.ndarray | None:
     """World LPS mm (3,): the body one gap beyond the top (`cranial`) or bottom end of the chain
@@ -58,22 +97,47 @@ def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
     if not 1 / o.regular_ratio <= ratio <= o.regular_ratio:
         return None
     axis, lateral, posterior, _ = chain_frames(p)
-    frame = (axis[end], lateral[end], posterior[end])
-    guess = 2 * p[end] - p[before]
-    offset = offset_at(volume, guess, frame, gap, o)
-    if not np.isfinite(offset):
+    centre = body_near(volume, 2 * p[end] - p[before], (axis[end], lateral[end], posterior[end]), gap, o)
+    if centre is None or abs(np.linalg.norm(centre - p[end]) / gap - 1) > o.beyond_gap_tolerance:
         return None
-    centre = guess + offset * gap * axis[end]
-    lat, post = section_centre(volume, centre, frame, gap, o)
-    centre = centre + lat * lateral[end] + post * posterior[end]
-    if abs(np.linalg.norm(centre - p[end]) / gap - 1) > o.beyond_gap_tolerance:
-        return None
-    along_gaps = np.linspace(-1, 1, 17) * o.beyond_inside_gaps
-    whole = axial_profile(volume, centre, frame, along_gaps * gap, o.radius_gaps * gap)
-    if not np.isfinite(whole).all():
-        return None
-    middle = np.median(whole[np.abs(along_gaps) <= o.middle_gaps])
-    return centre if middle - o.soft_tissue_hu >= o.min_bone_contrast_hu else None
+    return centre
+
+
+def bodies_between(volume: Volume, points_lps: np.ndarray,
+                   options: BodyOptions = DEFAULT_OPTIONS.body) -> tuple[np.ndarray, np.ndarray]:
+    """A body the nets missed between two points of the chain `points_lps` (n, 3) world LPS mm, at
+    the bodies (`body.body_centres`): where a gap along the spine is `double_gap` times the gaps
+    around it (`fusion.relative_to_neighbours`) and those are regular (`regular_gap` of theirs),
+    the body read near its middle (`body_near`, half the gap as the local gap) that lies
+    `1 +- beyond_gap_tolerance` half-gaps from both points. Returns the gaps' indices (m,) (the
+    body lies between points i and i + 1) and the bodies (m, 3) world LPS mm."""
+    o = options
+    p = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
+    none = (np.zeros(0, int), np.zeros((0, 3)))
+    if not (o.enabled and o.between) or len(p) < 4:
+        return none
+    rel = relative_to_neighbours(spine_gaps(p))
+    lo, hi = o.double_gap
+    regular = (rel >= 1 / o.regular_ratio) & (rel <= o.regular_ratio)
+    beside = np.r_[True, regular[:-1]] & np.r_[regular[1:], True]
+    axis, lateral, posterior, _ = chain_frames(p)
+    found, bodies = [], []
+    for i in np.flatnonzero((rel >= lo) & (rel <= hi) & beside):
+        step = p[i + 1] - p[i]
+        half = float(np.linalg.norm(step)) / 2
+        along = step / (2 * half)
+        side = lateral[i] - (lateral[i] @ along) * along
+        side /= np.linalg.norm(side)
+        back = posterior[i] - (posterior[i] @ along) * along - (posterior[i] @ side) * side
+        back /= np.linalg.norm(back)
+        # the midpoint of two bodies is the missed one's centre to a few mm where its own reading is unclear
+        centre = body_near(volume, p[i] + step / 2, (along, side, back), half, o, keep_guess=True)
+        if centre is None:
+            continue
+        if all(abs(np.linalg.norm(centre - q) / half - 1) <= o.beyond_gap_tolerance for q in (p[i], p[i + 1])):
+            found.append(i)
+            bodies.append(centre)
+    return (np.array(found, int), np.array(bodies)) if found else none
 
 
 def beyond_ends(volume: Volume, points_lps: np.ndarray, labels: np.ndarray,

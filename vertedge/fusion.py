@@ -61,7 +61,17 @@ class Fused:
 
     def head(self, n: int) -> Fused:
         """The first `n` points (the cranial part of the chain)."""
-        return Fused(self.points_lps[:n], self.residual_mm[:n], self.n_views[:n], self.support[:n])
+        return self.rows(slice(0, n))
+
+    def rows(self, index: np.ndarray | slice) -> Fused:
+        """The points at the rows `index` ((m,) or a slice), in that order."""
+        return Fused(self.points_lps[index], self.residual_mm[index], self.n_views[index], self.support[index])
+
+    def inserted(self, before: np.ndarray, points_lps: np.ndarray) -> Fused:
+        """The chain with `points_lps` (m, 3) mm inserted before the rows `before` (m,), found in no
+        view (n_views 0, residual 0, no detection)."""
+        return Fused(np.insert(self.points_lps, before, points_lps, axis=0), np.insert(self.residual_mm, before, 0.0),
+                     np.insert(self.n_views, before, 0), np.insert(self.support, before, -1, axis=0))
 
 
 @numba.njit(cache=True)

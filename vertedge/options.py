@@ -122,6 +122,8 @@ class BodyOptions:
     beyond_ends: bool = True  # a body one gap beyond the chain's top or bottom is a vertebra the nets missed (chain_ends.py)
     beyond_gap_tolerance: float = 0.3  # ... where it lies within this of one gap from the end point
     beyond_inside_gaps: float = 0.4  # ... and the scan holds this much either side of it along the spine (a body's half height)
+    between: bool = True  # a body in the middle of a gap twice its neighbours' is a vertebra the nets missed (chain_ends.py)
+    double_gap: tuple[float, float] = (1.6, 2.6)  # ... a gap within these multiples of the gaps around it
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .anchors import review
 from .body import NO_BODY, body_centres, onto_column
-from .chain_ends import beyond_ends
+from .chain_ends import beyond_ends, bodies_between
 from .consensus import Run, consensus
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
@@ -46,7 +46,7 @@ class Vertebra:
     voxel_index: tuple[float, float, float]
     confidence: float
     residual_mm: float  # of the views' rays at the fused point
-    n_views: int  # the views that found it; 0: read from the CT beyond the chain's end (chain_ends.py), residual 0
+    n_views: int  # the views that found it; 0: read from the CT beyond the chain's end or inside it (chain_ends.py), residual 0
     needs_review: bool = False  # the scan gives no count from C1 or the sacrum to this label (anchors.py)
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +244,20 @@ class Labeler:
             labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
                                        above_sacrum)
             keep = one_per_label(labels, fused)
+        with timer("between"):
+            # a vertebra the nets missed between two of the vertebrae (chain_ends.py): read from the CT,
+            # then voted on by the identification net and decoded again with the others
+            at, bodies = bodies_between(volume, probed[keep], options.body)
+            inserted = np.zeros(len(fused), bool)
+            if len(at):
+                inserted = np.isin(np.arange(len(keep) + len(at)), at + np.arange(1, len(at) + 1))
+                fused = fused.rows(keep).inserted(at + 1, bodies)
+                probed = np.insert(probed[keep], at + 1, bodies, axis=0)
+                sides = rib_sides(volume, probed, options.ribs)
+                per_view = view_votes(fused, views, prob, options)
+                labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
+                                           above_sacrum)
+                keep = one_per_label(labels, fused)
         with timer("review"):
             points = fused.points_lps[keep]
             confidence, needs_review = review(
@@ -252,6 +266,9 @@ class Labeler:
                 merged=np.bincount(labels, minlength=labels.max() + 1)[labels[keep]] > 1,
                 seen=well_seen(fused, views.n_views, options)[keep],
             )
+            # no view localized an inserted vertebra: flagged, as one read beyond the chain's ends
+            confidence = np.where(inserted[keep], np.minimum(confidence, options.review.unsupported_confidence), confidence)
+            needs_review |= inserted[keep]
         if options.body.enabled:
             with timer("body"):
                 # the nets' points, kept for the labels above, moved onto the bodies the scan shows
