@@ -110,6 +110,10 @@ def test_no_body_is_found_between_regular_points_in_air_or_with_the_option_off(t
     air = air_volume(volume.shape_ijk, tuple(volume.spacing), volume.direction, tuple(volume.center_world))
     assert len(bodies_between(air, shorter)[0]) == 0
     assert len(bodies_between(volume, shorter, replace(DEFAULT_OPTIONS.body, between=False))[0]) == 0
+    assert len(bodies_between(volume, shorter)[0]) == 1
+    unread = np.ones(len(shorter), bool)
+    unread[4] = False  # the point above the gap has no body to read (C1, C2): no gap beside it is judged
+    assert len(bodies_between(volume, shorter, read=unread)[0]) == 0
 
 
 def test_the_vertebra_the_nets_miss_inside_a_spine_is_labelled_and_the_count_holds() -> None:

@@ -54,6 +54,14 @@ def test_ribs_are_found_beside_the_vertebrae_that_bear_them_and_nowhere_else():
     np.testing.assert_array_equal(sides, expect)
 
 
+def test_only_the_rows_asked_for_are_probed_in_the_whole_chains_frames():
+    volume, points = chest_scan()
+    rows = np.array([1, 3])
+    sides = rib_sides(volume, points, rows=rows)
+    np.testing.assert_array_equal(sides[rows], rib_sides(volume, points)[rows])  # [0, 0] and [1, 1]
+    assert (np.delete(sides, rows, axis=0) == UNSEEN).all()
+
+
 def test_ribs_are_found_in_a_patient_rolled_and_tilted():
     volume, points = chest_scan()
     turn = rotation(tilt_deg=10.0, roll_deg=25.0)

@@ -103,14 +103,16 @@ def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
     return centre
 
 
-def bodies_between(volume: Volume, points_lps: np.ndarray,
-                   options: BodyOptions = DEFAULT_OPTIONS.body) -> tuple[np.ndarray, np.ndarray]:
+def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,
+                   read: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A body the nets missed between two points of the chain `points_lps` (n, 3) world LPS mm, at
     the bodies (`body.body_centres`): where a gap along the spine is `double_gap` times the gaps
     around it (`fusion.relative_to_neighbours`) and those are regular (`regular_gap` of theirs),
     the body read near its middle (`body_near`, half the gap as the local gap) that lies
-    `1 +- beyond_gap_tolerance` half-gaps from both points. Returns the gaps' indices (m,) (the
-    body lies between points i and i + 1) and the bodies (m, 3) world LPS mm."""
+    `1 +- beyond_gap_tolerance` half-gaps from both points, both of them `read` (n,) bool (all by
+    default; C1 has no body and C2's dens breaks the symmetry: no gap beside them is judged).
+    Returns the gaps' indices (m,) (the body lies between points i and i + 1) and the bodies (m, 3)
+    world LPS mm."""
     o = options
     p = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
     none = (np.zeros(0, int), np.zeros((0, 3)))
@@ -120,6 +122,8 @@ def bodies_between(volume: Volume, points_lps: np.ndarray,
     lo, hi = o.double_gap
     regular = (rel >= 1 / o.regular_ratio) & (rel <= o.regular_ratio)
     beside = np.r_[True, regular[:-1]] & np.r_[regular[1:], True]
+    if read is not None:
+        beside &= read[:-1] & read[1:]
     axis, lateral, posterior, _ = chain_frames(p)
     found, bodies = [], []
     for i in np.flatnonzero((rel >= lo) & (rel <= hi) & beside):

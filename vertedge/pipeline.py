@@ -247,13 +247,14 @@ class Labeler:
         with timer("between"):
             # a vertebra the nets missed between two of the vertebrae (chain_ends.py): read from the CT,
             # then voted on by the identification net and decoded again with the others
-            at, bodies = bodies_between(volume, probed[keep], options.body)
+            at, bodies = bodies_between(volume, probed[keep], options.body, read=~np.isin(labels[keep], NO_BODY))
             inserted = np.zeros(len(fused), bool)
             if len(at):
                 inserted = np.isin(np.arange(len(keep) + len(at)), at + np.arange(1, len(at) + 1))
                 fused = fused.rows(keep).inserted(at + 1, bodies)
                 probed = np.insert(probed[keep], at + 1, bodies, axis=0)
-                sides = rib_sides(volume, probed, options.ribs)
+                new_sides = rib_sides(volume, probed, options.ribs, rows=np.flatnonzero(inserted))[inserted]
+                sides = np.insert(sides[keep], at + 1, new_sides, axis=0)
                 per_view = view_votes(fused, views, prob, options)
                 labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
                                            above_sacrum)

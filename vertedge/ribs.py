@@ -123,10 +123,12 @@ def crosses(bone: np.ndarray, radius: np.ndarray, inner: float, outer: float) ->
     return bool((grown(bone, radius <= inner) & (radius >= outer)).any())
 
 
-def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFAULT_OPTIONS.ribs) -> np.ndarray:
+def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFAULT_OPTIONS.ribs,
+              rows: np.ndarray | None = None) -> np.ndarray:
     """(n, 2) int per point (chain order) and side (patient right, left): 1 a rib, 0 none, `UNSEEN`
     where no rib crosses and less than `seen_fraction` of the wedge's slab lies inside the scan.
-    All `UNSEEN` for fewer than two points.
+    All `UNSEEN` for fewer than two points; only the points `rows` (indices) are probed where given
+    (the others `UNSEEN`), in the frames of the whole chain.
 
     Each point is probed across its local axis (`chain_frames`) and, with `whole_chain`, a side
     that slab leaves `UNSEEN` across the whole chain's axis (from its first point to its last; the
@@ -150,7 +152,8 @@ def rib_sides(volume: Volume, points_lps: np.ndarray, options: RibOptions = DEFA
     wedges = [ring & band for band in side_bands(across, front_back, o.wedge_deg)]
     local = chain_frames(p)
     frames = [local[:3], chain_frames(p, reach=len(p))[:3]] if o.whole_chain else [local[:3]]
-    for n, centre in enumerate(p):
+    for n in range(len(p)) if rows is None else rows:
+        centre = p[n]
         along = np.linspace(o.slab_gaps[0], o.slab_gaps[1], o.slab_samples) * float(local[3][n])
         for frame in frames:
             unseen = np.flatnonzero(out[n] == UNSEEN)
