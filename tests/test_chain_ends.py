@@ -95,7 +95,7 @@ def test_the_chest_ct_c7_the_nets_miss_is_written_read_from_the_ct_and_flagged()
     assert all(v.n_views > 0 for v in result.vertebrae[1:])
 
 
-@pytest.mark.parametrize("missed", [1, 4, 6])  # T10-T12 below hold screws: not read
+@pytest.mark.parametrize("missed", [1, 4, 6])  # T3, T6, T8 (T10-T12 hold screws: not read)
 def test_a_whole_body_between_two_points_a_double_gap_apart_is_found(thoracic, missed) -> None:
     volume, points, _, truth = thoracic
     at, bodies = bodies_between(volume, np.delete(points, missed, axis=0))

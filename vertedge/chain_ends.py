@@ -107,8 +107,8 @@ def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions 
                    read: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A body the nets missed between two points of the chain `points_lps` (n, 3) world LPS mm, at
     the bodies (`body.body_centres`): where a gap along the spine is `double_gap` times the gaps
-    around it (`fusion.relative_to_neighbours`) and those are regular (`regular_gap` of theirs),
-    the body read near its middle (`body_near`, half the gap as the local gap) that lies
+    around it (`fusion.relative_to_neighbours`) and the two beside it are regular (within
+    `regular_ratio` of the gaps around them), the body read near its middle (`body_near`, half the gap as the local gap) that lies
     `1 +- beyond_gap_tolerance` half-gaps from both points, both of them `read` (n,) bool (all by
     default; C1 has no body and C2's dens breaks the symmetry: no gap beside them is judged).
     Returns the gaps' indices (m,) (the body lies between points i and i + 1) and the bodies (m, 3)
