@@ -65,6 +65,17 @@ def test_points_set_off_along_the_spine_come_back_to_their_bodies(region, gaps, 
     assert np.median(along) <= 1.5 and along.max() <= 4.0, along.round(1)
 
 
+@pytest.mark.parametrize("region", ["thoracic", "lumbar"])
+def test_points_set_off_along_and_behind_their_bodies_come_back_to_them(region, request):
+    """The profile along the spine is read through the body: from the point where the nets put it,
+    at the back of its body, it crosses the canal's edge and the arch (the chest CT on thick slices)."""
+    volume, truth = request.getfixturevalue(region)
+    axis, _, posterior, _ = chain_frames(truth)
+    start = truth + period_mm(truth)[:, None] * (0.3 * axis + 0.4 * posterior)
+    along, _, front_back = errors(body_centres(volume, start), truth)
+    assert along.max() <= 1.5 and front_back.max() <= 2.0, (along.round(1), front_back.round(1))
+
+
 def test_points_in_the_spinal_canal_come_forward_to_their_bodies(thoracic):
     """(The phantom's lumbar canal is drawn as soft tissue, 41-55 HU, where a real one holds fluid,
     cord and fat: the rule reads only a canal darker than muscle.)"""

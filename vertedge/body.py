@@ -13,10 +13,12 @@ review are read at the fused points, as they were measured (moving the points fi
 chest CT's labels both ways: benchmarks/RESULTS.md).
 
 Per point: the mean HU of a disc of `radius_gaps` local gaps across the spine, sampled every mm
-along it and smoothed (`smooth_mm`), is mirrored about each candidate centre within
-`search_gaps` of the point; the local minima of the mean absolute difference over `mirror_gaps`
-(at least `seen_fraction` of the pairs inside the scan) are the centres of symmetry, and a clear
-one lies below `clear_symmetry` of the median asymmetry over the search. A disc is one too,
+along it through the body (from the point moved onto its body's cross-section first, as below: a
+profile from behind the body or beside it reads the canal, the arch or muscle, and on 3-5 mm
+slices or a spine-centred field of view the nets' points sit there) and smoothed (`smooth_mm`),
+is mirrored about each candidate centre within `search_gaps` of the point; the local minima of
+the mean absolute difference over `mirror_gaps` (at least `seen_fraction` of the pairs inside the
+scan) are the centres of symmetry, and a clear one lies below `clear_symmetry` of the median asymmetry over the search. A disc is one too,
 between two endplates; a body's middle is the smooth one, so the candidate with the least HU
 spread within `middle_gaps` is the body's centre. The localization net's error along the spine
 changes slowly from level to level, and one level's reading can be a disc taken for a body: each
@@ -291,12 +293,16 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
 
 
 def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,
-                 read: np.ndarray | None = None) -> np.ndarray:
-    """(n, 3) world LPS mm: each point (n, 3) of the chain moved along the spine by the median of
-    the body offsets (`body_offset`) read at the `2 * neighbours + 1` points nearest it, then across
-    it to its body's cross-section (`section_centre`); the guards are the module docstring's.
+                 read: np.ndarray | None = None, through_body: bool = True) -> np.ndarray:
+    """(n, 3) world LPS mm: each point (n, 3) of the chain moved across the spine onto its body's
+    cross-section (`section_centre`), along it by the median of the body offsets (`body_offset`)
+    read from there at the `2 * neighbours + 1` points nearest it, then across again at the body's
+    middle; the guards are the module docstring's.
     `read` (n,) bool: the points whose bodies are read (C1 has none, C2's dens breaks the
-    symmetry); all by default. Unchanged for fewer than two points (no frame)."""
+    symmetry); all by default. `through_body` False: the profile along the spine read from the
+    point itself, as the rib probe's points were measured (read through the body there, the chest
+    CT's top labels moved both ways: benchmarks/RESULTS.md). Unchanged for fewer than two points
+    (no frame)."""
     o = options
     p = np.asarray(points_lps, dtype=np.float64)
     if len(p) < 2:
@@ -307,9 +313,15 @@ def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = 
     # a voxel's length along the spine: where it is long against the gap, the discs blur away
     voxel_mm = np.abs(axis @ (volume.direction * volume.spacing)).sum(axis=1)
     along_read = read & (voxel_mm <= o.max_voxel_gaps * gaps)
+    # the profile along the spine is read through the body: a point beside or behind it (thick
+    # slices, a narrow field of view) reads muscle, lung or the canal there
+    start = p.copy()
+    for n in np.flatnonzero(along_read & through_body):
+        across = section_centre(volume, p[n], (axis[n], lateral[n], posterior[n]), float(gaps[n]), o)
+        start[n] = p[n] + across[0] * lateral[n] + across[1] * posterior[n]
     offsets = np.full(len(p), np.nan)
     for n in np.flatnonzero(along_read):
-        offsets[n] = offset_at(volume, p[n], (axis[n], lateral[n], posterior[n]), float(gaps[n]), o)
+        offsets[n] = offset_at(volume, start[n], (axis[n], lateral[n], posterior[n]), float(gaps[n]), o)
     out = p.copy()
     width = 2 * o.neighbours + 1
     everywhere = offsets[np.isfinite(offsets)]
@@ -326,7 +338,7 @@ def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = 
         if not regular[n]:
             near = offsets[n : n + 1] if np.isfinite(offsets[n]) else np.empty(0)
         if along_read[n] and len(near) >= (2 if regular[n] else 1):  # two readings, or an irregular point's own
-            out[n] = p[n] + np.median(near) * gaps[n] * axis[n]
+            out[n] = start[n] + np.median(near) * gaps[n] * axis[n]
         frame = (axis[n], lateral[n], posterior[n])
         across = section_centre(volume, out[n], frame, float(gaps[n]), o)
         out[n] = out[n] + across[0] * lateral[n] + across[1] * posterior[n]

@@ -223,9 +223,11 @@ class Labeler:
             prob = self.models.identify(images)
         with timer("ribs"):
             # where the scan shows the bodies, at them: the nets' points may sit 6-10 mm off
-            # (the chest CT), enough for a slab to leave a scan whose edge is near
+            # (the chest CT), enough for a slab to leave a scan whose edge is near; read as the
+            # probe's rules were measured (benchmarks/RESULTS.md, stop 43)
             at_bodies = options.ribs.at_bodies and options.body.enabled
-            probed = body_centres(volume, fused.points_lps, options.body) if at_bodies else fused.points_lps
+            probed = (body_centres(volume, fused.points_lps, options.body, through_body=False) if at_bodies
+                      else fused.points_lps)
             sides = rib_sides(volume, probed, options.ribs)
         with timer("voting"):
             per_view = view_votes(fused, views, prob, options)
