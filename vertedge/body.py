@@ -18,8 +18,8 @@ profile from behind the body or beside it reads the canal, the arch or muscle, a
 slices or a spine-centred field of view the nets' points sit there) and smoothed (`smooth_mm`),
 is mirrored about each candidate centre within `search_gaps` of the point; the local minima of
 the mean absolute difference over `mirror_gaps` (at least `seen_fraction` of the pairs inside the
-scan) are the centres of symmetry, and a clear one lies below `clear_symmetry` of the median asymmetry over the search. A disc is one too,
-between two endplates; a body's middle is the smooth one, so the candidate with the least HU
+scan) are the centres of symmetry, and a clear one lies below `clear_symmetry` of the median
+asymmetry over the search. A disc is one too, between two endplates; a body's middle is the smooth one, so the candidate with the least HU
 spread within `middle_gaps` is the body's centre. The localization net's error along the spine
 changes slowly from level to level, and one level's reading can be a disc taken for a body: each
 point moves by the median of the offsets (in local gaps) read at the `2 * neighbours + 1` points
@@ -292,6 +292,14 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     return centroid if np.linalg.norm(centroid) <= o.offset_gaps * gap_mm else foot
 
 
+def on_section(volume: Volume, point: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
+               gap_mm: float, options: BodyOptions) -> np.ndarray:
+    """(3,) world LPS mm: `point` (3,) moved across the spine by `section_centre` in its `frame`
+    (axis, lateral, posterior unit vectors (3,))."""
+    across = section_centre(volume, point, frame, gap_mm, options)
+    return point + across[0] * frame[1] + across[1] * frame[2]
+
+
 def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,
                  read: np.ndarray | None = None, through_body: bool = True) -> np.ndarray:
     """(n, 3) world LPS mm: each point (n, 3) of the chain moved across the spine onto its body's
@@ -313,15 +321,15 @@ def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = 
     # a voxel's length along the spine: where it is long against the gap, the discs blur away
     voxel_mm = np.abs(axis @ (volume.direction * volume.spacing)).sum(axis=1)
     along_read = read & (voxel_mm <= o.max_voxel_gaps * gaps)
-    # the profile along the spine is read through the body: a point beside or behind it (thick
-    # slices, a narrow field of view) reads muscle, lung or the canal there
+    frames = [(axis[n], lateral[n], posterior[n]) for n in range(len(p))]
     start = p.copy()
-    for n in np.flatnonzero(along_read & through_body):
-        across = section_centre(volume, p[n], (axis[n], lateral[n], posterior[n]), float(gaps[n]), o)
-        start[n] = p[n] + across[0] * lateral[n] + across[1] * posterior[n]
     offsets = np.full(len(p), np.nan)
     for n in np.flatnonzero(along_read):
-        offsets[n] = offset_at(volume, start[n], (axis[n], lateral[n], posterior[n]), float(gaps[n]), o)
+        # the profile along the spine is read through the body: a point beside or behind it (thick
+        # slices, a narrow field of view) reads muscle, lung or the canal there
+        if through_body:
+            start[n] = on_section(volume, p[n], frames[n], float(gaps[n]), o)
+        offsets[n] = offset_at(volume, start[n], frames[n], float(gaps[n]), o)
     out = p.copy()
     width = 2 * o.neighbours + 1
     everywhere = offsets[np.isfinite(offsets)]
@@ -339,9 +347,7 @@ def body_centres(volume: Volume, points_lps: np.ndarray, options: BodyOptions = 
             near = offsets[n : n + 1] if np.isfinite(offsets[n]) else np.empty(0)
         if along_read[n] and len(near) >= (2 if regular[n] else 1):  # two readings, or an irregular point's own
             out[n] = start[n] + np.median(near) * gaps[n] * axis[n]
-        frame = (axis[n], lateral[n], posterior[n])
-        across = section_centre(volume, out[n], frame, float(gaps[n]), o)
-        out[n] = out[n] + across[0] * lateral[n] + across[1] * posterior[n]
+        out[n] = on_section(volume, out[n], frames[n], float(gaps[n]), o)
     return out
 
 
@@ -427,6 +433,5 @@ def onto_column(volume: Volume, points_lps: np.ndarray, labels: np.ndarray,
         axis, lateral, posterior, _ = chain_frames(out)
         gaps = period_mm(out)
         for i in np.flatnonzero(movable):
-            across = section_centre(volume, out[i], (axis[i], lateral[i], posterior[i]), float(gaps[i]), options)
-            out[i] += across[0] * lateral[i] + across[1] * posterior[i]
+            out[i] = on_section(volume, out[i], (axis[i], lateral[i], posterior[i]), float(gaps[i]), options)
     return out
