@@ -15,7 +15,8 @@ from vertedge.fusion import (
     order_along_spine,
 )
 from vertedge.geometry import Protocol, Views, make_views, pixel_rays, project
-from vertedge.options import FusionOptions
+from vertedge.labelling import spine_gaps
+from vertedge.options import DEFAULT_OPTIONS, FusionOptions
 from vertedge.peaks import Peaks
 from vertedge.volume import Volume
 
@@ -289,3 +290,21 @@ def test_distinct_vertebrae_drops_the_weaker_of_a_split_pair_only() -> None:
     nv[5] = 3
     assert distinct_vertebrae(sparse, nv, np.ones(11), 0.5).all()
     assert distinct_vertebrae(chain[:3], np.ones(3), np.ones(3), 0.5).all()
+
+
+def test_two_points_at_one_level_of_the_spine_are_one_vertebra_when_gaps_are_read_along_it() -> None:
+    # two vertebrae the decode named apart that the CT puts beside each other, not one below the
+    # other (a point moved onto a body at another's level): 0.6 gaps apart straight, none along
+    # the spine; at a third of a gap along it, one of them is off its body, and both stay
+    truth = _spine(12)
+    across = np.cross(truth[6] - truth[4], [0.0, 1.0, 0.0])
+    beside = truth[5] + 0.6 * np.linalg.norm(truth[6] - truth[5]) * across / np.linalg.norm(across)
+    chain = np.insert(truth, 6, beside, axis=0)
+    nv, res = np.insert(np.full(12, 9), 6, 4), np.ones(13)
+    same = DEFAULT_OPTIONS.body.same_body_gap
+    assert distinct_vertebrae(chain, nv, res, same).all()
+    assert np.flatnonzero(~distinct_vertebrae(chain, nv, res, same, gaps=spine_gaps)).tolist() == [6]
+    # along the spine a regular chain stays whole, and so does a point a third of a gap below another
+    assert distinct_vertebrae(truth, np.full(12, 9), np.ones(12), same, gaps=spine_gaps).all()
+    below = np.insert(truth, 6, truth[5] + (truth[6] - truth[5]) / 3, axis=0)
+    assert distinct_vertebrae(below, nv, res, same, gaps=spine_gaps).all()

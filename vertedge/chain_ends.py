@@ -28,8 +28,12 @@ level off (phantom 3220's T5: T6-T13 named T5-T12). Between two decoded vertebra
 with such a gap, the two gaps beside it regular, the body is read near their midpoint as above
 (half their distance the local gap; where the reading along the spine is unclear the midpoint
 stands), and must lie `1 +- beyond_gap_tolerance` half-gaps from both and have a bone middle inside
-the scan. The pipeline then decodes the chain again with it, the identification net's vote read
-at it like at any other point (`pipeline.Labeler`); found in no view, it is flagged too.
+the scan. Before that, two decoded vertebrae whose points the CT puts on one body (under
+`BodyOptions.same_body_gap` of the local gap apart along the spine) are one vertebra seen twice,
+and the weaker leaves the chain (`fusion.distinct_vertebrae`): the gap left may be a missed
+vertebra's (the chest CT's C7 found twice above a T1 the nets missed). The pipeline then decodes
+the chain again, the identification net's vote read at a body read from the CT like at any other
+point (`pipeline.Labeler`); found in no view, it is flagged too.
 
 Points are world LPS mm in chain order (cranial -> caudal).
 """

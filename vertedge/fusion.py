@@ -30,6 +30,7 @@ small-array calls per refinement round, three rounds per chosen vertebra.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -492,7 +493,8 @@ def relative_to_neighbours(gaps: np.ndarray) -> np.ndarray:
 
 
 def distinct_vertebrae(
-    points_lps: np.ndarray, n_views: np.ndarray, residual_mm: np.ndarray, max_gap: float
+    points_lps: np.ndarray, n_views: np.ndarray, residual_mm: np.ndarray, max_gap: float,
+    gaps: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """(n,) bool: False for the weaker of chain neighbours closer than `max_gap` x the local gap.
 
@@ -501,12 +503,13 @@ def distinct_vertebrae(
     them are one vertebra. The pair closest relative to its surroundings goes first, losing the
     point seen in fewer views (then the one with the larger residual); gaps are measured again
     after each removal. Chains under 4 points stay whole (a local gap needs two other gaps).
+    `gaps` measures the chain's gaps (n - 1,) mm from its points; straight-line distances by default.
     """
     p = np.asarray(points_lps, dtype=np.float64)
     keep = np.ones(len(p), bool)
     while keep.sum() >= 4:
         idx = np.flatnonzero(keep)
-        ratio = relative_gaps(p[idx])
+        ratio = relative_gaps(p[idx]) if gaps is None else relative_to_neighbours(gaps(p[idx]))
         k = int(np.argmin(ratio))
         if ratio[k] >= max_gap:
             break

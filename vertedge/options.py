@@ -124,6 +124,7 @@ class BodyOptions:
     beyond_inside_gaps: float = 0.4  # ... and the scan holds this much either side of it along the spine (a body's half height)
     between: bool = True  # a body in the middle of a gap twice its neighbours' is a vertebra the nets missed (chain_ends.py)
     double_gap: tuple[float, float] = (1.6, 2.6)  # ... a gap within these multiples of the gaps around it
+    same_body_gap: float = 0.25  # x the local gap along the spine: two decoded points on bodies this close are one vertebra
 
 
 @dataclass(frozen=True)

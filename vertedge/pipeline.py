@@ -23,9 +23,9 @@ from .consensus import Run, consensus
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
-from .fusion import Fused, fuse
+from .fusion import Fused, distinct_vertebrae, fuse
 from .geometry import Protocol, Views, make_views
-from .labelling import label, one_per_label, peaks_of, view_votes, well_seen
+from .labelling import label, one_per_label, peaks_of, spine_gaps, view_votes, well_seen
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
@@ -249,9 +249,15 @@ class Labeler:
         with timer("between"):
             # a vertebra the nets missed between two of the vertebrae (chain_ends.py): read from the CT,
             # then voted on by the identification net and decoded again with the others
+            # two vertebrae the decode named apart whose points the CT puts on one body (under a quarter
+            # of a gap apart along the spine; at half a gap one of them is not on a body, and which
+            # one cannot be told) are one seen twice; the gap left may be a missed vertebra's
+            distinct = distinct_vertebrae(probed[keep], fused.n_views[keep], fused.residual_mm[keep],
+                                          options.body.same_body_gap, gaps=spine_gaps)
+            keep = keep[distinct]
             at, bodies = bodies_between(volume, probed[keep], options.body, read=~np.isin(labels[keep], NO_BODY))
             inserted = np.zeros(len(fused), bool)
-            if len(at):
+            if len(at) or not distinct.all():
                 inserted = np.isin(np.arange(len(keep) + len(at)), at + np.arange(1, len(at) + 1))
                 fused = fused.rows(keep).inserted(at + 1, bodies)
                 probed = np.insert(probed[keep], at + 1, bodies, axis=0)
