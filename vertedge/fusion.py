@@ -403,7 +403,7 @@ def on_spine(points_lps: np.ndarray, max_off_mm: float) -> np.ndarray:
     p = np.asarray(points_lps, dtype=np.float64)
     keep = np.ones(len(p), bool)
     if len(p) >= 3:
-        gaps = np.linalg.norm(np.diff(p, axis=0), axis=1)
+        gaps = chain_gaps(p)
         piece = np.r_[0, np.cumsum(gaps > _MAX_GAP_FACTOR * np.median(gaps))]
         size = np.bincount(piece)[piece]
         if (size >= _MIN_PIECE).any():
@@ -471,13 +471,18 @@ def order_along_spine(points_lps: np.ndarray) -> np.ndarray:
     return np.argsort(position, kind="stable")
 
 
+def chain_gaps(points_lps: np.ndarray) -> np.ndarray:
+    """(n - 1,) mm: the straight-line distance between consecutive points (n, 3) mm of the chain."""
+    return np.linalg.norm(np.diff(np.asarray(points_lps, dtype=np.float64), axis=0), axis=1)
+
+
 def relative_gaps(points_lps: np.ndarray) -> np.ndarray:
     """(n - 1,) each chain gap of points (n, 3) mm over the median of up to `_GAP_WINDOW` gaps on each side.
 
     The gap itself is left out of its median; NaN for chains under 4 points, where a local gap
     would rest on fewer than two other gaps.
     """
-    return relative_to_neighbours(np.linalg.norm(np.diff(np.asarray(points_lps, dtype=np.float64), axis=0), axis=1))
+    return relative_to_neighbours(chain_gaps(points_lps))
 
 
 def relative_to_neighbours(gaps: np.ndarray) -> np.ndarray:
@@ -494,7 +499,7 @@ def relative_to_neighbours(gaps: np.ndarray) -> np.ndarray:
 
 def distinct_vertebrae(
     points_lps: np.ndarray, n_views: np.ndarray, residual_mm: np.ndarray, max_gap: float,
-    gaps: Callable[[np.ndarray], np.ndarray] | None = None,
+    gaps: Callable[[np.ndarray], np.ndarray] = chain_gaps,
 ) -> np.ndarray:
     """(n,) bool: False for the weaker of chain neighbours closer than `max_gap` x the local gap.
 
@@ -503,13 +508,13 @@ def distinct_vertebrae(
     them are one vertebra. The pair closest relative to its surroundings goes first, losing the
     point seen in fewer views (then the one with the larger residual); gaps are measured again
     after each removal. Chains under 4 points stay whole (a local gap needs two other gaps).
-    `gaps` measures the chain's gaps (n - 1,) mm from its points; straight-line distances by default.
+    `gaps` measures the chain's gaps (n - 1,) mm from its points (`chain_gaps` by default).
     """
     p = np.asarray(points_lps, dtype=np.float64)
     keep = np.ones(len(p), bool)
     while keep.sum() >= 4:
         idx = np.flatnonzero(keep)
-        ratio = relative_gaps(p[idx]) if gaps is None else relative_to_neighbours(gaps(p[idx]))
+        ratio = relative_to_neighbours(gaps(p[idx]))
         k = int(np.argmin(ratio))
         if ratio[k] >= max_gap:
             break
