@@ -203,6 +203,21 @@ def test_an_unseen_junction_stands_on_the_nets_confidence(ribs, doubt):
     assert reached.tolist() == ([False, False, *[True] * 5] if doubt is None else [False] * 7)
 
 
+def test_a_cut_vertebra_above_l1_leaves_the_count_to_l1():
+    """Where the probe sees neither side of the vertebra above L1 (the scan's edge cuts it), the
+    net's doubt about that cut vertebra does not stop the count; its doubt about L1 does."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
+    labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
+    ribs = np.array([[UNSEEN, UNSEEN], [UNSEEN, UNSEEN], *[[0, 0]] * 5])
+    doubt_t12 = np.array([0.9, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9])
+    assert supported(volume, points, labels, doubt_t12, ribs=ribs).tolist() == [False, False, *[True] * 5]
+    doubt_l1 = np.array([0.9, 0.9, 0.4, 0.9, 0.9, 0.9, 0.9])
+    assert not supported(volume, points, labels, doubt_l1, ribs=ribs).any()
+    one_side_seen = ribs.copy()
+    one_side_seen[1, 1] = 0  # no rib on a side seen: T12's doubt counts again
+    assert not supported(volume, points, labels, doubt_t12, ribs=one_side_seen).any()
+
+
 def test_ribs_above_l1_and_none_beside_it_check_the_junction():
     """The rib probe sees what tells five lumbar vertebrae from six: a rib beside the vertebra
     above L1 and none beside L1 let the count from the sacrum stand, even where the net doubts

@@ -45,6 +45,7 @@ import numpy as np
 from .fusion import relative_gaps
 from .labels import LABELS, region
 from .options import DEFAULT_OPTIONS, ReviewOptions
+from .ribs import UNSEEN
 from .volume import Volume
 
 AIR_HU = -1024.0
@@ -132,7 +133,9 @@ def _junction_sure(
     vertebra above L1 and none beside L1, and refutes it where it sees a rib beside L1 or the
     vertebra above L1 in full with no rib (an L6 spine's L1, read as T12 by the net at 0.8-0.9).
     Where it cannot see the vertebra above L1 in full (it leaves the scan), the count stands on
-    the net's confidence in L1 and that vertebra, as a reader counts a lumbar CT from the sacrum.
+    the net's confidence in L1 and that vertebra, as a reader counts a lumbar CT from the sacrum;
+    where it sees neither side of it (a vertebra cut by the scan's edge), on L1's alone: the net's
+    reading of a cut vertebra (0.3-0.5 on the real lumbar CT's T12) says nothing about the count.
     """
     top = count[-1]
     if top == 0:
@@ -145,6 +148,8 @@ def _junction_sure(
             return False
         if (above == 1).any():
             return bool((beside == 0).any())
+        if (above == UNSEEN).all():
+            return bool(confidence[top] >= least)
     return bool(min(confidence[top], confidence[top - 1]) >= least)
 
 
