@@ -77,11 +77,20 @@ def test_points_set_off_along_and_behind_their_bodies_come_back_to_them(region, 
 
 
 def test_points_in_the_spinal_canal_come_forward_to_their_bodies(thoracic):
-    """(The phantom's lumbar canal is drawn as soft tissue, 41-55 HU, where a real one holds fluid,
-    cord and fat: the rule reads only a canal darker than muscle.)"""
     volume, truth = thoracic
     posterior = chain_frames(truth)[2]
     start = truth + 0.75 * period_mm(truth)[:, None] * posterior  # behind the body: in the canal
+    _, _, front_back = errors(body_centres(volume, start), truth)
+    assert front_back.max() <= 2.0, front_back.round(1)
+
+
+def test_points_in_a_canal_as_bright_as_muscle_come_forward_to_their_bodies(lumbar):
+    """The phantom's lumbar canal is drawn as soft tissue (41-55 HU), as a real canal reads where
+    the cord and its walls blur in (the chest CT in a spine-centred field of view): a small bony
+    ring closed round the point with a body in front of it tells it from a faint body's marrow."""
+    volume, truth = lumbar
+    posterior = chain_frames(truth)[2]
+    start = truth + 0.6 * period_mm(truth)[:, None] * posterior  # behind the body: in the canal
     _, _, front_back = errors(body_centres(volume, start), truth)
     assert front_back.max() <= 2.0, front_back.round(1)
 

@@ -44,7 +44,11 @@ connected to it (the body's cross-section), unless that is more than `offset_gap
 lies inside the scan. A point the nets put in the spinal canal (darker than muscle at the
 midline's foot, mirror-symmetric bone within `canal_reach_gaps` both in front, the body's back
 wall, and behind, the laminae, and no lung or gas beside it) is read again from inside the bone in
-front of it. On the real lumbar CT its points sat 4-5 mm to the patient's right of the bodies; on
+front of it. A foot as bright as muscle (the cord and the canal's walls blurred in, 40-55 HU, on
+the chest CT in a spine-centred field of view) is the canal only where that bony ring closes round
+it, small (`canal_ring_mm` on average: the canal is 12-22 mm across, a body 30-50), with a body in
+front of it (`canal_body_gaps`): a faint body's marrow reads as bright, inside a ring of 14+ mm
+with a vessel or fat in front of its cortex. On the real lumbar CT its points sat 4-5 mm to the patient's right of the bodies; on
 the real chest CT the midline points were 1-2 mm off.
 
 The column is smooth: between two adjacent levels a body lies near their midpoint (within 0.18 of
@@ -217,16 +221,34 @@ def on_midline(mask: np.ndarray, grid: tuple[np.ndarray, np.ndarray], start: np.
     return bilinear(mask.astype(float), walk[:, 1] - grid[1][0, 0], walk[:, 0] - grid[0][0, 0]) > 0.5
 
 
+def ring_mm(bone: np.ndarray, grid: tuple[np.ndarray, np.ndarray], start: np.ndarray, back: np.ndarray,
+            reach_mm: float, directions: int = 8) -> np.ndarray:
+    """(directions,) mm from `start` (2,) mm to the first pixel of `bone` (V, U) on `grid`, looking
+    every 360 / `directions` degrees from `back` (unit (2,)); inf where none lies within `reach_mm`."""
+    out = np.full(directions, np.inf)
+    for k, angle in enumerate(2 * np.pi * np.arange(directions) / directions):
+        hit = on_midline(bone, grid, start, np.cos(angle) * back + np.sin(angle) * np.array([-back[1], back[0]]),
+                         reach_mm)
+        if hit.any():
+            out[k] = float(np.argmax(hit))
+    return out
+
+
 def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tuple[np.ndarray, float],
-                back: np.ndarray, gap_mm: float, o: BodyOptions) -> np.ndarray | None:
+                back: np.ndarray, gap_mm: float, o: BodyOptions, ring: bool = False) -> np.ndarray | None:
     """(2,) mm (lateral, posterior) of a point inside the body, where the midline's foot lies in the
     spinal canal: mirror-symmetric bone (> `canal_bone_hu`) on the midline both in front of the foot
     (the body's back wall) and behind it (the laminae), each within `canal_reach_gaps`; the point
     lies `middle_gaps` of a gap in front of the wall, and on bone brighter than soft tissue by
     `min_bone_contrast_hu`. None where the foot is not so enclosed (a point in front of the body
-    has bone behind it only, one in a faint body lands in front of it). `line` = (unit normal,
-    offset mm) of the midline (`midline`), `back` the unit vector posterior along it; `image`
-    (V, U) on `grid` as in `section_centre`."""
+    has bone behind it only, one in a faint body lands in front of it). With `ring` (a foot as
+    bright as muscle, which the canal's content may be and a faint body's marrow, or the tissue
+    between a body and a vessel, is too): only where that bone closes round the foot, within
+    `canal_reach_gaps` every 45 degrees and `canal_ring_mm` on average (the canal is 12-22 mm
+    across, a body 30-50), and the bone in front of the wall, brighter than soft tissue by
+    `min_bone_contrast_hu`, goes on for `canal_body_gaps` (a body; a faint body's cortex has a
+    vessel or fat in front of it). `line` = (unit normal, offset mm) of the midline (`midline`),
+    `back` the unit vector posterior along it; `image` (V, U) on `grid` as in `section_centre`."""
     foot = line[1] * line[0]
     reach = o.canal_reach_gaps * gap_mm
     if (image[within(grid, foot, reach)] < LUNG_OR_GAS_HU).any():
@@ -235,7 +257,13 @@ def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tu
     front, behind = (on_midline(bone, grid, foot, direction, reach) for direction in (-back, back))  # body, laminae
     if not (front.any() and behind.any()):
         return None
-    inside = foot - (float(np.argmax(front)) + o.middle_gaps * gap_mm) * back
+    wall = foot - float(np.argmax(front)) * back
+    if ring:
+        around = ring_mm(bone, grid, foot, back, reach)
+        solid = np.nan_to_num(image, nan=-1000.0) >= o.soft_tissue_hu + o.min_bone_contrast_hu
+        if not (around.mean() <= o.canal_ring_mm and on_midline(solid, grid, wall, -back, o.canal_body_gaps * gap_mm).all()):
+            return None
+    inside = wall - o.middle_gaps * gap_mm * back
     # the body's bone there: a body whose cancellous bone is as faint as soft tissue (osteoporosis)
     # also shows bone in front of and behind its middle, its cortex, with soft tissue beyond it
     body = np.nanmedian(image[within(grid, inside, 0.2 * gap_mm)])
@@ -266,9 +294,10 @@ def section_centre(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, 
     back *= np.sign(back[1]) or 1.0  # ... posterior
     body = np.nanmedian(image[within(grid, foot, 0.2 * gap_mm)])
     if not body - o.soft_tissue_hu >= o.min_bone_contrast_hu:  # False for NaN too
-        # darker than muscle: fluid, cord or fat, as in the canal (a faint body's marrow is not)
-        in_canal = from_canal and body < o.soft_tissue_hu
-        ahead = canal_front(image, grid, line, back, gap_mm, o) if in_canal else None
+        # darker than muscle: fluid, cord or fat, as in the canal; as bright as muscle: the cord and
+        # the canal's walls blurred in, or a faint body's marrow, which only the bony ring tells apart
+        ahead = (canal_front(image, grid, line, back, gap_mm, o, ring=not body < o.soft_tissue_hu)
+                 if from_canal and np.isfinite(body) else None)
         if ahead is None:
             return foot
         inside = centre + ahead[0] * frame[1] + ahead[1] * frame[2]

@@ -117,6 +117,8 @@ class BodyOptions:
     min_bone_contrast_hu: float = 30.0  # the body's median above soft tissue by less: no section is read
     canal_bone_hu: float = 150.0  # the bony ring around the canal (the body's back wall, the laminae), not cord or fluid
     canal_reach_gaps: float = 0.75  # ... lies within this in front of and behind a point in the canal (~15-20 mm across)
+    canal_ring_mm: float = 11.0  # a foot as bright as muscle: the ring lies this close on average all round (a body's cortex 14+)
+    canal_body_gaps: float = 0.5  # ... and the bone in front of it goes on this far (a body, not a cortex before a vessel)
     column_gaps: float = 0.35  # x half their distance: a body farther off two adjacent levels' midpoint is not placed by them ...
     column_end_gaps: float = 0.6  # ... x their distance: nor one farther off the line through the two above (below) it, continued
     beyond_ends: bool = True  # a body one gap beyond the chain's top or bottom is a vertebra the nets missed (chain_ends.py)
