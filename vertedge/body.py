@@ -48,8 +48,8 @@ front of it. A foot as bright as muscle (the cord and the canal's walls blurred 
 the chest CT in a spine-centred field of view) is the canal only where that bony ring closes round
 it, small (`canal_ring_mm` on average: the canal is 12-22 mm across, a body 30-50), with a body in
 front of it (`canal_body_gaps`): a faint body's marrow reads as bright, inside a ring of 14+ mm
-with a vessel or fat in front of its cortex. On the real lumbar CT its points sat 4-5 mm to the patient's right of the bodies; on
-the real chest CT the midline points were 1-2 mm off.
+with a vessel or fat in front of its cortex. On the real lumbar CT its points sat 4-5 mm to the
+patient's right of the bodies; on the real chest CT the midline points were 1-2 mm off.
 
 The column is smooth: between two adjacent levels a body lies near their midpoint (within 0.18 of
 a gap in the real spines of `../shared/data`). Where the nets' point of a level lies far off its
@@ -227,8 +227,8 @@ def ring_mm(bone: np.ndarray, grid: tuple[np.ndarray, np.ndarray], start: np.nda
     every 360 / `directions` degrees from `back` (unit (2,)); inf where none lies within `reach_mm`."""
     out = np.full(directions, np.inf)
     for k, angle in enumerate(2 * np.pi * np.arange(directions) / directions):
-        hit = on_midline(bone, grid, start, np.cos(angle) * back + np.sin(angle) * np.array([-back[1], back[0]]),
-                         reach_mm)
+        direction = np.cos(angle) * back + np.sin(angle) * np.array([-back[1], back[0]])
+        hit = on_midline(bone, grid, start, direction, reach_mm)
         if hit.any():
             out[k] = float(np.argmax(hit))
     return out
@@ -261,7 +261,8 @@ def canal_front(image: np.ndarray, grid: tuple[np.ndarray, np.ndarray], line: tu
     if ring:
         around = ring_mm(bone, grid, foot, back, reach)
         solid = np.nan_to_num(image, nan=-1000.0) >= o.soft_tissue_hu + o.min_bone_contrast_hu
-        if not (around.mean() <= o.canal_ring_mm and on_midline(solid, grid, wall, -back, o.canal_body_gaps * gap_mm).all()):
+        body_in_front = on_midline(solid, grid, wall, -back, o.canal_body_gaps * gap_mm).all()
+        if not (around.mean() <= o.canal_ring_mm and body_in_front):
             return None
     inside = wall - o.middle_gaps * gap_mm * back
     # the body's bone there: a body whose cancellous bone is as faint as soft tissue (osteoporosis)
