@@ -103,6 +103,16 @@ def test_a_whole_body_between_two_points_a_double_gap_apart_is_found(thoracic, m
     assert np.linalg.norm(bodies[0] - points[missed]) < 3.0
 
 
+def test_a_body_missed_beside_a_vertebra_seen_twice_is_found(thoracic) -> None:
+    volume, points, _, _ = thoracic
+    missed = 6  # T8, with a second detection of T6 0.45 of a gap below it: two short gaps above T7
+    stray = points[4] + 0.45 * (points[5] - points[4])
+    shown = np.insert(np.delete(points, missed, axis=0), 5, stray, axis=0)  # T2 ... T6 stray T7 T9 ...
+    at, bodies = bodies_between(volume, shown)
+    np.testing.assert_array_equal(at, [6])  # between T7 and T9
+    assert np.linalg.norm(bodies[0] - points[missed]) < 3.0
+
+
 def test_no_body_is_found_between_regular_points_in_air_or_with_the_option_off(thoracic) -> None:
     volume, points, _, _ = thoracic
     assert len(bodies_between(volume, points)[0]) == 0  # every vertebra there: no double gap

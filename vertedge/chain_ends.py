@@ -25,7 +25,10 @@ body, C2's dens breaks its symmetry) or below L5 (the sacrum follows).
 Inside the chain a missed vertebra leaves a gap along the spine twice the ones around it
 (`double_gap`), and the decode, which cannot see it, names every vertebra on one side of it a
 level off (phantom 3220's T5: T6-T13 named T5-T12). Between two decoded vertebrae at their bodies
-with such a gap, the two gaps beside it regular, the body is read near their midpoint as above
+with such a gap, the two gaps beside it regular, or one regular and the other short (a vertebra
+seen twice or a stray point next to the gap: the chest CT on 5 mm slices, a 48 mm gap below a
+14 mm pair; a long gap beside it would leave the points around it in doubt), the body is read
+near their midpoint as above
 (half their distance the local gap; where the reading along the spine is unclear the midpoint
 stands), and must lie `1 +- beyond_gap_tolerance` half-gaps from both and have a bone middle inside
 the scan. Before that, two decoded vertebrae whose points the CT puts on one body (under
@@ -112,7 +115,9 @@ def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions 
     """A body the nets missed between two points of the chain `points_lps` (n, 3) world LPS mm, at
     the bodies (`body.body_centres`): where a gap along the spine is `double_gap` times the gaps
     around it (`fusion.relative_to_neighbours`) and the two beside it are regular (within
-    `regular_ratio` of the gaps around them), the body read near its middle (`body_near`, half the gap as the local gap) that lies
+    `regular_ratio` of the gaps around them), or one regular and the other short (under
+    `1 / regular_ratio`; at the chain's end the one gap beside it regular), the body read near
+    its middle (`body_near`, half the gap as the local gap) that lies
     `1 +- beyond_gap_tolerance` half-gaps from both points, both of them `read` (n,) bool (all by
     default; C1 has no body and C2's dens breaks the symmetry: no gap beside them is judged).
     Returns the gaps' indices (m,) (the body lies between points i and i + 1) and the bodies (m, 3)
@@ -125,7 +130,12 @@ def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions 
     rel = relative_to_neighbours(spine_gaps(p))
     lo, hi = o.double_gap
     regular = (rel >= 1 / o.regular_ratio) & (rel <= o.regular_ratio)
-    beside = np.r_[True, regular[:-1]] & np.r_[regular[1:], True]
+    short = rel < 1 / o.regular_ratio
+    # each gap's neighbours on either side: (regular or the chain's end), regular, short
+    (left_end, right_end), (left, right), (left_short, right_short) = (
+        (np.r_[at_end, flags[:-1]], np.r_[flags[1:], at_end])
+        for flags, at_end in ((regular, True), (regular, False), (short, False)))
+    beside = left_end & right_end | left_short & right | left & right_short
     if read is not None:
         beside &= read[:-1] & read[1:]
     axis, lateral, posterior, _ = chain_frames(p)
