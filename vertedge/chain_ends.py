@@ -131,11 +131,11 @@ def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions 
     lo, hi = o.double_gap
     regular = (rel >= 1 / o.regular_ratio) & (rel <= o.regular_ratio)
     short = rel < 1 / o.regular_ratio
-    # each gap's neighbours on either side: (regular or the chain's end), regular, short
-    (left_end, right_end), (left, right), (left_short, right_short) = (
-        (np.r_[at_end, flags[:-1]], np.r_[flags[1:], at_end])
-        for flags, at_end in ((regular, True), (regular, False), (short, False)))
-    beside = left_end & right_end | left_short & right | left & right_short
+    # the gaps on either side of each gap (none beyond the chain's ends)
+    left, right = np.r_[False, regular[:-1]], np.r_[regular[1:], False]
+    left_short, right_short = np.r_[False, short[:-1]], np.r_[short[1:], False]
+    first, last = np.arange(len(rel)) == 0, np.arange(len(rel)) == len(rel) - 1
+    beside = (left | first) & (right | last) | left_short & right | left & right_short
     if read is not None:
         beside &= read[:-1] & read[1:]
     axis, lateral, posterior, _ = chain_frames(p)
