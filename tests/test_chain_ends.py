@@ -49,6 +49,19 @@ def test_a_whole_body_beyond_either_end_comes_back_with_its_label(thoracic, drop
     np.testing.assert_array_equal(p[~added], points[lo:hi])  # the nets' points are not moved
 
 
+def test_a_top_point_off_its_body_still_finds_the_body_above(thoracic) -> None:
+    """The chain's top point 0.35 of a gap off its body towards the missed vertebra (the chest CT's
+    T1 on 3-5 mm slices: the gap above T2 then looks 1.4 times the next): read onto its own body
+    first, the vertebra above is found at its body."""
+    volume, points, labels, truth = thoracic
+    p, lab = points[1:].copy(), labels[1:]
+    p[0] += 0.35 * (p[0] - p[1])
+    q, lab_q, added = beyond_ends(volume, p, lab)
+    assert added[0] and lab_q[0] == labels[0]
+    assert np.linalg.norm(q[0] - truth[lab_q[0]]) < 3.0
+    np.testing.assert_array_equal(q[1:], p)  # the chain's own points are not moved
+
+
 def test_nothing_is_added_where_the_scan_cuts_the_body_or_ends(thoracic) -> None:
     volume, points, labels, _ = thoracic
     # the whole chain: T1 above it is cut by the scan's top, below T12 the scan ends

@@ -5,14 +5,20 @@ At the ends of a scan's spine the localization net is weakest: under the shoulde
 chest CT the heatmaps show no peak of C7's own in most views, and which view start finds it decides
 whether it is labelled (benchmarks/RESULTS.md). The scan shows the body all the same. The column
 goes on past the last point the nets found: one gap beyond it (the continuation of the last two
-points), where the scan holds that vertebra's whole body, its body is read as `body.body_centres`
-reads one (the centre of mirror symmetry along the spine with a smooth middle, then the
-cross-section in front of the canal). A vertebra is added there only where all of this holds:
+points, from the end's own body), where the scan holds that vertebra's whole body, its body is read
+as `body.body_centres` reads one (the centre of mirror symmetry along the spine with a smooth
+middle, then the cross-section in front of the canal). The end's own body is read the same way
+first: `body_centres` moves a point by its neighbours' readings, at the end all on one side of it,
+and on the chest CT on 3-5 mm slices the T1 that ends the chain stays 8-9 mm above its body, so
+that the continuation from it overshoots C7 and the last gap looks 1.3-1.4 times the one before
+(where the end's own body is not read, the end point stands). A vertebra is added there only where
+all of this holds:
 
-- the chain's last two gaps are regular (within `BodyOptions.regular_ratio` of each other: a
-  missed or stray level at the end would put the continuation between two vertebrae);
+- the chain's last two gaps, the end's from its own body, are regular (within
+  `BodyOptions.regular_ratio` of each other: a missed or stray level at the end would put the
+  continuation between two vertebrae);
 - a clear centre of symmetry lies within `search_gaps` of the continuation, and the body found
-  there lies `1 +- beyond_gap_tolerance` gaps from the end point (not the end's own body again);
+  there lies `1 +- beyond_gap_tolerance` gaps from the end's body (not that body again);
 - the scan holds the body `beyond_inside_gaps` either side of its centre along the spine (a body
   the scan's edge cuts is not added: its centroid would not be the body's);
 - its middle (`middle_gaps` either side) is bone: brighter than soft tissue by
@@ -99,13 +105,17 @@ def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
     if len(p) < 3:
         return None
     end, before, second = (0, 1, 2) if cranial else (-1, -2, -3)
-    gap = float(np.linalg.norm(p[end] - p[before]))
+    axis, lateral, posterior, _ = chain_frames(p)
+    frame = (axis[end], lateral[end], posterior[end])
+    # the end's own body first: its neighbours' readings, all on one side, may leave it off it
+    own = body_near(volume, p[end], frame, float(np.linalg.norm(p[end] - p[before])), o)
+    last = p[end] if own is None else own
+    gap = float(np.linalg.norm(last - p[before]))
     ratio = gap / float(np.linalg.norm(p[before] - p[second]))
     if not 1 / o.regular_ratio <= ratio <= o.regular_ratio:
         return None
-    axis, lateral, posterior, _ = chain_frames(p)
-    centre = body_near(volume, 2 * p[end] - p[before], (axis[end], lateral[end], posterior[end]), gap, o)
-    if centre is None or abs(np.linalg.norm(centre - p[end]) / gap - 1) > o.beyond_gap_tolerance:
+    centre = body_near(volume, 2 * last - p[before], frame, gap, o)
+    if centre is None or abs(np.linalg.norm(centre - last) / gap - 1) > o.beyond_gap_tolerance:
         return None
     return centre
 
