@@ -8,7 +8,7 @@ import pytest
 from vertedge.boxes import square_half_px
 from vertedge.fusion import Fused, fuse
 from vertedge.geometry import Protocol, Views, make_views, pixel_mm_at_depth, project
-from vertedge.labelling import label, may_be_one_vertebra, peaks_of, view_votes
+from vertedge.labelling import label, may_be_one_vertebra, may_skip_one, peaks_of, view_votes
 from vertedge.labels import SPINE_ORDER
 from vertedge.options import DEFAULT_OPTIONS
 from vertedge.phantom import make_phantom
@@ -134,6 +134,17 @@ def test_a_full_step_of_the_spines_rhythm_is_a_vertebra_however_few_views_found_
     beside = np.insert(points, 4, points[3] + [20.0, 0.0, 0.0] + 2.0 * axis, axis=0)
     fused = Fused(beside, np.zeros(8), np.insert(n_views, 4, 3), np.zeros((8, 10), np.int64))
     assert may_be_one_vertebra(fused, 10)[3]
+
+
+def test_a_label_is_skipped_only_where_the_gap_holds_a_missed_vertebra() -> None:
+    """Eight points 20 mm apart along a leaning spine, the fifth missed: only the 40 mm gap may hold
+    a vertebra the views missed (the DP's "skip one"); a chain of three gaps or fewer cannot tell."""
+    axis = np.array([0.0, np.sin(np.radians(30.0)), -np.cos(np.radians(30.0))])
+    points = np.delete(20.0 * np.arange(8)[:, None] * axis, 4, axis=0)
+    fused = Fused(points, np.zeros(7), np.full(7, 8), np.zeros((7, 10), np.int64))
+    assert may_skip_one(fused).tolist() == [False, False, False, True, False, False]
+    short = Fused(points[:3], np.zeros(3), np.full(3, 8), np.zeros((3, 10), np.int64))
+    assert may_skip_one(short).tolist() == [True, True]
 
 
 def test_the_shorter_steps_at_the_top_of_the_thorax_are_vertebrae_too() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vertedge.errors import VertedgeError
-from vertedge.labels import LABELS, SPINE_ORDER
+from vertedge.labels import LABELS, SPINE_ORDER, successors
 from vertedge.sequence import (
     decode,
     identify,
@@ -199,6 +199,22 @@ def test_a_row_between_two_vertebrae_joins_one_of_them_not_both() -> None:
     assert (read[1] == read[2]) != (read[2] == read[3])  # one join, not two
     with pytest.raises(VertedgeError, match="same_twice_ok"):
         identify(V[None], ALL, same_ok=same_ok, same_twice_ok=np.ones(5, bool))
+
+
+def test_no_label_is_skipped_where_no_vertebra_can_lie_between() -> None:
+    """The top row read T12 (its ribs), the four below read a level low (L2-L5 on L1-L4): the
+    decode skips L1 to follow them. Where the gaps say no vertebra lies between two rows
+    (`skip_ok` False), every step is "next" (or "same")."""
+    V = 0.6 * _one_hot(["T12", "L2", "L3", "L4", "L5"]) + 0.35 * _one_hot(["L1", "L1", "L2", "L3", "L4"]) + 0.01
+    V[0] = 0.9 * _one_hot(["T12"])[0] + 0.01
+    read, _ = identify(V[None], ALL)
+    assert read.tolist() == list(_labels("T12", "L2", "L3", "L4", "L5"))  # the skip
+    read, _ = identify(V[None], ALL, skip_ok=np.zeros(4, bool))
+    assert all(int(b) in successors(int(a)) for a, b in zip(read[:-1], read[1:]))
+    read, _ = identify(V[None], ALL, skip_ok=np.array([True, False, False, False]))
+    assert read.tolist() == list(_labels("T12", "L2", "L3", "L4", "L5"))  # a vertebra may lie above row 1
+    with pytest.raises(VertedgeError, match="skip_ok"):
+        identify(V[None], ALL, skip_ok=np.ones(5, bool))
 
 
 def test_identify_never_names_a_vertebra_what_its_evidence_rules_out() -> None:

@@ -92,6 +92,24 @@ def may_be_one_vertebra(fused: Fused, n_views: int, options: PipelineOptions = D
     return ~((solid[1:] & solid[:-1]) | (full & seen[1:] & seen[:-1]) | step)
 
 
+def may_skip_one(fused: Fused, options: PipelineOptions = DEFAULT_OPTIONS) -> np.ndarray:
+    """(n - 1,) bool: may a vertebra the views missed lie between fused rows i, i + 1 (the DP's
+    "skip one" step)?
+
+    Only where their gap along the spine (`spine_gaps`) is longer than a regular one
+    (`review.regular_gap`, against the gaps around it): a missed vertebra leaves twice the gap, and
+    a column has no vertebra missing. Across a regular gap a skip only follows a net that reads the
+    rows below a level off: on the real lumbar CT cropped to its upper half (one view start) the
+    ribs named its top T12 and the decode skipped L1 to keep the net's L2-L5 on L1-L4, an order no
+    spine has; without the skip it reads L1-L5, still a level off and flagged, but a spine. Chains
+    too short to tell (under 3 gaps) may skip anywhere.
+    """
+    if len(fused) < 2:
+        return np.zeros(0, dtype=bool)
+    along = relative_to_neighbours(spine_gaps(fused.points_lps))
+    return ~(along <= options.review.regular_gap[1])
+
+
 def may_be_one_across(fused: Fused, n_views: int, options: PipelineOptions = DEFAULT_OPTIONS) -> np.ndarray:
     """(n - 2,) bool: may fused rows i and i + 2 be one vertebra, joined through the row between by
     two "same" steps?
@@ -131,6 +149,8 @@ def label(
 
     `rib_sides` (n, 2), what `ribs.rib_sides` found at each fused point, weighs in the decode, and
     so does `above_sacrum`: the last point lies directly above the sacrum (`sacrum.sacral_start`).
+    The decode joins two rows as one vertebra only where `may_be_one_vertebra` and
+    `may_be_one_across` allow it, and skips a label between them only where `may_skip_one` does.
     """
     p, valid = per_view
     evidence = np.ones((len(fused), len(classes)))
@@ -140,7 +160,7 @@ def label(
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
     return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
                     evidence=evidence, floor=options.label_floor,
-                    same_twice_ok=may_be_one_across(fused, n_views, options))
+                    same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options))
 
 
 def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:

@@ -10,8 +10,9 @@ row earns `beta * P[0, b]`, so a perfect one-hot ascending P scores `beta * n` a
 T13 and L6 are optional variants: T12 -> T13, T12 -> L1, T13 -> L1 and L5 -> L6 are all "next".
 Successors are anatomical, not positions in `classes`: with a class list lacking T5, T4 -> T6 is a
 skip. Where the caller knows two consecutive rows are two vertebrae (`same_ok`), "same" is not
-allowed between them, and where it knows rows i and i + 2 are (`same_twice_ok`), not twice in a
-row through the row between. The dynamic programme is a max-plus recursion, one NumPy max per row, batched over leading
+allowed between them, where it knows rows i and i + 2 are (`same_twice_ok`), not twice in a
+row through the row between, and where it knows no vertebra lies between two rows (`skip_ok`),
+not "skip one". The dynamic programme is a max-plus recursion, one NumPy max per row, batched over leading
 axes so K views are scored at once.
 """
 
@@ -47,14 +48,16 @@ def _check_classes(classes: Sequence[int]) -> tuple[int, ...]:
 @lru_cache(maxsize=64)
 def _transitions(
     classes: tuple[int, ...], alpha: float, beta: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(weights, penalty), (c, c) read-only: step weights (0 where not allowed), 0 / -inf mask."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights, penalty, no_skip), (c, c) read-only: step weights (0 where not allowed), 0 / -inf
+    mask, and the mask with "skip one" not allowed."""
     if not (beta > 0 and alpha >= 0):
         raise VertedgeError(f"sequence: need beta > 0 and alpha >= 0, got {alpha=}, {beta=}")
     c = len(classes)
     index = {label: j for j, label in enumerate(classes)}
     weights = np.zeros((c, c))
     allowed = np.eye(c, dtype=bool)
+    skipped = np.zeros((c, c), dtype=bool)
     weights[np.diag_indices(c)] = alpha
     for a, label in enumerate(classes):
         nxt = successors(label)
@@ -64,17 +67,19 @@ def _transitions(
             cols = [index[t] for t in targets if t in index]
             weights[a, cols] = w
             allowed[a, cols] = True
+        skipped[a, [index[t] for t in skip if t in index]] = True
     penalty = np.where(allowed, 0.0, -np.inf)
-    weights.flags.writeable = False
-    penalty.flags.writeable = False
-    return weights, penalty
+    no_skip = np.where(allowed & ~skipped, 0.0, -np.inf)
+    for array in (weights, penalty, no_skip):
+        array.flags.writeable = False
+    return weights, penalty, no_skip
 
 
 def transition_weights(
     classes: Sequence[int], alpha: float = ALPHA, beta: float = BETA
 ) -> np.ndarray:
     """(c, c) float: weight of the step from class a (row) to class b (column); 0 if not allowed."""
-    weights, _ = _transitions(_check_classes(classes), float(alpha), float(beta))
+    weights = _transitions(_check_classes(classes), float(alpha), float(beta))[0]
     return weights.copy()
 
 
@@ -136,7 +141,7 @@ def _relative_scores(
     exactly n and its loss is exactly 0, free of rounding.
     """
     _checked_rows(P, valid)
-    weights, penalty = _transitions(classes, float(alpha), float(beta))
+    weights, penalty, _ = _transitions(classes, float(alpha), float(beta))
     weights = weights / beta
     opt = np.zeros(P.shape[:-2] + P.shape[-1:])
     started = np.zeros(P.shape[:-2], dtype=bool)
@@ -219,23 +224,26 @@ def _best_path(
     same_ok: np.ndarray,
     floor: float = 0.0,
     twice_ok: np.ndarray | None = None,
+    skip_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Column indices (n,) of the best sequence through P: (n, c), n >= 1, and its score (Eq. 1).
 
     `same_ok: (n - 1,) bool` False forbids the "same" step into row i + 1 (rows i, i + 1 are known
     to be two vertebrae); `twice_ok: (n - 2,) bool` False forbids two "same" steps in a row from
     row i to row i + 2 (rows i, i + 2 are two vertebrae, so the row between may join one of them,
-    not both; None: all allowed). A class under `floor` on a row is no state of it, unless no
-    sequence is left without one. The recursion keeps two scores per class: reached by a step to
-    another class, and reached by "same".
+    not both; None: all allowed); `skip_ok: (n - 1,) bool` False forbids "skip one" into row i + 1
+    (no vertebra can lie between rows i and i + 1; None: all allowed). A class under `floor` on a
+    row is no state of it, unless no sequence is left without one. The recursion keeps two scores
+    per class: reached by a step to another class, and reached by "same".
     """
     n, c = P.shape
-    weights, penalty = _transitions(classes, float(alpha), float(beta))
+    weights, penalty, no_skip = _transitions(classes, float(alpha), float(beta))
     weights = weights / beta  # in units of beta, as in _relative_scores
     same_w = np.diag(weights).copy()
-    move = penalty.copy()
-    move[np.diag_indices(c)] = -np.inf
+    move, move_next = penalty.copy(), no_skip.copy()
+    move[np.diag_indices(c)] = move_next[np.diag_indices(c)] = -np.inf
     twice = _as_steps(twice_ok, n, "same_twice_ok", span=2)
+    skips = _as_steps(skip_ok, n, "skip_ok")
     never = np.full(c, -np.inf)
     ruled_out = np.where(P < floor, -np.inf, 0.0)
     cols = np.arange(c)
@@ -245,7 +253,7 @@ def _best_path(
     opt = np.stack([P[0] + ruled_out[0], np.full(c, -np.inf)])
     for i in range(1, n):
         best_state = opt.argmax(axis=0)
-        cand = _candidates(opt[best_state, cols], P[i], weights, move)
+        cand = _candidates(opt[best_state, cols], P[i], weights, move if skips[i - 1] else move_next)
         moved_from[i] = cand.argmax(axis=0)
         moved_state[i] = best_state[moved_from[i]]
         moved = cand[moved_from[i], cols]
@@ -255,7 +263,7 @@ def _best_path(
         same = np.maximum(from_moved, from_same) + same_w * P[i]
         opt = np.stack([moved, same]) + ruled_out[i]
     if floor > 0 and not np.isfinite(opt).any():
-        return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok)
+        return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok, skip_ok)
     state, last = np.unravel_index(int(opt.argmax()), opt.shape)
     path = np.empty(n, dtype=int)
     path[-1] = last
@@ -328,14 +336,16 @@ def identify(
     evidence: np.ndarray | None = None,
     floor: float = 0.0,
     same_twice_ok: np.ndarray | None = None,
+    skip_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) int and confidences (n,) float in [0, 1] for K maps Ps: (K, n, c) (Sec. 2.4).
 
     Votes the views (Eq. 6), multiplies each voted row by `evidence` (n, c), a likelihood per class
     from outside the views (the ribs, `ribs.likelihood`), normalises each row to sum 1, decodes it
     with the DP (`same_ok` as in `decode`; `same_twice_ok: (n - 2,) bool` False forbids rows i and
-    i + 2 to be joined through the row between by two "same" steps) over the classes each row holds
-    at `floor` or more; the
+    i + 2 to be joined through the row between by two "same" steps; `skip_ok: (n - 1,) bool` False
+    forbids "skip one" between rows i and i + 1) over the classes each row holds at `floor` or
+    more; the
     confidence of a row is its normalised probability of the decoded label. The DP sums
     probabilities, so a class ruled out on one row costs it at most that row's share, and where
     the net reads the rows below a level off the sum can still name a vertebra what its ribs rule
@@ -348,9 +358,10 @@ def identify(
         V = V * _as_maps(evidence, classes)
     same_ok = _as_steps(same_ok, V.shape[0])
     same_twice_ok = _as_steps(same_twice_ok, V.shape[0], "same_twice_ok", span=2)
+    skip_ok = _as_steps(skip_ok, V.shape[0], "skip_ok")
     mass = V.sum(axis=1, keepdims=True)
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
-    path, _ = _best_path(V, classes, alpha, beta, same_ok, floor, same_twice_ok)
+    path, _ = _best_path(V, classes, alpha, beta, same_ok, floor, same_twice_ok, skip_ok)
     return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]
