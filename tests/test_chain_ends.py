@@ -62,6 +62,23 @@ def test_a_top_point_off_its_body_still_finds_the_body_above(thoracic) -> None:
     np.testing.assert_array_equal(q[1:], p)  # the chain's own points are not moved
 
 
+def test_a_top_vertebra_far_off_its_body_moves_onto_the_body_the_chain_continues_to(thoracic) -> None:
+    """The top vertebra's point half a gap above its body (the chest CT's C7 on C6 under a
+    spine-centred field of view): moved onto the body one gap beyond the next one's own body; a
+    point 0.2 of a gap off stays where it is."""
+    volume, points, labels, truth = thoracic
+    for off, moved in ((0.5, True), (0.2, False)):
+        p = points.copy()
+        p[0] += off * (p[0] - p[1])
+        q, lab, added = beyond_ends(volume, p, labels)
+        assert not added.any() and lab.tolist() == labels.tolist()
+        if moved:
+            assert np.linalg.norm(q[0] - truth[lab[0]]) < 3.0
+        else:
+            np.testing.assert_array_equal(q[0], p[0])
+        np.testing.assert_array_equal(q[1:], p[1:])
+
+
 def test_nothing_is_added_where_the_scan_cuts_the_body_or_ends(thoracic) -> None:
     volume, points, labels, _ = thoracic
     # the whole chain: T1 above it is cut by the scan's top, below T12 the scan ends
@@ -73,10 +90,14 @@ def test_nothing_is_added_where_the_scan_cuts_the_body_or_ends(thoracic) -> None
 
 
 def test_an_irregular_end_or_a_short_chain_adds_nothing(thoracic) -> None:
-    volume, points, labels, _ = thoracic
+    volume, points, labels, truth = thoracic
     stray = points[1:].copy()
     stray[0] = stray[1] + 0.4 * (stray[0] - stray[1])  # the end point only 0.4 of a gap from its neighbour
-    assert not beyond_ends(volume, stray, labels[1:])[2][0]
+    kept_top = replace(DEFAULT_OPTIONS.body, top_off_gaps=np.inf)
+    assert not beyond_ends(volume, stray, labels[1:], kept_top)[2][0]
+    # read from the chain below, the top point moves onto its own body, and the one above is read
+    q, lab, added = beyond_ends(volume, stray, labels[1:])
+    assert added[0] and all(np.linalg.norm(q[k] - truth[lab[k]]) < 3.0 for k in (0, 1))
     assert not beyond_ends(volume, points[1:3], labels[1:3])[2].any()  # two points: no regular gaps to judge
     off = replace(DEFAULT_OPTIONS.body, beyond_ends=False)
     assert not beyond_ends(volume, points[1:-1], labels[1:-1], off)[2].any()

@@ -124,6 +124,7 @@ class BodyOptions:
     beyond_ends: bool = True  # a body one gap beyond the chain's top or bottom is a vertebra the nets missed (chain_ends.py)
     beyond_gap_tolerance: float = 0.3  # ... where it lies within this of one gap from the end point
     beyond_inside_gaps: float = 0.4  # ... and the scan holds this much either side of it along the spine (a body's half height)
+    top_off_gaps: float = 0.4  # the top vertebra's point farther than this from the body the chain below continues to moves onto it
     between: bool = True  # a body in the middle of a gap twice its neighbours' is a vertebra the nets missed (chain_ends.py)
     double_gap: tuple[float, float] = (1.6, 2.6)  # ... a gap within these multiples of the gaps around it
     same_body_gap: float = 0.25  # x the local gap along the spine: two decoded points on bodies this close are one vertebra
