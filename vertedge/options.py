@@ -122,7 +122,7 @@ class BodyOptions:
     column_gaps: float = 0.35  # x half their distance: a body farther off two adjacent levels' midpoint is not placed by them ...
     column_end_gaps: float = 0.6  # ... x their distance: nor one farther off the line through the two above (below) it, continued
     beyond_ends: bool = True  # a body one gap beyond the chain's top or bottom is a vertebra the nets missed (chain_ends.py)
-    beyond_gap_tolerance: float = 0.3  # ... where it lies within this of one gap from the end point
+    beyond_gap_tolerance: float = 0.3  # ... where it lies within this of one gap from the end's own body
     beyond_inside_gaps: float = 0.4  # ... and the scan holds this much either side of it along the spine (a body's half height)
     top_off_gaps: float = 0.4  # the top vertebra's point farther than this from the body the chain below continues to moves onto it
     between: bool = True  # a body in the middle of a gap twice its neighbours' is a vertebra the nets missed (chain_ends.py)
