@@ -8,7 +8,8 @@ Usage:
 Every case (each `../shared/data/real/<case>/` with `ct.nii.gz` or a DICOM `dicom/` folder, and
 phantom seeds) runs as stored and under the variations of `VARIATIONS`: the patient tilted about
 L-R, rolled about S-I, both at once (oblique), air padded in-plane, a spine-centred in-plane
-field of view, S-I crops down to a third, thick slices, noise, and the same voxels stored in a
+field of view, S-I crops down to a third, thick slices, noise, a smaller and a larger patient
+(the anatomy scaled by 0.8 and 1.2 about the spine centre), and the same voxels stored in a
 permuted and flipped grid; with `--start-angles`, each run again with the views started that many
 degrees further round (the nets' readings change with where the views stand). Every pose change
 resamples the patient into the stored scan's axis-aligned grid (air outside it), as a scanner
@@ -86,6 +87,17 @@ def turned(tilt_deg: float = 0.0, roll_deg: float = 0.0, yaw_deg: float = 0.0) -
     return apply
 
 
+def sized(factor: float) -> Callable[[Case], Case]:
+    """The patient `factor` times its size about its spine centre (a smaller or a larger patient's spine)."""
+
+    def apply(case: Case) -> Case:
+        c = case.spine_centre()
+        truth = {k: variations.turn_points(p, factor * np.eye(3), c) for k, p in case.truth.items()}
+        return _moved(case, variations.scaled(case.volume, factor, c), truth)
+
+    return apply
+
+
 def on_volume(change: Callable[[Case], Volume]) -> Callable[[Case], Case]:
     """A variation that changes only the scan (the patient stays where it is)."""
     return lambda case: _moved(case, change(case))
@@ -119,6 +131,9 @@ VARIATIONS: dict[str, Callable[[Case], Case]] = {
     "slice5mm": on_volume(lambda c: variations.thick_slices(c.volume, 5.0)),
     "noise20": noise(20.0),
     "noise60": noise(60.0),
+    # a smaller and a larger patient than the case (its voxels unchanged, spacing x factor)
+    "size80": sized(0.8),
+    "size120": sized(1.2),
     # the same voxels stored with permuted and flipped index axes (world content unchanged)
     "regrid": lambda case: replace(case, volume=case.volume.reoriented((1, 2, 0), (True, False, True))),
 }

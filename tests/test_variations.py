@@ -69,3 +69,16 @@ def test_rotation_turns_the_patient_and_its_truth_together() -> None:
     a, _ = turned.si_axis()
     np.testing.assert_allclose(turned.direction, vol.direction)  # still an axis-aligned grid
     assert turned.shape_ijk[a] == vol.shape_ijk[a]  # with the scan's S-I range
+
+
+def test_a_scaled_patient_carries_its_truth_and_keeps_its_voxels() -> None:
+    """A smaller (or larger) patient: every structure lies at c + f (x - c), distances scale by f."""
+    vol = _body()
+    c = BALLS[1]
+    for f in (0.7, 1.25):
+        small = variations.scaled(vol, f, c)
+        assert np.array_equal(small.hu, vol.hu)
+        for ball in BALLS[[0, 2]]:
+            moved = variations.turn_points(ball, f * np.eye(3), c)
+            np.testing.assert_allclose(_bone_centroid(small, moved, 20.0 * f), moved, atol=1.0)
+        np.testing.assert_allclose(_bone_centroid(small, c), c, atol=1.0)  # the centre stays

@@ -1,4 +1,4 @@
-"""Everyday variations of a CT scan: pose, field of view, slice thickness and noise.
+"""Everyday variations of a CT scan: pose, size, field of view, slice thickness and noise.
 
 The robustness benchmark (`benchmarks/robustness.py`) measures with these; they live beside the
 training code so that a training augmentation can draw from exactly what the models are measured
@@ -146,6 +146,14 @@ def rotated(volume: Volume, rot: np.ndarray, centre_lps: np.ndarray) -> Volume:
     source = to_sitk(replace(volume, hu=volume.hu.astype(np.float32, copy=False)))
     image = sitk.Resample(source, to_sitk(reference), transform, sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
     return replace(from_sitk(image), meta=dict(volume.meta))
+
+
+def scaled(volume: Volume, factor: float, centre_lps: np.ndarray) -> Volume:
+    """The anatomy `factor` times its size about `centre_lps` (a smaller or larger patient): voxel
+    spacing x factor, the grid moved so that world point x lands on c + factor (x - c); the voxels
+    are unchanged (no resampling). Points move by `turn_points(p, factor * np.eye(3), centre_lps)`."""
+    c = np.asarray(centre_lps, float)
+    return replace(volume, spacing=volume.spacing * factor, origin=c + factor * (volume.origin - c))
 
 
 def with_noise(volume: Volume, sigma_hu: float, rng: np.random.Generator) -> Volume:
