@@ -21,6 +21,7 @@ from vertedge_train.data import (
     phantom_scan,
     render_scan,
     sample_batch,
+    scan_variants,
     spine_band,
     square_half_px,
     verse_scan,
@@ -78,6 +79,38 @@ def test_sample_batch_shapes_and_pair():
         assert len(bx) == len(cl) and np.all(np.diff(cl) > 0)  # cranial -> caudal
     b = sample_batch(pool, 2, (32, 32), rng, "pair", cfg)
     assert b["x"].shape == b["x2"].shape == (2, 1, 32, 32)
+
+
+def test_sized_variants_scale_the_anatomy_and_their_identification_squares():
+    """With a size range the random variants' vertebrae lie closer together (or further apart) in the
+    views by the drawn factor, and each target square is a vertebra's size at that factor."""
+    scan = _spine_scan()
+    items = scan_variants(scan, PROTOCOL, 4, np.random.default_rng(1), crop_prob=0.0, size_range=(0.7, 1.3))
+    assert items[0]["size"] == 1.0
+    sizes = [float(it["size"]) for it in items[1:]]
+    assert all(0.7 <= s <= 1.3 for s in sizes) and max(sizes) - min(sizes) > 0.05
+    gap = [float(np.median(np.abs(np.diff(it["points"][0][:, 0])))) for it in items]
+    for s, g in zip(sizes, gap[1:]):
+        assert g / gap[0] == pytest.approx(s, rel=0.05)
+    cfg = BatchSettings(AugmentConfig(gamma=1.0, contrast=0.0, offset=0.0, noise=0.0), _cfg().heatmap, square_mm=40.0,
+                        focus=1.0)
+
+    class _Pool:
+        def __init__(self, item) -> None:
+            self.items = [item]
+
+        def __len__(self) -> int:
+            return 1
+
+    def square_side(item) -> float:
+        """Pixels of the middle vertebra's square along the row through it, in a full-view crop."""
+        _, h, w = item["images"].shape  # a crop of the whole view
+        b = sample_batch(_Pool(item), 1, (h, w), np.random.default_rng(0), "id", cfg)
+        return float((b["target"][0] == 1 + CLASSES.index(int(item["labels"][1]))).sum(1).max())
+
+    sides = [square_side(dict(it, size=np.float32(1.0))) for it in items[1:]]
+    for it, s, side in zip(items[1:], sizes, sides):
+        assert square_side(it) == pytest.approx(side * s, abs=1.5)
 
 
 def test_spine_band_follows_the_spine_between_and_beyond_the_points():

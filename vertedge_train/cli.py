@@ -131,8 +131,9 @@ def _train(args: argparse.Namespace) -> int:
     write_json(out / "config.json", cfg.to_dict())
     if args.command in ("render", "all"):
         d = cfg.data
-        prerender(sources_from_config(d), cfg.protocol, cache_folder(d.cache, cfg.protocol), d.variants_per_scan, cfg.seed,
-                  d.crop_prob, d.min_keep, workers=args.workers or d.render_workers, log=_log)
+        prerender(sources_from_config(d), cfg.protocol, cache_folder(d.cache, cfg.protocol, d.size_range),
+                  d.variants_per_scan, cfg.seed, d.crop_prob, d.min_keep, workers=args.workers or d.render_workers,
+                  log=_log, size_range=d.size_range)
     if args.command == "render":
         return 0
     from .loop import run_task

@@ -26,6 +26,9 @@ class DataConfig:
     variants_per_scan: int = 3  # rendered variants of a phantom (or VerSe case): the whole scan + random ones
     crop_prob: float = 0.5  # probability of a random S-I crop in a variant
     min_keep: float = 0.35  # a crop keeps at least this fraction of the scan
+    # The random variants' anatomy scaled by a factor drawn log-uniformly in this range (a smaller or
+    # larger patient than the phantom's stature draws: `data.sized_variant`); None: as drawn.
+    size_range: tuple[float, float] | None = None
     cache: str | None = None  # cache root (default ~/.cache/vertedge-train or $VERTEDGE_TRAIN_CACHE)
     render_workers: int = 1
     refresh_every: int = 50  # steps between looks for newly rendered samples

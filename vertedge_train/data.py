@@ -15,14 +15,16 @@ Sources of scans:
   for `vertedge-train finetune`, whose variants start from `everyday_variant` (pose, FOV, slices, noise).
 
 Scan-level augmentation (before rendering, so it goes into the cache): a random start angle
-(`Protocol.start_angle_deg` in [0, 360/K)) and a random field-of-view crop along the S-I axis (the
-Volume's array is cut and its origin shifted; centroids outside the kept box are dropped, a cut
-vertebra whose centroid is still inside stays). Image-level augmentation (on the fly, cheap):
+(`Protocol.start_angle_deg` in [0, 360/K)), with `DataConfig.size_range` the anatomy scaled about
+the spine's centre, and a random field-of-view crop along the S-I axis (the Volume's array is cut
+and its origin shifted; centroids outside the kept box are dropped, a cut vertebra whose centroid
+is still inside stays). Image-level augmentation (on the fly, cheap):
 Gaussian blur, gamma, contrast/offset, Gaussian noise, random crops.
 
 Cache: one `.npz` per (source, variant) under `cache_dir/<protocol hash>/`: images (K, H, W)
 float16, points (K, N, 2) float32 (row, col), depth (K, N) float32 mm, labels (N,) int16,
-cut (N,) bool, px_mm (K, N) float32 = mm covered by one pixel at the vertebra's depth.
+cut (N,) bool, px_mm (K, N) float32 = mm covered by one pixel at the vertebra's depth, size () float32 =
+the anatomy's scale (1 unless sized); a size range gets a folder of its own (`cache_folder`).
 """
 
 from __future__ import annotations
@@ -184,6 +186,18 @@ def everyday_variant(scan: Scan, rng: np.random.Generator) -> Scan:
                 {k: bool(c) or scan.cut.get(k, False) for k, c, keep in zip(labels, cut, kept) if keep})
 
 
+def sized_variant(scan: Scan, factor: float) -> Scan:
+    """`scan` with its anatomy `factor` times its size about the spine's centre (`variations.scaled`)."""
+    from . import variations
+
+    labels = list(scan.centroids)
+    pts = np.array([scan.centroids[k] for k in labels], float).reshape(-1, 3)
+    centre = pts.mean(0)
+    vol = variations.scaled(scan.volume, factor, centre)
+    pts = variations.turn_points(pts, factor * np.eye(3), centre)
+    return Scan(scan.name, vol, dict(zip(labels, pts)), dict(scan.cut))
+
+
 def crop_si(scan: Scan, lo_frac: float, hi_frac: float) -> Scan:
     """The scan cut to [lo_frac, hi_frac) of its S-I index axis (array cut, origin shifted).
 
@@ -215,8 +229,9 @@ def crop_si(scan: Scan, lo_frac: float, hi_frac: float) -> Scan:
     return Scan(scan.name, cropped, cents, cut)
 
 
-def render_scan(scan: Scan, protocol: Protocol) -> dict[str, np.ndarray]:
-    """Normalized DRRs and projected ground truth of one scan (the runtime's code path)."""
+def render_scan(scan: Scan, protocol: Protocol, size: float = 1.0) -> dict[str, np.ndarray]:
+    """Normalized DRRs and projected ground truth of one scan (the runtime's code path); `size`: the
+    anatomy's scale against the scan it was drawn from (`sized_variant`), for the targets' squares."""
     views = make_views(scan.volume, protocol)
     images = drr.normalize(drr.render(scan.volume, views, protocol), protocol)
     labels = np.array(sorted(scan.centroids, key=CLASSES.index), dtype=np.int16)
@@ -230,36 +245,44 @@ def render_scan(scan: Scan, protocol: Protocol) -> dict[str, np.ndarray]:
         "labels": labels,
         "cut": np.array([scan.cut.get(int(lab), False) for lab in labels], bool),
         "angles": views.angles_deg.astype(np.float32),
+        "size": np.float32(size),
     }
 
 
 def scan_variants(scan: Scan, protocol: Protocol, n_variants: int, rng: np.random.Generator,
-                  crop_prob: float = 0.5, min_keep: float = 0.35, everyday: bool = False) -> list[dict[str, np.ndarray]]:
+                  crop_prob: float = 0.5, min_keep: float = 0.35, everyday: bool = False,
+                  size_range: tuple[float, float] | None = None) -> list[dict[str, np.ndarray]]:
     """`n_variants` rendered variants: variant 0 the whole scan, others random angle and S-I crop
-    (with `everyday`, after an `everyday_variant` of the scan)."""
+    (with `everyday`, after an `everyday_variant` of the scan; with `size_range`, the anatomy scaled
+    by a factor drawn log-uniformly in it, `sized_variant`)."""
     out = []
     step = 360.0 / protocol.n_views
     for v in range(n_variants):
-        s, p = scan, protocol
+        s, p, size = scan, protocol, 1.0
         if v > 0:
             p = replace(protocol, start_angle_deg=float(rng.uniform(0, step)))
+            if size_range is not None:
+                size = float(np.exp(rng.uniform(*np.log(size_range))))
+                s = sized_variant(s, size)
             if everyday:
-                s = everyday_variant(scan, rng)
+                s = everyday_variant(s, rng)
             if rng.random() < crop_prob:
                 keep = rng.uniform(min_keep, 0.9)
                 lo = rng.uniform(0, 1 - keep)
                 s = crop_si(s, lo, lo + keep)
-        out.append(render_scan(s, p))
+        out.append(render_scan(s, p, size))
     return out
 
 
 # ----------------------------------------------------------------------------- cache
 
 
-def cache_folder(cache_dir: str | os.PathLike[str] | None, protocol: Protocol) -> Path:
-    """Folder of the cached samples of one protocol and phantom version."""
+def cache_folder(cache_dir: str | os.PathLike[str] | None, protocol: Protocol,
+                 size_range: tuple[float, float] | None = None) -> Path:
+    """Folder of the cached samples of one protocol, phantom version and anatomy size range."""
     base = Path(os.path.expanduser(str(cache_dir))) if cache_dir else DEFAULT_CACHE
-    return base / f"{protocol_hash(protocol)}-phantom{PHANTOM_VERSION}"
+    sized = "" if size_range is None else f"-size{size_range[0]:g}-{size_range[1]:g}"
+    return base / f"{protocol_hash(protocol)}-phantom{PHANTOM_VERSION}{sized}"
 
 
 def _save_npz(path: Path, sample: dict[str, Any]) -> None:
@@ -291,7 +314,8 @@ def source_tag(source: str, everyday: bool = False) -> str:
 
 
 def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: int, seed: int,
-                    crop_prob: float = 0.5, min_keep: float = 0.35, everyday: bool = False) -> int:
+                    crop_prob: float = 0.5, min_keep: float = 0.35, everyday: bool = False,
+                    size_range: tuple[float, float] | None = None) -> int:
     """Render `n_variants` of one source ('phantom:<seed>', 'verse:<ct>::<ctd>' or 'case:<folder>') into `folder`.
 
     Skips variants already there; returns how many were written.
@@ -304,7 +328,8 @@ def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: i
     scan = scan_of(source)
     rng = np.random.default_rng([seed, int(hashlib.sha1(tag.encode()).hexdigest()[:8], 16)])
     written = 0
-    for path, sample in zip(paths, scan_variants(scan, protocol, n_variants, rng, crop_prob, min_keep, everyday)):
+    for path, sample in zip(paths, scan_variants(scan, protocol, n_variants, rng, crop_prob, min_keep, everyday,
+                                                     size_range)):
         if not path.exists():
             _save_npz(path, sample)
             written += 1
@@ -312,21 +337,24 @@ def render_to_cache(source: str, protocol: Protocol, folder: Path, n_variants: i
 
 
 def _render_worker(args: tuple) -> tuple[str, int, float]:
-    source, protocol_json, folder, n_variants, seed, crop_prob, min_keep, everyday = args
+    source, protocol_json, folder, n_variants, seed, crop_prob, min_keep, everyday, size_range = args
     import numba
 
     numba.set_num_threads(1)
     t = time.time()
     n = render_to_cache(source, Protocol.from_dict(json.loads(protocol_json)), Path(folder),
-                        n_variants, seed, crop_prob, min_keep, everyday)
+                        n_variants, seed, crop_prob, min_keep, everyday, size_range)
     return source, n, time.time() - t
 
 
 def prerender(sources: list[str], protocol: Protocol, folder: Path, n_variants: int, seed: int = 0,
-              crop_prob: float = 0.5, min_keep: float = 0.35, workers: int = 1, log=print, everyday: bool = False) -> None:
+              crop_prob: float = 0.5, min_keep: float = 0.35, workers: int = 1, log=print, everyday: bool = False,
+              size_range: tuple[float, float] | None = None) -> None:
     """Render every source into the cache (multiprocessing with `workers` processes); crops keep >= `min_keep` of a scan;
-    `everyday`: variants after `everyday_variant` (pose, field of view, slices, noise)."""
-    args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob, min_keep, everyday) for s in sources]
+    `everyday`: variants after `everyday_variant` (pose, field of view, slices, noise); `size_range`:
+    the anatomy scaled in the random variants (`scan_variants`)."""
+    args = [(s, protocol.to_json(), str(folder), n_variants, seed, crop_prob, min_keep, everyday, size_range)
+            for s in sources]
     t0 = time.time()
     results: Iterator[tuple[str, int, float]]
     with contextlib.ExitStack() as stack:
@@ -580,7 +608,8 @@ def sample_batch(pool: Pool, batch: int, crop: tuple[int, int], rng: np.random.G
             hms.append(heatmap_target(crop, pts, hm.sigma_px, hm.amplitude))
         else:
             idx = np.array([CLASSES.index(int(lab)) for lab in item["labels"]], int)
-            half = square_half_px(item["px_mm"][k], cfg.square_mm)
+            # the square is a vertebra's size: it shrinks and grows with the anatomy (`sized_variant`)
+            half = square_half_px(item["px_mm"][k], cfg.square_mm * float(item.get("size", 1.0)))
             tgts.append(id_target(crop, pts, idx, half))
             inside = (pts[:, 0] >= 0) & (pts[:, 0] < crop[0]) & (pts[:, 1] >= 0) & (pts[:, 1] < crop[1])
             bx = square_boxes(pts, half, crop)

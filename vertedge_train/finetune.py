@@ -112,13 +112,13 @@ def finetune(models_dir: str | Path, data_roots: Sequence[str | Path], out: str 
         f"{len(val)} for validation ({', '.join(map(source_name, val)) or 'none'})")
     write_json(out / "config.json", cfg.to_dict())
 
-    folder = cache_folder(d.cache, cfg.protocol)
+    folder = cache_folder(d.cache, cfg.protocol, d.size_range)
     lo, hi = d.train_seeds
     phantoms = [f"phantom:{s}" for s in range(lo, hi)]
     prerender(phantoms, cfg.protocol, folder, d.variants_per_scan, cfg.seed, d.crop_prob, d.min_keep,
-              workers=d.render_workers, log=log)
+              workers=d.render_workers, log=log, size_range=d.size_range)
     prerender(train, cfg.protocol, folder, d.real_variants, cfg.seed, d.crop_prob, d.min_keep,
-              workers=d.render_workers, log=log, everyday=True)
+              workers=d.render_workers, log=log, everyday=True, size_range=d.size_range)
     pool = Pool(folder, tags={source_tag(s) for s in phantoms} | {source_tag(s, everyday=True) for s in train})
     log(f"[finetune] {len(pool)} samples, {sum(not t.startswith('phantom_') for t in pool.tags)} of them real")
 

@@ -82,7 +82,7 @@ def _lr(t: TaskConfig, progress: float, step: int = 0) -> float:
 
 
 def _pool(cfg: TrainConfig, log) -> Pool:
-    folder = cache_folder(cfg.data.cache, cfg.protocol)
+    folder = cache_folder(cfg.data.cache, cfg.protocol, cfg.data.size_range)
     pool = Pool(folder)
     min_items = cfg.data.min_items
     waited = 0
