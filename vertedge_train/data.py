@@ -245,7 +245,7 @@ def render_scan(scan: Scan, protocol: Protocol, size: float = 1.0) -> dict[str, 
         "labels": labels,
         "cut": np.array([scan.cut.get(int(lab), False) for lab in labels], bool),
         "angles": views.angles_deg.astype(np.float32),
-        "size": np.float32(size),
+        "size": np.array(size, np.float32),
     }
 
 
