@@ -8,7 +8,7 @@ Usage:
 Every case (each `../shared/data/real/<case>/` with `ct.nii.gz` or a DICOM `dicom/` folder, and
 phantom seeds) runs as stored and under the variations of `VARIATIONS`: the patient tilted about
 L-R, rolled about S-I, both at once (oblique), air padded in-plane, a spine-centred in-plane
-field of view, S-I crops down to a third, thick slices, noise, a smaller and a larger patient
+field of view, S-I crops down to a third, thick slices, white and grainy noise, a smaller and a larger patient
 (the anatomy scaled by 0.8 and 1.2 about the spine centre), and the same voxels stored in a
 permuted and flipped grid; with `--start-angles`, each run again with the views started that many
 degrees further round (the nets' readings change with where the views stand). Every pose change
@@ -103,12 +103,13 @@ def on_volume(change: Callable[[Case], Volume]) -> Callable[[Case], Case]:
     return lambda case: _moved(case, change(case))
 
 
-def noise(sigma_hu: float) -> Callable[[Case], Case]:
-    """White Gaussian noise of `sigma_hu` on every voxel (seeded by the case name)."""
+def noise(sigma_hu: float, grain_mm: float = 0.0) -> Callable[[Case], Case]:
+    """Gaussian noise of `sigma_hu` on every voxel, white or with in-plane grains of `grain_mm`
+    (seeded by the case name)."""
 
     def apply(case: Case) -> Case:
         rng = np.random.default_rng([int(sigma_hu), sum(map(ord, case.name))])
-        return replace(case, volume=variations.with_noise(case.volume, sigma_hu, rng))
+        return replace(case, volume=variations.with_noise(case.volume, sigma_hu, rng, grain_mm))
 
     return apply
 
@@ -131,6 +132,8 @@ VARIATIONS: dict[str, Callable[[Case], Case]] = {
     "slice5mm": on_volume(lambda c: variations.thick_slices(c.volume, 5.0)),
     "noise20": noise(20.0),
     "noise60": noise(60.0),
+    # a low-dose scan through a soft kernel: its noise comes in grains, which a DRR does not average away
+    "noise40grain": noise(40.0, grain_mm=1.5),
     # a smaller and a larger patient than the case (its voxels unchanged, spacing x factor)
     "size80": sized(0.8),
     "size120": sized(1.2),

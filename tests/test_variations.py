@@ -82,3 +82,21 @@ def test_a_scaled_patient_carries_its_truth_and_keeps_its_voxels() -> None:
             moved = variations.turn_points(ball, f * np.eye(3), c)
             np.testing.assert_allclose(_bone_centroid(small, moved, 20.0 * f), moved, atol=1.0)
         np.testing.assert_allclose(_bone_centroid(small, c), c, atol=1.0)  # the centre stays
+
+
+def test_grainy_noise_has_its_sigma_and_grains_in_plane_only() -> None:
+    """A low-dose scan's noise: `sigma_hu` overall, neighbours in-plane alike, slices independent."""
+    vol = _body()
+    base = vol.hu.astype(np.float32)
+    white = variations.with_noise(vol, 40.0, np.random.default_rng(0)).hu - base
+    grain = variations.with_noise(vol, 40.0, np.random.default_rng(0), grain_mm=3.0).hu - base
+    for n in (white, grain):
+        assert n.std() == pytest.approx(40.0, rel=0.02)
+
+    def corr(n: np.ndarray, axis: int) -> float:
+        a, b = np.moveaxis(n, axis, 0)[:-1].ravel(), np.moveaxis(n, axis, 0)[1:].ravel()
+        return float(np.corrcoef(a, b)[0, 1])
+
+    assert abs(corr(white, 2)) < 0.05
+    assert corr(grain, 2) > 0.8 and corr(grain, 1) > 0.8  # in-plane (hu is (k, j, i); S-I is k here)
+    assert abs(corr(grain, 0)) < 0.05

@@ -156,9 +156,19 @@ def scaled(volume: Volume, factor: float, centre_lps: np.ndarray) -> Volume:
     return replace(volume, spacing=volume.spacing * factor, origin=c + factor * (volume.origin - c))
 
 
-def with_noise(volume: Volume, sigma_hu: float, rng: np.random.Generator) -> Volume:
-    """White Gaussian noise of `sigma_hu` added to every voxel (float32 HU)."""
+def with_noise(volume: Volume, sigma_hu: float, rng: np.random.Generator, grain_mm: float = 0.0) -> Volume:
+    """Gaussian noise of `sigma_hu` added to every voxel (float32 HU): white, or with `grain_mm` > 0
+    smoothed in-plane by a Gaussian of that sigma (mm) and scaled back to `sigma_hu`, as a soft
+    reconstruction kernel leaves a low-dose scan's noise: grains that do not average out along a
+    DRR's rays as white noise does."""
     noisy = rng.standard_normal(volume.hu.shape, dtype=np.float32)
+    if grain_mm > 0:
+        image = sitk.GetImageFromArray(noisy)
+        image.SetSpacing(tuple(float(v) for v in volume.spacing))
+        for axis in in_plane_axes(volume):
+            image = sitk.RecursiveGaussian(image, grain_mm, False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
+        noisy = sitk.GetArrayFromImage(image)
+        noisy /= noisy.std()
     noisy *= np.float32(sigma_hu)
     noisy += volume.hu  # in place: one float32 volume, not three
     return replace(volume, hu=noisy)
