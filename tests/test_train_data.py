@@ -57,10 +57,10 @@ def test_targets_peak_at_projected_centroids_and_carry_the_classes():
 
 
 class _OneScan:
-    """A pool of one rendered spine scan, as `sample_batch` reads it."""
+    """A pool of one rendered scan (by default the stand-in spine), as `sample_batch` reads it."""
 
-    def __init__(self) -> None:
-        self.items = [render_scan(_spine_scan(), PROTOCOL)]
+    def __init__(self, item: dict | None = None) -> None:
+        self.items = [render_scan(_spine_scan(), PROTOCOL) if item is None else item]
 
     def __len__(self) -> int:
         return 1
@@ -95,17 +95,10 @@ def test_sized_variants_scale_the_anatomy_and_their_identification_squares():
     cfg = BatchSettings(AugmentConfig(gamma=1.0, contrast=0.0, offset=0.0, noise=0.0), _cfg().heatmap, square_mm=40.0,
                         focus=1.0)
 
-    class _Pool:
-        def __init__(self, item) -> None:
-            self.items = [item]
-
-        def __len__(self) -> int:
-            return 1
-
     def square_side(item) -> float:
         """Pixels of the middle vertebra's square along the row through it, in a full-view crop."""
         _, h, w = item["images"].shape  # a crop of the whole view
-        b = sample_batch(_Pool(item), 1, (h, w), np.random.default_rng(0), "id", cfg)
+        b = sample_batch(_OneScan(item), 1, (h, w), np.random.default_rng(0), "id", cfg)
         return float((b["target"][0] == 1 + CLASSES.index(int(item["labels"][1]))).sum(1).max())
 
     sides = [square_side(dict(it, size=np.float32(1.0))) for it in items[1:]]
