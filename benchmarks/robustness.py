@@ -91,9 +91,7 @@ def sized(factor: float) -> Callable[[Case], Case]:
     """The patient `factor` times its size about its spine centre (a smaller or a larger patient's spine)."""
 
     def apply(case: Case) -> Case:
-        c = case.spine_centre()
-        truth = {k: variations.turn_points(p, factor * np.eye(3), c) for k, p in case.truth.items()}
-        return _moved(case, variations.scaled(case.volume, factor, c), truth)
+        return _moved(case, *variations.scaled_patient(case.volume, case.truth, factor))
 
     return apply
 

@@ -187,15 +187,10 @@ def everyday_variant(scan: Scan, rng: np.random.Generator) -> Scan:
 
 
 def sized_variant(scan: Scan, factor: float) -> Scan:
-    """`scan` with its anatomy `factor` times its size about the spine's centre (`variations.scaled`)."""
+    """`scan` with its anatomy `factor` times its size about the spine's centre (`variations.scaled_patient`)."""
     from . import variations
 
-    labels = list(scan.centroids)
-    pts = np.array([scan.centroids[k] for k in labels], float).reshape(-1, 3)
-    centre = pts.mean(0)
-    vol = variations.scaled(scan.volume, factor, centre)
-    pts = variations.turn_points(pts, factor * np.eye(3), centre)
-    return Scan(scan.name, vol, dict(zip(labels, pts)), dict(scan.cut))
+    return Scan(scan.name, *variations.scaled_patient(scan.volume, scan.centroids, factor), dict(scan.cut))
 
 
 def crop_si(scan: Scan, lo_frac: float, hi_frac: float) -> Scan:

@@ -156,6 +156,14 @@ def scaled(volume: Volume, factor: float, centre_lps: np.ndarray) -> Volume:
     return replace(volume, spacing=volume.spacing * factor, origin=c + factor * (volume.origin - c))
 
 
+def scaled_patient(volume: Volume, points_lps: dict[int, np.ndarray], factor: float
+                   ) -> tuple[Volume, dict[int, np.ndarray]]:
+    """`scaled` about the mean of the patient's vertebra points (world LPS mm), with the points moved too."""
+    centre = np.mean(list(points_lps.values()), axis=0)
+    return (scaled(volume, factor, centre),
+            {k: turn_points(p, factor * np.eye(3), centre) for k, p in points_lps.items()})
+
+
 def with_noise(volume: Volume, sigma_hu: float, rng: np.random.Generator, grain_mm: float = 0.0) -> Volume:
     """Gaussian noise of `sigma_hu` added to every voxel (float32 HU): white, or with `grain_mm` > 0
     smoothed in-plane by a Gaussian of that sigma (mm) and scaled back to `sigma_hu`, as a soft
