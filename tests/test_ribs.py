@@ -6,9 +6,11 @@ import dataclasses
 
 import numpy as np
 
+from vertedge.fusion import Fused
+from vertedge.labelling import label
 from vertedge.labels import LABELS, SPINE_ORDER
 from vertedge.options import DEFAULT_OPTIONS
-from vertedge.ribs import UNSEEN, likelihood, rib_sides
+from vertedge.ribs import UNSEEN, junction_classes, likelihood, rib_sides
 from vertedge.sequence import identify
 from vertedge.volume import Volume
 from vertedge_train.variations import rotated, rotation
@@ -118,6 +120,62 @@ def test_no_ribs_beside_the_top_vertebra_turn_a_chain_read_a_level_low_into_c7_t
     with_ribs, conf = identify(votes[None], classes, evidence=likelihood(sides, classes))
     assert with_ribs.tolist() == [LABELS[n] for n in ("C7", "T1", "T2", "T3")]
     assert 0.0 < conf.min() and conf.max() <= 1.0
+
+
+def test_the_junction_is_the_last_vertebra_with_a_rib_above_three_seen_without():
+    classes = SPINE_ORDER
+    col = {label: j for j, label in enumerate(classes)}
+    reads = np.array([LABELS[n] for n in ("T11", "L1", "L2", "L3", "L4", "L5", "L5")])  # a level low
+    sides = np.array([[1, 1], [UNSEEN, 1], [0, 0], [0, 0], [0, 0]])
+    allowed = junction_classes(sides, reads[:5], classes)
+    named = [[classes[j] for j in np.flatnonzero(row)] for row in allowed]
+    assert named[1] == [LABELS["T12"], LABELS["T13"]] and named[2] == [LABELS["L1"]]
+    assert allowed[[0, 3, 4]].all()
+    assert not allowed[2, col[LABELS["L2"]]]
+    # one side seen without a rib (a short rib, or a transverse process read as one): no junction
+    assert junction_classes(np.array([[1, 0], [0, 0], [0, 0], [0, 0]]), reads[1:5], classes).all()
+    # a side of the rows below unseen: they may still bear ribs
+    assert junction_classes(np.array([[1, 1], [0, UNSEEN], [0, 0], [0, 0]]), reads[1:5], classes).all()
+    # two ribless rows at the scan's caudal edge: the lower ribs may have left the scan beside them
+    assert junction_classes(sides[1:4], reads[1:4], classes).all()
+    # the net reads the first ribless row two levels above L1: the probe's miss, more likely
+    thoracic = np.array([LABELS[n] for n in ("T9", "T10", "T11", "T12", "L1")])
+    assert junction_classes(sides, thoracic, classes).all()
+    # the top of a chest CT: C7's transverse process read as a rib above ribless rows, the thorax below
+    chest_top = np.array([[1, UNSEEN], [0, 0], [0, 0], [0, 0], [1, 1], [1, 1]])
+    assert junction_classes(chest_top, np.array([LABELS[n] for n in ("C6", "C7", "T1", "T1", "T2", "T3")]), classes).all()
+    # ribs missed on three thoracic vertebrae: the junction is still the last rib above three without
+    missed = np.vstack([sides[[0, 2, 3, 4]], sides])
+    at = junction_classes(missed, np.concatenate([reads[:4], reads[:5]]), classes)
+    assert at[:5].all() and at[5].sum() == 2 and at[6].sum() == 1
+
+
+def _chain(n: int, gap_mm: float = 30.0) -> Fused:
+    """A straight chain of `n` points `gap_mm` apart along S-I, each found in all of 10 views."""
+    points = np.stack([np.zeros(n), np.zeros(n), -gap_mm * np.arange(n)], axis=1)
+    return Fused(points, np.zeros(n), np.full(n, 10), np.zeros((n, 10), dtype=np.int64))
+
+
+def test_without_the_sacrum_the_junction_turns_a_chain_read_a_level_low_below_the_ribs():
+    """The real lumbar CT's upper half: the net reads T12-L3 as L1-L4 with most of every row's
+    vote, ribs found both sides of the top vertebra and none below. The rib likelihood alone weighs
+    one row against three; the junction names T12 and the count follows it, with the net's
+    disagreement left in the confidences. With the sacrum in view the net's reading stands."""
+    classes = tuple(LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5"))
+    votes = np.zeros((1, 4, len(classes)))
+    for i in range(4):
+        votes[0, i, i + 1: i + 4] = [0.25, 0.7, 0.05]  # T12 read as L1 (0.7), T12 0.25, ...
+    sides = np.array([[1, 1], [0, 0], [0, 0], [0, 0]])
+    per_view = (votes, np.ones((1, 4), dtype=bool))
+    off = dataclasses.replace(DEFAULT_OPTIONS, ribs=dataclasses.replace(DEFAULT_OPTIONS.ribs, junction=False))
+    names = [[LABELS[n] for n in row.split()] for row in ("T12 L1 L2 L3", "L1 L2 L3 L4")]
+    read, conf = label(_chain(4), per_view, 10, classes, rib_sides=sides)
+    assert read.tolist() == names[0]
+    # the top row's ribs outweigh the net's L1 on their own; below it the junction forces the labels,
+    # not the confidences: the net gave each right label a quarter of its vote
+    assert conf[0] > 0.5 and conf[1:].max() < 0.5
+    assert label(_chain(4), per_view, 10, classes, off, rib_sides=sides)[0].tolist() == names[1]
+    assert label(_chain(4), per_view, 10, classes, rib_sides=sides, sacrum_seen=True)[0].tolist() == names[1]
 
 
 def test_the_probe_reads_world_positions_in_any_grid():

@@ -318,3 +318,20 @@ def test_bad_shapes_raise() -> None:
         vote([np.ones((3, 26)), np.ones((4, 26))], ALL)
     with pytest.raises(VertedgeError):
         vote(np.ones((2, 3, 26)), ALL, valid=np.ones((2, 4), bool))
+
+
+def test_a_class_not_allowed_on_a_row_is_no_state_of_it_and_keeps_its_confidence():
+    classes = tuple(LABELS[n] for n in ("T12", "L1", "L2", "L3"))
+    votes = np.array([[[0.3, 0.7, 0.0, 0.0], [0.0, 0.3, 0.7, 0.0], [0.0, 0.0, 0.3, 0.7]]])
+    assert identify(votes, classes)[0].tolist() == [LABELS[n] for n in ("L1", "L2", "L3")]
+    allowed = np.ones((3, 4), dtype=bool)
+    allowed[1] = [False, True, False, False]  # a count outside the views puts L1 on the middle row
+    apart = np.zeros(2, dtype=bool)  # three vertebrae
+    labels, conf = identify(votes, classes, same_ok=apart, allowed=allowed)
+    assert labels.tolist() == [LABELS[n] for n in ("T12", "L1", "L2")]
+    np.testing.assert_allclose(conf, [0.3, 0.3, 0.3])
+    # a row left no class: no sequence honours it, and the decode reads the views alone
+    allowed[1] = False
+    assert identify(votes, classes, same_ok=apart, allowed=allowed)[0].tolist() == [LABELS[n] for n in ("L1", "L2", "L3")]
+    with pytest.raises(VertedgeError, match="allowed"):
+        identify(votes, classes, allowed=allowed[:2])

@@ -15,9 +15,9 @@ from .fusion import Fused, relative_to_neighbours
 from .geometry import Views, pixel_mm_at_depth, project
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .peaks import Peaks, find_peaks
-from .ribs import chain_frames, likelihood
+from .ribs import chain_frames, junction_classes, likelihood
 from .sacrum import last_lumbar_likelihood
-from .sequence import identify
+from .sequence import identify, vote
 
 
 def peaks_of(heatmaps: np.ndarray, views: Views, threshold: float, options: PipelineOptions = DEFAULT_OPTIONS) -> Peaks:
@@ -135,6 +135,12 @@ def view_votes(fused: Fused, views: Views, prob: np.ndarray, options: PipelineOp
     return p, valid
 
 
+def net_reads(per_view: tuple[np.ndarray, np.ndarray], classes: tuple[int, ...]) -> np.ndarray:
+    """(n,) VerSe labels: the class the views' vote (`view_votes`, Eq. 6) gives most at each fused
+    point, before any evidence from the CT or the decode."""
+    return np.asarray(classes)[vote(per_view[0], classes, valid=per_view[1])[0].argmax(axis=1)]
+
+
 def label(
     fused: Fused,
     per_view: tuple[np.ndarray, np.ndarray],
@@ -143,12 +149,22 @@ def label(
     options: PipelineOptions = DEFAULT_OPTIONS,
     rib_sides: np.ndarray | None = None,
     above_sacrum: bool = False,
+    sacrum_seen: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) and confidences (n,) by sequence-weighted vote of `per_view` (`view_votes`) over
     the `n_views` views and DP decode.
 
     `rib_sides` (n, 2), what `ribs.rib_sides` found at each fused point, weighs in the decode, and
     so does `above_sacrum`: the last point lies directly above the sacrum (`sacrum.sacral_start`).
+    Where no sacrum is seen (`sacrum_seen`: above or below the chain), the last rib is the caudal
+    end's only count, and the decode names the thoracolumbar junction by it
+    (`ribs.junction_classes`, `RibOptions.junction`: where the net reads the vertebra below it
+    within a level of L1, `net_reads`): on real crops the net reads the vertebrae
+    below it a level off as a whole (the lumbar CT's upper half: L1-L5 on T12-L4), and the DP,
+    summing rows, lets their votes outweigh any one row's ribs. With the sacrum in view the two
+    counts differ only on a spine with a variant (six lumbar vertebrae, or a T12 without ribs),
+    which neither decides: the net's reading stands there, as before. The junction chooses labels,
+    not confidences, and no count from an end crosses it (`anchors`): what it names stays flagged.
     The decode joins two rows as one vertebra only where `may_be_one_vertebra` and
     `may_be_one_across` allow it, and skips a label between them only where `may_skip_one` does.
     """
@@ -156,11 +172,15 @@ def label(
     evidence = np.ones((len(fused), len(classes)))
     if rib_sides is not None:
         evidence *= likelihood(rib_sides, classes, options.ribs)
+    allowed = None
+    if rib_sides is not None and options.ribs.junction and not sacrum_seen:
+        allowed = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs)
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
     return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
                     evidence=evidence, floor=options.label_floor,
-                    same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options))
+                    same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options),
+                    allowed=allowed)
 
 
 def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:

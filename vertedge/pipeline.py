@@ -25,13 +25,12 @@ from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
 from .fusion import Fused, distinct_vertebrae, fuse
 from .geometry import Protocol, Views, make_views
-from .labelling import label, one_per_label, peaks_of, spine_gaps, view_votes, well_seen
+from .labelling import label, net_reads, one_per_label, peaks_of, spine_gaps, view_votes, well_seen
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .ribs import rib_sides
 from .sacrum import on_sacrum, sacral_start, sacrum_below
-from .sequence import vote
 from .volume import Volume
 from .xp import to_host
 
@@ -233,9 +232,8 @@ class Labeler:
             per_view = view_votes(fused, views, prob, options)
         with timer("sacrum"):
             # the points on the sacrum leave the chain; the vertebra above them is the last lumbar one
-            voted = vote(per_view[0], self.models.classes, valid=per_view[1])[0]
-            reads = np.asarray(self.models.classes)[voted.argmax(axis=1)]
-            sacrum = sacral_start(volume, fused.points_lps, sides, reads, options.sacrum)
+            sacrum = sacral_start(volume, fused.points_lps, sides, net_reads(per_view, self.models.classes),
+                                  options.sacrum)
             above_sacrum = sacrum < len(fused)
             fused, sides = fused.head(sacrum), sides[:sacrum]
             per_view = (per_view[0][:, :sacrum], per_view[1][:, :sacrum])
@@ -244,7 +242,7 @@ class Labeler:
             last_on_sacrum = len(fused) >= 2 and on_sacrum(volume, fused.points_lps, options.sacrum)
         with timer("voting"):
             labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
-                                       above_sacrum)
+                                       above_sacrum, below)
             keep = one_per_label(labels, fused)
         with timer("between"):
             # a vertebra the nets missed between two of the vertebrae (chain_ends.py): read from the CT,
@@ -265,7 +263,7 @@ class Labeler:
                 sides = np.insert(sides[keep], at + 1, new_sides, axis=0)
                 per_view = view_votes(fused, views, prob, options)
                 labels, confidence = label(fused, per_view, views.n_views, self.models.classes, options, sides,
-                                           above_sacrum)
+                                           above_sacrum, below)
                 keep = one_per_label(labels, fused)
         with timer("review"):
             points = fused.points_lps[keep]

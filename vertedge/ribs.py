@@ -182,3 +182,35 @@ def likelihood(sides: np.ndarray, classes: tuple[int, ...], options: RibOptions 
     ribs = (sides == 1).sum(axis=1)[:, None]
     none = (sides == 0).sum(axis=1)[:, None]
     return np.where(thoracic, options.none_if_ribs**none, np.where(judged, options.ribs_if_none**ribs, 1.0))
+
+
+def junction_classes(sides: np.ndarray, reads: np.ndarray, classes: tuple[int, ...],
+                     options: RibOptions = DEFAULT_OPTIONS.ribs) -> np.ndarray:
+    """(n, c) bool: the classes the thoracolumbar junction leaves each point (`rib_sides`, (n, 2),
+    chain order cranial -> caudal), given the identification net's reading of each (`reads`, (n,),
+    the most voted class, VerSe labels).
+
+    The junction is the chain's last point with a rib found and no side seen without one, where
+    the `junction_ribless` points below it are seen without a rib on both sides and the net reads
+    the first of them within one level of L1 (T12, T13, L1 or L2): that vertebra is T12 (T13 where
+    there is one) and the one below it L1. Elsewhere every class stays. The last such point, not
+    any: a transverse process of C7 or a clavicle read as a rib at the top of a chest CT is followed
+    by ribless rows too, and then by the thorax. Three rows, and the net's reading, because the
+    lower ribs slope down: at a chest CT's caudal edge they leave the scan beside their own
+    vertebra, and the real chest CT's T11 and T12 read ribless there, with stray points beside
+    them; the net reads those rows as T10-T12, two or more levels from L1, and a junction so far
+    from the net's count is more likely the probe's miss than the net's.
+    """
+    sides = np.asarray(sides)
+    out = np.ones((len(sides), len(classes)), dtype=bool)
+    ribbed = np.flatnonzero((sides == 1).any(axis=1) & ~(sides == 0).any(axis=1))
+    if not len(ribbed):
+        return out
+    last = ribbed[-1]
+    below = sides[last + 1 : last + 1 + options.junction_ribless]
+    near_l1 = [LABELS[n] for n in ("T12", "T13", "L1", "L2")]
+    if len(below) == options.junction_ribless and (below == 0).all() and reads[last + 1] in near_l1:
+        names = np.asarray(classes)
+        out[last] = np.isin(names, [LABELS["T12"], LABELS["T13"]])
+        out[last + 1] = names == LABELS["L1"]
+    return out

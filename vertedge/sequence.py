@@ -225,6 +225,7 @@ def _best_path(
     floor: float = 0.0,
     twice_ok: np.ndarray | None = None,
     skip_ok: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Column indices (n,) of the best sequence through P: (n, c), n >= 1, and its score (Eq. 1).
 
@@ -233,8 +234,9 @@ def _best_path(
     row i to row i + 2 (rows i, i + 2 are two vertebrae, so the row between may join one of them,
     not both; None: all allowed); `skip_ok: (n - 1,) bool` False forbids "skip one" into row i + 1
     (no vertebra can lie between rows i and i + 1; None: all allowed). A class under `floor` on a
-    row is no state of it, unless no sequence is left without one. The recursion keeps two scores
-    per class: reached by a step to another class, and reached by "same".
+    row, or False in `allowed: (n, c) bool` (None: all allowed), is no state of it, unless no
+    sequence is left without one. The recursion keeps two scores per class: reached by a step to
+    another class, and reached by "same".
     """
     n, c = P.shape
     weights, penalty, no_skip = _transitions(classes, float(alpha), float(beta))
@@ -246,6 +248,8 @@ def _best_path(
     skips = _as_steps(skip_ok, n, "skip_ok")
     never = np.full(c, -np.inf)
     ruled_out = np.where(P < floor, -np.inf, 0.0)
+    if allowed is not None:
+        ruled_out[~allowed] = -np.inf
     cols = np.arange(c)
     moved_from = np.zeros((n, c), dtype=int)  # class of row i - 1 a step to another class came from
     moved_state = np.zeros((n, c), dtype=int)  # ... and how that class was reached (1: by "same")
@@ -262,7 +266,7 @@ def _best_path(
         same_state[i] = from_same > from_moved
         same = np.maximum(from_moved, from_same) + same_w * P[i]
         opt = np.stack([moved, same]) + ruled_out[i]
-    if floor > 0 and not np.isfinite(opt).any():
+    if (floor > 0 or allowed is not None) and not np.isfinite(opt).any():
         return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok, skip_ok)
     state, last = np.unravel_index(int(opt.argmax()), opt.shape)
     path = np.empty(n, dtype=int)
@@ -337,6 +341,7 @@ def identify(
     floor: float = 0.0,
     same_twice_ok: np.ndarray | None = None,
     skip_ok: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (n,) int and confidences (n,) float in [0, 1] for K maps Ps: (K, n, c) (Sec. 2.4).
 
@@ -350,7 +355,9 @@ def identify(
     probabilities, so a class ruled out on one row costs it at most that row's share, and where
     the net reads the rows below a level off the sum can still name a vertebra what its ribs rule
     out (a T13 without a rib); the floor keeps such a class out of the decode, and gives way where
-    every allowed sequence needs one.
+    every allowed sequence needs one. `allowed: (n, c) bool` keeps the classes a count outside the
+    views rules out (the thoracolumbar junction, `ribs.junction_classes`) out of the decode, not out
+    of the confidences: a row's confidence stays what the views and `evidence` give its label.
     """
     classes = _check_classes(classes)
     V, _ = vote(Ps, classes, alpha, beta, valid)
@@ -363,5 +370,9 @@ def identify(
     V = np.divide(V, mass, out=np.zeros_like(V), where=mass > 0)
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
-    path, _ = _best_path(V, classes, alpha, beta, same_ok, floor, same_twice_ok, skip_ok)
+    if allowed is not None:
+        allowed = _as_maps(allowed, classes).astype(bool)
+        if allowed.shape != V.shape:
+            raise VertedgeError(f"sequence: allowed of shape {allowed.shape}; expected {V.shape}")
+    path, _ = _best_path(V, classes, alpha, beta, same_ok, floor, same_twice_ok, skip_ok, allowed)
     return np.asarray(classes, dtype=int)[path], V[np.arange(len(path)), path]
