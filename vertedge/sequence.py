@@ -371,7 +371,7 @@ def identify(
     if V.shape[0] == 0:
         return np.zeros(0, dtype=int), np.zeros(0)
     if allowed is not None:
-        allowed = _as_maps(allowed, classes).astype(bool)
+        allowed = np.asarray(allowed, dtype=bool)
         if allowed.shape != V.shape:
             raise VertedgeError(f"sequence: allowed of shape {allowed.shape}; expected {V.shape}")
     path, _ = _best_path(V, classes, alpha, beta, same_ok, floor, same_twice_ok, skip_ok, allowed)
