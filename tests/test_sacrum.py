@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from vertedge.fusion import Fused
+from vertedge.labelling import label
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
-from vertedge.sacrum import last_lumbar_likelihood, on_sacrum, sacral_start, sacrum_below
+from vertedge.sacrum import last_lumbar_classes, last_lumbar_likelihood, on_sacrum, sacral_start, sacrum_below
 from vertedge.sequence import identify
 from vertedge.volume import Volume
 from vertedge_train.variations import rotated, rotation
@@ -91,11 +94,12 @@ def test_no_sacrum_below_vertebrae_with_ribs():
     assert sacral_start(volume, points, np.ones((5, 2), np.int64), READS) == 5
 
 
-def test_no_sacrum_where_the_net_reads_the_last_point_below_the_one_above():
-    """A point bridging to the iliac wings that the net reads a level below its neighbour is a
-    vertebra (a phantom's L5, whose transverse processes touch the wings), not S1 read again."""
+def test_the_sacrum_is_found_where_the_net_reads_the_chain_a_level_high_and_not_where_it_reads_l4():
+    """On a crop of the lower lumbar spine the net reads L2-L5 as L1-L4 and S1 as L5, a level below
+    its neighbour: S1 still (the net has no sacral class, and reads it as the last lumbar one). A
+    point it reads as L4 or higher is a vertebra."""
     volume, points = pelvis_scan()
-    assert sacral_start(volume, points, RIBLESS[:5], READS - [1, 1, 1, 1, 0]) == 5  # L5 below L4
+    assert sacral_start(volume, points, RIBLESS[:5], READS - [1, 1, 1, 1, 0]) == 4  # L1-L4, then L5
     assert sacral_start(volume, points, RIBLESS[:5], READS - 1) == 5  # read as L4 twice: not S1
 
 
@@ -128,6 +132,49 @@ def test_the_last_lumbar_likelihood_weighs_only_the_last_row():
     np.testing.assert_allclose(like[:2], 1.0)
     np.testing.assert_allclose(like[2], [o.other, o.variant, 1.0, o.variant])
     assert last_lumbar_likelihood(0, classes, o).shape == (0, 4)
+
+
+def test_without_ribs_in_the_chain_the_sacrum_names_the_last_point_l5():
+    classes = tuple(LABELS[n] for n in ("T12", "L1", "L2", "L3", "L4", "L5", "L6"))
+    allowed = last_lumbar_classes(RIBLESS[:4], classes)
+    assert allowed[:3].all()
+    assert allowed[3].tolist() == [c == LABELS["L5"] for c in classes]
+    crest = RIBLESS[:4].copy()
+    crest[3] = (1, 0)  # an iliac crest crossing the rib probe's ring on one side is not a rib
+    assert allowed.tolist() == last_lumbar_classes(crest, classes).tolist()
+    ribs = RIBLESS[:4].copy()
+    ribs[0] = (1, 1)  # T12's ribs in view: the junction and the sacrum are two counts, the net decides
+    assert last_lumbar_classes(ribs, classes).all()
+    unseen = RIBLESS[:4].copy()
+    unseen[0] = (1, -1)  # a rib and a side out of the scan: a rib still
+    assert last_lumbar_classes(unseen, classes).all()
+    assert last_lumbar_classes(np.zeros((0, 2), np.int64), classes).shape == (0, len(classes))
+
+
+def test_a_crop_read_a_level_high_above_the_sacrum_is_counted_from_it():
+    """L2-L5 above the sacrum, read by every view as L1-L4 (the real lumbar CT's middle 60 %): with
+    no rib in view the count from the sacrum names them, and the labels keep the net's confidence
+    (the last one with the sacrum's likelihood); not with the count turned off, nor with a rib in
+    view, where the net decides."""
+    classes = tuple(LABELS[n] for n in ("T12", "L1", "L2", "L3", "L4", "L5", "L6"))
+    reads = np.zeros((3, 4, len(classes)))
+    reads[:, np.arange(4), np.arange(1, 5)] = 0.6  # L1-L4: one level high
+    reads[:, np.arange(4), np.arange(2, 6)] = 0.3  # L2-L5
+    reads[:, :, 0] = 0.1
+    fused = Fused(np.array([[0.0, 0.0, 70.0 - GAP * r] for r in range(4)]), np.full(4, 1.0), np.full(4, 3),
+                  np.zeros((4, 3), np.int64))
+    args = (fused, (reads, np.ones((3, 4), bool)), 3, classes)
+    right = [LABELS[n] for n in ("L2", "L3", "L4", "L5")]
+    one_high = [LABELS[n] for n in ("L1", "L2", "L3", "L4")]
+    labels, conf = label(*args, rib_sides=RIBLESS[:4], above_sacrum=True, sacrum_seen=True)
+    assert labels.tolist() == right
+    assert conf[:3].max() < 0.5  # the net's reading, not the count's; the last row weighs the sacrum's likelihood
+    off = replace(DEFAULT_OPTIONS, sacrum=replace(DEFAULT_OPTIONS.sacrum, count=False))
+    assert label(*args, options=off, rib_sides=RIBLESS[:4], above_sacrum=True, sacrum_seen=True)[0].tolist() == one_high
+    ribbed = RIBLESS[:4].copy()
+    ribbed[0] = (1, 1)
+    assert label(*args, rib_sides=ribbed, above_sacrum=True, sacrum_seen=True)[0].tolist() == one_high
+    assert label(*args, rib_sides=RIBLESS[:4])[0].tolist() == one_high  # no sacrum: no count
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "real" / "totalseg_lumbar").is_dir(), reason="no ../shared/data")

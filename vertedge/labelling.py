@@ -16,7 +16,7 @@ from .geometry import Views, pixel_mm_at_depth, project
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .peaks import Peaks, find_peaks
 from .ribs import chain_frames, junction_classes, likelihood
-from .sacrum import last_lumbar_likelihood
+from .sacrum import last_lumbar_classes, last_lumbar_likelihood
 from .sequence import identify, vote
 
 
@@ -155,7 +155,9 @@ def label(
     the `n_views` views and DP decode.
 
     `rib_sides` (n, 2), what `ribs.rib_sides` found at each fused point, weighs in the decode, and
-    so does `above_sacrum`: the last point lies directly above the sacrum (`sacrum.sacral_start`).
+    so does `above_sacrum`: the last point lies directly above the sacrum (`sacrum.sacral_start`);
+    where no point bears ribs, the sacrum is the only count and names that point L5
+    (`sacrum.last_lumbar_classes`, `SacrumOptions.count`).
     Where no sacrum is seen (`sacrum_seen`: above or below the chain), the last rib is the caudal
     end's only count, and the decode names the thoracolumbar junction by it
     (`ribs.junction_classes`, `RibOptions.junction`: where the net reads the vertebra below it
@@ -177,6 +179,8 @@ def label(
         allowed = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs)
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
+        if rib_sides is not None and options.sacrum.count:
+            allowed = last_lumbar_classes(rib_sides, classes)
     return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
                     evidence=evidence, floor=options.label_floor,
                     same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options),

@@ -88,6 +88,7 @@ class SacrumOptions:
     tail_rows: int = 2  # the chain's last points probed
     variant: float = 0.2  # likelihood of L4 or L6 directly above the sacrum (four or six lumbar vertebrae), against L5
     other: float = 0.02  # ... of any other class
+    count: bool = True  # no rib in the chain: the vertebra above the sacrum is L5 (`sacrum.last_lumbar_classes`)
 
 
 @dataclass(frozen=True)

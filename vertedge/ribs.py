@@ -184,6 +184,13 @@ def likelihood(sides: np.ndarray, classes: tuple[int, ...], options: RibOptions 
     return np.where(thoracic, options.none_if_ribs**none, np.where(judged, options.ribs_if_none**ribs, 1.0))
 
 
+def ribbed(sides: np.ndarray) -> np.ndarray:
+    """(n,) bool: the points whose rib probe (`rib_sides`, (n, 2)) found a rib and saw no side
+    without one (a lower lumbar vertebra's iliac crest crosses the ring on one side at most)."""
+    sides = np.asarray(sides)
+    return (sides == 1).any(axis=1) & ~(sides == 0).any(axis=1)
+
+
 def junction_classes(sides: np.ndarray, reads: np.ndarray, classes: tuple[int, ...],
                      options: RibOptions = DEFAULT_OPTIONS.ribs) -> np.ndarray:
     """(n, c) bool: the classes the thoracolumbar junction leaves each point (`rib_sides`, (n, 2),
@@ -203,10 +210,10 @@ def junction_classes(sides: np.ndarray, reads: np.ndarray, classes: tuple[int, .
     """
     sides = np.asarray(sides)
     out = np.ones((len(sides), len(classes)), dtype=bool)
-    ribbed = np.flatnonzero((sides == 1).any(axis=1) & ~(sides == 0).any(axis=1))
-    if not len(ribbed):
+    with_ribs = np.flatnonzero(ribbed(sides))
+    if not len(with_ribs):
         return out
-    last = ribbed[-1]
+    last = with_ribs[-1]
     below = sides[last + 1 : last + 1 + options.junction_ribless]
     near_l1 = [LABELS[n] for n in ("T12", "T13", "L1", "L2")]
     if len(below) == options.junction_ribless and (below == 0).all() and reads[last + 1] in near_l1:

@@ -14,9 +14,10 @@ from the lateral direction, posterior positive): S1's reaches `reach_mm` lateral
 on one side where the other side's band leaves the scan, and fills at least `fill` of the band
 beyond `fill_from_mm` (the alae and iliac wings are plates; a rib, which also crosses the band,
 fills 0.02-0.13 of it on the real chest CT and the phantoms, S1 0.4-0.6 on the real lumbar CT).
-A point there that the net reads as L5 or L6 again, below a vertebra without ribs, starts the
-sacrum: it and the points below it leave the chain, and the vertebra above it is the last lumbar
-one, L5 unless the spine has six or four lumbar vertebrae (a likelihood per class for the decode).
+A point there that the net reads as L5 or L6, below a vertebra without ribs, starts the sacrum: it
+and the points below it leave the chain, and the vertebra above it is the last lumbar one, L5
+unless the spine has six or four lumbar vertebrae (a likelihood per class for the decode; where
+the chain shows no rib, the scan's only count: `last_lumbar_classes`).
 
 Points are world LPS mm in chain order (cranial -> caudal); the frames are `ribs.chain_frames`.
 """
@@ -25,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import LABELS, SPINE_ORDER
+from .labels import LABELS
 from .options import DEFAULT_OPTIONS, SacrumOptions
-from .ribs import chain_frames, crosses, probe_grid, side_bands, slab_mip
+from .ribs import chain_frames, crosses, probe_grid, ribbed, side_bands, slab_mip
 from .volume import Volume
 
 _L5 = LABELS["L5"]
@@ -70,20 +71,21 @@ def sacral_start(
     """Index of the first point (chain order) on the sacrum, `len(points_lps)` if none.
 
     Only the last `tail_rows` points are probed, and a point counts only where the identification
-    net reads it as L5 or L6 and no lower than the point above it (`reads`, (n,), each point's most
-    voted class, VerSe labels: the net has no sacral class and reads S1 as the last lumbar vertebra
-    again, where a real L5 reads below L4, and an L5 fused with the wings bridges as well), and
-    where one of the two vertebrae above it is seen without ribs by the rib probe (`rib_sides`,
-    (n, 2), 0 on both sides): not below thoracic vertebrae, whose ribs cross the band too; one,
-    since an iliac crest may cross the rib probe's ring beside L5.
+    net reads it as L5 or L6 (`reads`, (n,), each point's most voted class, VerSe labels: the net
+    has no sacral class and reads S1 as the last lumbar vertebra, again below a real L5 or, in a
+    crop that shows no more of the spine than the lower lumbar vertebrae, one level below the L4 it
+    reads there; a vertebra it reads as L4 or higher is not S1), and where one of the two
+    vertebrae above it is seen without ribs by the rib probe (`rib_sides`, (n, 2), 0 on both
+    sides): not below thoracic vertebrae, whose ribs cross the band too; one, since an iliac crest
+    may cross the rib probe's ring beside L5. An L5 fused with the iliac wings (a transitional
+    vertebra, a few in a hundred spines) bridges as well and is taken for S1; no phantom's L5 and
+    no real one here bridges.
     """
     p = np.asarray(points_lps, dtype=np.float64)
     n = len(p)
-    order = SPINE_ORDER.index
     ribless = (np.asarray(rib_sides) == 0).all(axis=1)
     for i in range(max(2, n - options.tail_rows), n):
-        read_again = reads[i] in _L5_L6 and order(reads[i]) <= order(reads[i - 1])
-        if read_again and ribless[i - 2 : i].any() and _bridges(volume, p, i, options):
+        if reads[i] in _L5_L6 and ribless[i - 2 : i].any() and _bridges(volume, p, i, options):
             return i
     return n
 
@@ -103,12 +105,32 @@ def sacrum_below(volume: Volume, points_lps: np.ndarray, options: SacrumOptions 
 
 def on_sacrum(volume: Volume, points_lps: np.ndarray, options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> bool:
     """Does the chain's last point (of n >= 2, mm) bridge to the iliac wings? Then it is S1, which
-    the localization net found and the identification net read as a lumbar vertebra below the one
-    above it (`sacral_start` does not take it: so reads a real L5 fused with the wings), or that
-    fused L5 itself; either way no count up from the sacrum may start there (an S-I
-    crop of the real lumbar CT read S1 as L5 and trusted four labels a level off, at 0.98)."""
+    the localization net found and `sacral_start` did not take (the identification net read it as
+    L4 or higher, or no ribless vertebra lies above it), or an L5 fused with the wings; either way
+    no count up from the sacrum may start there (an S-I crop of the real lumbar CT read S1 as L5
+    and trusted four labels a level off, at 0.98)."""
     p = np.asarray(points_lps, dtype=np.float64)
     return _bridges(volume, p, len(p) - 1, options)
+
+
+def last_lumbar_classes(rib_sides: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    """(n, c) bool: the classes a count up from the sacrum leaves `n` points whose last one lies
+    directly above it, given what the rib probe found beside each (`rib_sides`, (n, 2)).
+
+    Where no point of the chain bears ribs (`ribs.ribbed`), the sacrum is the scan's only count:
+    the last point is L5, as a reader names the vertebra above the sacrum on a scan that does not
+    show the last rib (a spine with four or six lumbar vertebrae is then named a level off, and
+    its labels keep the net's low confidence). On a crop of the lower lumbar spine the net reads
+    the vertebrae a level high as a whole (the real lumbar CT's middle 60 %: L2-L5 read as L1-L4),
+    and the decode, summing rows, lets their votes outweigh the sacrum's likelihood on one row
+    (`last_lumbar_likelihood`). Where the chain shows ribs, the junction and the sacrum are two
+    counts that differ only on a spine with a variant, which the net's reading decides: every
+    class stays.
+    """
+    out = np.ones((len(rib_sides), len(classes)), dtype=bool)
+    if len(out) and not ribbed(rib_sides).any():
+        out[-1] = np.asarray(classes) == _L5
+    return out
 
 
 def last_lumbar_likelihood(n: int, classes: tuple[int, ...], options: SacrumOptions = DEFAULT_OPTIONS.sacrum) -> np.ndarray:
