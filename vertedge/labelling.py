@@ -175,7 +175,7 @@ def label(
     if rib_sides is not None:
         evidence *= likelihood(rib_sides, classes, options.ribs)
     allowed = None
-    if rib_sides is not None and options.ribs.junction and not sacrum_seen:
+    if rib_sides is not None and options.ribs.junction and not (sacrum_seen or above_sacrum):
         allowed = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs)
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
