@@ -172,15 +172,15 @@ def label(
     """
     p, valid = per_view
     evidence = np.ones((len(fused), len(classes)))
-    if rib_sides is not None:
-        evidence *= likelihood(rib_sides, classes, options.ribs)
-    allowed = None
-    if rib_sides is not None and options.ribs.junction and not (sacrum_seen or above_sacrum):
-        allowed = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs)
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
-        if rib_sides is not None and options.sacrum.count:
+    allowed = None  # at most one count from outside the views: the sacrum's, else the last rib's
+    if rib_sides is not None:
+        evidence *= likelihood(rib_sides, classes, options.ribs)
+        if above_sacrum and options.sacrum.count:
             allowed = last_lumbar_classes(rib_sides, classes)
+        elif options.ribs.junction and not (sacrum_seen or above_sacrum):
+            allowed = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs)
     return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
                     evidence=evidence, floor=options.label_floor,
                     same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options),

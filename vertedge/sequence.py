@@ -356,8 +356,9 @@ def identify(
     the net reads the rows below a level off the sum can still name a vertebra what its ribs rule
     out (a T13 without a rib); the floor keeps such a class out of the decode, and gives way where
     every allowed sequence needs one. `allowed: (n, c) bool` keeps the classes a count outside the
-    views rules out (the thoracolumbar junction, `ribs.junction_classes`) out of the decode, not out
-    of the confidences: a row's confidence stays what the views and `evidence` give its label.
+    views rules out (the thoracolumbar junction, `ribs.junction_classes`; the sacrum,
+    `sacrum.last_lumbar_classes`) out of the decode, not out of the confidences: a row's confidence
+    stays what the views and `evidence` give its label.
     """
     classes = _check_classes(classes)
     V, _ = vote(Ps, classes, alpha, beta, valid)
