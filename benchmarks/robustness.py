@@ -188,6 +188,8 @@ def judge(case: Case, result: Any) -> dict[str, Any]:
         "id_rate": sc.id_rate["all"] if sc else math.nan,
         "l_error_mm": sc.l_error_mm["all"] if sc else math.nan,
         "n_identified": sc.n_identified["all"] if sc else 0,
+        # the vertebrae whose label was predicted: what the L-Error averages over
+        "n_matched": sum(r["distance_mm"] is not None for r in sc.per_vertebra) if sc else 0,
         "predictions": rows,
         "n_wrong": len(wrong),
         "max_wrong_confidence": max((r["confidence"] for r in wrong), default=math.nan),
@@ -217,15 +219,31 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
+def pooled(records: list[dict[str, Any]]) -> tuple[float, float]:
+    """Id-Rate (%) and L-Error (mm) over the vertebrae of all `records` together, as
+    `vertedge.metrics.pool` scores a set of scans: identified over scored, and the mean distance
+    over every vertebra whose label was predicted (a scan of many vertebrae weighs more than a
+    crop of two; the per-case means weigh each run alike)."""
+    n_scored = sum(r["n_scored"] for r in records)
+    n_matched = sum(r.get("n_matched", 0) for r in records)
+    l_sum = sum(r["l_error_mm"] * r.get("n_matched", 0) for r in records if r.get("n_matched", 0))
+    return (100.0 * sum(r["n_identified"] for r in records) / n_scored if n_scored else math.nan,
+            l_sum / n_matched if n_matched else math.nan)
+
+
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means per variation and per case group, and calibration over everything."""
+    """Means per variation and per case group (and the same pooled over their vertebrae), and
+    calibration over everything."""
     out: dict[str, Any] = {"per_variation": {}, "per_case": {}}
     for key, field in (("per_variation", "variation"), ("per_case", "case")):
         for name in dict.fromkeys(r[field] for r in records):
             mine = [r for r in records if r[field] == name]
+            pooled_id, pooled_l = pooled(mine)
             out[key][name] = {
                 "id_rate": _mean([r["id_rate"] for r in mine]),
                 "l_error_mm": _mean([r["l_error_mm"] for r in mine]),
+                "pooled_id_rate": pooled_id,
+                "pooled_l_error_mm": pooled_l,
                 "max_wrong_confidence": max((r["max_wrong_confidence"] for r in mine
                                              if not math.isnan(r["max_wrong_confidence"])), default=math.nan),
                 "wrong_above_half": sum(r["wrong_above_half"] for r in mine),
@@ -251,11 +269,12 @@ def markdown(records: list[dict[str, Any]], summ: dict[str, Any]) -> str:
             lines.append(f"| {r['variation']} | {r['n_scored']} | {_fmt(r['id_rate'])} | {_fmt(r['l_error_mm'])} | "
                          f"{names} | {r['n_wrong']} ({r['wrong_above_half']}) | {_fmt(r['max_wrong_confidence'], '.2f')} |")
         lines.append("")
-    lines += ["#### per variation (mean over cases)", "", "| variation | Id-Rate % | L-Error mm | wrong > 0.5 | max wrong conf |",
-              "|---|---|---|---|---|"]
+    lines += ["#### per variation (mean over cases; pooled over their vertebrae)", "",
+              "| variation | Id-Rate % | L-Error mm | pooled Id-Rate % | pooled L-Error mm | wrong > 0.5 | max wrong conf |",
+              "|---|---|---|---|---|---|---|"]
     for name, s in summ["per_variation"].items():
-        lines.append(f"| {name} | {_fmt(s['id_rate'])} | {_fmt(s['l_error_mm'])} | {s['wrong_above_half']} | "
-                     f"{_fmt(s['max_wrong_confidence'], '.2f')} |")
+        lines.append(f"| {name} | {_fmt(s['id_rate'])} | {_fmt(s['l_error_mm'])} | {_fmt(s['pooled_id_rate'])} | "
+                     f"{_fmt(s['pooled_l_error_mm'])} | {s['wrong_above_half']} | {_fmt(s['max_wrong_confidence'], '.2f')} |")
     c = summ["calibration"]
     lines += ["", (f"Calibration over {c['n']} predictions: ECE {_fmt(c['ece'], '.3f')}, {c['n_wrong']} wrong, "
               f"{c['wrong_above_half']} of them above 0.5, {c.get('wrong_unflagged', 0)} not flagged needs_review."), ""]
