@@ -23,6 +23,9 @@ the ground-truth vertebra nearest to it (cut ones included) lies within 20 mm an
 wrong otherwise (a false positive is wrong too). Reported: the highest confidence of a wrong
 label, how many wrong labels are not flagged `needs_review`, and over all predictions the
 expected calibration error (ECE, 10 equal-width bins) and the fraction of wrong labels above 0.5.
+Per variation and per case both the mean of the runs' Id-Rates and L-Errors and the same pooled
+over their vertebrae (`pooled`: as `vertedge.metrics.pool` scores a set of scans, and as
+benchmarks/accuracy.py reports phantoms).
 """
 
 from __future__ import annotations
