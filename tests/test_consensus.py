@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertedge.consensus import Run, consensus, geometric_median, matches
+from vertedge.consensus import Run, consensus, geometric_median, matches, pooled_sides
 
 GAP_MM = 25.0
 
@@ -112,3 +112,60 @@ def test_the_geometric_median_has_the_least_summed_distance_to_its_points() -> N
     two = geometric_median(points[:2], np.ones((2, 6)))
     np.testing.assert_allclose(two, points[:2].mean(axis=0))
     np.testing.assert_allclose(geometric_median(points[:1], np.ones((1, 6))), points[0])
+
+
+def test_another_runs_vertebrae_beyond_the_kept_chain_continue_it_flagged() -> None:
+    longer = chain([9, 10, 11, 12, 13, 14], shift_mm=GAP_MM, confidence=0.6)  # one more above, two more below
+    runs = [chain([10, 11, 12]), chain([10, 11, 12], 1.0), longer]
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5, regular_ratio=1.4)
+    assert agreed.index == 0
+    np.testing.assert_array_equal(agreed.labels, [9, 10, 11, 12, 13, 14])
+    np.testing.assert_array_equal(agreed.source, [[2, 0], [0, 0], [0, 1], [0, 2], [2, 4], [2, 5]])
+    np.testing.assert_allclose(agreed.points_lps[:, 2], GAP_MM * np.arange(1, -5, -1), atol=1e-6)
+    np.testing.assert_array_equal(agreed.needs_review, [True, False, False, False, True, True])
+    np.testing.assert_allclose(agreed.confidence[[0, 4, 5]], 0.2)  # one run's 0.6 over three runs
+    np.testing.assert_array_equal(agreed.n_agree, [1, 3, 3, 3, 1, 1])
+    # off by default: the kept run's chain as it is
+    np.testing.assert_array_equal(consensus(runs, alone_mm=8.0, most_if_review=0.5).labels, [10, 11, 12])
+
+
+@pytest.mark.parametrize("other", [
+    chain([10, 11, 12, 15]),  # the next label is no successor of the kept end's
+    Run(np.array([10, 11, 12, 13]), np.array([[0.0, 0, z] for z in (0, -25, -50, -100)]),
+        np.full(4, 0.9), np.zeros(4, bool)),  # two gaps on: a vertebra between is missing
+    chain([11, 12, 13, 14]),  # a level off: it does not agree with the kept end
+    chain([10, 11, 12, 13], confidence=0.3),  # a run that doubts its own vertebrae lends none
+])
+def test_only_a_continuation_of_the_kept_chain_joins_it(other: Run) -> None:
+    runs = [chain([10, 11, 12]), chain([10, 11, 12], 1.0), other]
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5, regular_ratio=1.4)
+    np.testing.assert_array_equal(agreed.labels, [10, 11, 12])
+
+
+def test_no_variant_level_continues_the_chain() -> None:
+    runs = [chain([18, 19]), chain([18, 19], 1.0), chain([18, 19, 28, 20])]  # T11, T12, then T13, L1
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5, regular_ratio=1.4)
+    np.testing.assert_array_equal(agreed.labels, [18, 19])
+    runs[2] = chain([18, 19, 20])
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5, regular_ratio=1.4)
+    np.testing.assert_array_equal(agreed.labels, [18, 19, 20])
+
+
+def test_a_rib_one_run_found_fills_the_side_another_could_not_see() -> None:
+    z = -GAP_MM * np.arange(3)
+    points = [np.stack([np.zeros(3), np.zeros(3), z + dz], axis=1) for dz in (0.0, 4.0, -3.0)]
+    sides = [np.array([[-1, -1], [0, 0], [0, -1]]),  # the top unseen: a scan's edge
+             np.array([[1, 1], [0, 0], [-1, -1]]),
+             np.array([[-1, 0], [0, 0], [0, 0]])]
+    pooled = pooled_sides(points, sides, alone_mm=8.0)
+    # a rib another run found fills an unseen side; a side seen without one lends nothing; what a
+    # run saw itself stays
+    np.testing.assert_array_equal(pooled[0], [[1, 1], [0, 0], [0, -1]])
+    np.testing.assert_array_equal(pooled[1], [[1, 1], [0, 0], [-1, -1]])
+    np.testing.assert_array_equal(pooled[2], [[1, 0], [0, 0], [0, 0]])
+    # a run's point on the neighbour's vertebra (over half a gap off) lends nothing
+    far = [points[0], points[0] - np.array([0, 0, 0.6 * GAP_MM])]
+    np.testing.assert_array_equal(pooled_sides(far, sides[:2], alone_mm=8.0)[0][0], [-1, -1])
+    # a run without points, or alone
+    np.testing.assert_array_equal(pooled_sides([points[0], np.zeros((0, 3))], [sides[0], np.zeros((0, 2), int)],
+                                                alone_mm=8.0)[0], sides[0])

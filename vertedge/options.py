@@ -69,6 +69,7 @@ class RibOptions:
     none_if_ribs: float = 0.35  # likelihood of no rib on one side of a thoracic vertebra (short or faint ribs)
     junction: bool = True  # no sacrum in view: the last vertebra with ribs above ribless ones is T12 or T13 ...
     junction_ribless: int = 3  # ... where this many below it are seen without ribs (`ribs.junction_classes`)
+    pool_runs: bool = True  # a side one view start's probe could not see, read from the others' (`consensus.pooled_sides`)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ class PipelineOptions:
     # 238 of 285 real vertebrae at two phases of the start against 230-241 from single starts; the
     # chest CT's variations without S-I crops 94-95 % against 85-92 %; three times the pipeline's time.
     view_starts: int = 3
+    # Where the kept run's chain stops short of another run's, that run's vertebrae beyond its ends
+    # continue it (`consensus.beyond_kept`), flagged: the starts differ in how far along the spine
+    # their views find peaks.
+    ends_from_runs: bool = True
     # Views per ONNX Runtime call on the CPU. One at a time is lighter and no slower: on a 512 x 512 x
     # 600 scan's 10 views of 512 x 288 pixels both nets peak at 2.6 GiB in one call and 0.85 GiB one
     # view at a time (1.6 s against 1.3 s, 2-core AMD EPYC). On CUDA all views go in one call.

@@ -1,5 +1,6 @@
-"""One scan through every stage: DRR -> localization -> peaks -> fusion -> identification -> ribs -> sacrum ->
-vote -> review.
+"""One scan through every stage: DRR -> localization -> peaks -> fusion -> ribs, from each of several view
+starts; the ribs the starts saw pooled; then per start identification -> sacrum -> vote -> review;
+then the starts' consensus.
 
 The pipeline only composes the stage modules and times each stage.
 """
@@ -19,7 +20,7 @@ from . import __version__
 from .anchors import review
 from .body import NO_BODY, body_centres, onto_column
 from .chain_ends import beyond_ends, bodies_between
-from .consensus import Run, consensus
+from .consensus import Run, consensus, pooled_sides
 from .device import choose_device, log_cpu_fallback
 from .drr_backends import DRR_BACKENDS
 from .errors import CudaProviderError, VertedgeError
@@ -152,6 +153,18 @@ def upright_axis(points_lps: np.ndarray, view_axis: np.ndarray, min_deg: float |
 
 
 @dataclass(frozen=True, eq=False)
+class _Found:
+    """One run's vertebrae before they are named: its views and their images, the fused points, the
+    points the rib probe read (world LPS mm, (n, 3)) and what it found there (`ribs.rib_sides`, (n, 2))."""
+
+    views: Views
+    images: Any
+    fused: Fused
+    probed: np.ndarray
+    sides: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class _Labelled:
     """One run's vertebrae with what the result reports of the run it chose: each vertebra's fusion
     residual (mm) and views, the views and their images."""
@@ -201,8 +214,8 @@ class Labeler:
             fused = fuse(peaks, views, self.options.fusion)
         return views, images, fused
 
-    def _run(self, volume: Volume, protocol: Protocol, timer: _Timer) -> _Labelled:
-        """Label the scan from the views of `protocol`: one run of every stage."""
+    def _find(self, volume: Volume, protocol: Protocol, timer: _Timer) -> _Found:
+        """Where the views of `protocol` find the vertebrae, and the ribs the scan shows at them."""
         options = self.options
         views, images, fused = self._localize(volume, make_views(volume, protocol), timer)
         # Views about a leaning spine's own axis; a view that sees the spine tilted underestimates
@@ -215,19 +228,25 @@ class Labeler:
                 break
             axis = new_axis
             views, images, fused = self._localize(volume, make_views(volume, protocol, axis_lps=axis), timer)
-        if not len(fused):
-            return _Labelled(Run(np.zeros(0, int), np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool)),
-                             np.zeros(0), np.zeros(0, int), views, images)
-        with timer("identification_net"):
-            prob = self.models.identify(images)
         with timer("ribs"):
             # where the scan shows the bodies, at them: the nets' points may sit 6-10 mm off
             # (the chest CT), enough for a slab to leave a scan whose edge is near; read as the
             # probe's rules were measured (benchmarks/RESULTS.md, stop 43)
             at_bodies = options.ribs.at_bodies and options.body.enabled
-            probed = (body_centres(volume, fused.points_lps, options.body, through_body=False) if at_bodies
-                      else fused.points_lps)
+            probed = (body_centres(volume, fused.points_lps, options.body, through_body=False)
+                      if at_bodies and len(fused) else fused.points_lps)
             sides = rib_sides(volume, probed, options.ribs)
+        return _Found(views, images, fused, probed, sides)
+
+    def _run(self, volume: Volume, found: _Found, timer: _Timer) -> _Labelled:
+        """Label the vertebrae one run `found`: every stage after the ribs."""
+        options = self.options
+        views, images, fused, probed, sides = found.views, found.images, found.fused, found.probed, found.sides
+        if not len(fused):
+            return _Labelled(Run(np.zeros(0, int), np.zeros((0, 3)), np.zeros(0), np.zeros(0, bool)),
+                             np.zeros(0), np.zeros(0, int), views, images)
+        with timer("identification_net"):
+            prob = self.models.identify(images)
         with timer("voting"):
             per_view = view_votes(fused, views, prob, options)
         with timer("sacrum"):
@@ -294,15 +313,24 @@ class Labeler:
     def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
         """Find and label the vertebrae of one scan: one run per view start, then their consensus."""
         timer = _Timer(self.drr_backend.synchronize)
-        runs = [self._run(volume, replace(self.protocol, start_angle_deg=float(a)), timer) for a in self.starts_deg()]
+        found = [self._find(volume, replace(self.protocol, start_angle_deg=float(a)), timer) for a in self.starts_deg()]
+        if self.options.ribs.pool_runs:
+            # a side one run's probe could not see is read from the runs that saw it at that vertebra
+            with timer("ribs"):
+                sides = pooled_sides([f.probed for f in found], [f.sides for f in found],
+                                     self.options.fusion.min_separation_mm)
+                found = [replace(f, sides=s) for f, s in zip(found, sides)]
+        runs = [self._run(volume, f, timer) for f in found]
         with timer("consensus"):
             agreed = consensus([r.run for r in runs], self.options.fusion.min_separation_mm,
-                               self.options.review.unsupported_confidence)
+                               self.options.review.unsupported_confidence,
+                               self.options.body.regular_ratio if self.options.ends_from_runs else None)
         chosen = runs[agreed.index]
         with timer("ends"):
             # a vertebra the nets missed beyond either end (chain_ends.py): read from the CT, in no view
-            points, labels, added = beyond_ends(volume, agreed.points_lps, chosen.run.labels, self.options.body)
-        of_run = np.clip(np.cumsum(~added) - 1, 0, None)  # each row's vertebra of the run; an added one's neighbour
+            points, labels, added = beyond_ends(volume, agreed.points_lps, agreed.labels, self.options.body)
+        of_run = np.clip(np.cumsum(~added) - 1, 0, None)  # each row's consensus vertebra; an added one's neighbour
+        run_of, row_of = agreed.source[of_run].T  # the run and its row that each comes from
         confidence = np.where(added, np.minimum(agreed.confidence[of_run], self.options.review.unsupported_confidence),
                               agreed.confidence[of_run])
         voxel = volume.world_to_index(points)
@@ -313,8 +341,8 @@ class Labeler:
                 world_lps_mm=tuple(float(x) for x in points[j]),  # type: ignore[arg-type]
                 voxel_index=tuple(float(x) for x in voxel[j]),  # type: ignore[arg-type]
                 confidence=float(confidence[j]),
-                residual_mm=0.0 if added[j] else float(chosen.residual_mm[of_run[j]]),
-                n_views=0 if added[j] else int(chosen.n_views[of_run[j]]),
+                residual_mm=0.0 if added[j] else float(runs[run_of[j]].residual_mm[row_of[j]]),
+                n_views=0 if added[j] else int(runs[run_of[j]].n_views[row_of[j]]),
                 needs_review=bool(added[j] or agreed.needs_review[of_run[j]]),
             )
             for j in range(len(points))
