@@ -100,10 +100,11 @@ def pooled_sides(points: Sequence[np.ndarray], sides: Sequence[np.ndarray], alon
     edge leaves that slab out of the scan: the lumbar CT's upper half, its top vertebra (T12) cut
     by the edge, seen with both ribs from one view start and with neither side seen from the other
     two, whose chains the junction then cannot count from. One vertebra has one pair of ribs. Only
-    a rib found is lent: on the real scans the probe never finds a rib where none is (C7, L1-L4;
-    benchmarks/RESULTS.md, stop 49), but a point some millimetres off its body, towards the disc,
-    shows none where its vertebra has one (the lumbar CT 1.2 times its size, T12 read from a point
-    13 mm off: lent, it turned T12's one rib into a T12 read as L1).
+    a rib found is lent: on the real scans the probe seldom finds a rib where none is (one side of
+    16 judged at C1-C7, one of 138 at L1-L4; benchmarks/RESULTS.md, stop 49), but a point some
+    millimetres off its body, towards the disc, shows none where its vertebra has one (the lumbar
+    CT 1.2 times its size, T12 read from a point 13 mm off: lent, it turned T12's one rib into a
+    T12 read as L1).
     """
     out = []
     for i, (p, s) in enumerate(zip(points, sides)):
