@@ -169,3 +169,13 @@ def test_a_rib_one_run_found_fills_the_side_another_could_not_see() -> None:
     # a run without points, or alone
     np.testing.assert_array_equal(pooled_sides([points[0], np.zeros((0, 3))], [sides[0], np.zeros((0, 2), int)],
                                                 alone_mm=8.0)[0], sides[0])
+
+
+def test_a_vertebra_the_scan_does_not_show_whole_does_not_continue_the_chain() -> None:
+    runs = [chain([10, 11, 12]), chain([10, 11, 12], 1.0), chain([10, 11, 12, 13, 14])]
+
+    def whole(point: np.ndarray, step: np.ndarray) -> bool:
+        return point[2] > -80.0  # the scan ends 80 mm below the first vertebra: 13 at -75 mm is in it, 14 is not
+
+    agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5, regular_ratio=1.4, whole=whole)
+    np.testing.assert_array_equal(agreed.labels, [10, 11, 12, 13])

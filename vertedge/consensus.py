@@ -24,7 +24,9 @@ is regular (within a factor of the kept chain's last gap), and that run stands b
 confidence is at least what a flagged label may claim (the robustness benchmark's real cases at
 two phases: of ten vertebrae one run found beyond the kept chain, the three right ones held
 0.21-0.50 in that run, the seven wrong ones 0.06-0.33; the 0.50 is the chest CT's T11 tilted
-15 degrees, the others cut by the scan's edge). Found by one run of
+15 degrees, the others cut by the scan's edge), and the scan shows it whole (the pipeline: not
+within `ReviewOptions.edge_gaps` of a gap of the scan's edge, as `anchors` cuts an end vertebra;
+a lumbar phantom's start put a "T12" 8 mm above the scan's top slice). Found by one run of
 several, it is flagged.
 """
 
@@ -131,10 +133,11 @@ def matches(a: Run, b: Run, alone_mm: float) -> np.ndarray:
 
 
 def beyond_kept(runs: Sequence[Run], best: int, alone_mm: float, regular_ratio: float, least_confidence: float,
-                cranial: bool) -> tuple[int, np.ndarray]:
+                cranial: bool, whole: Callable[[np.ndarray, np.ndarray], bool] | None = None) -> tuple[int, np.ndarray]:
     """The vertebrae another run found beyond the top (`cranial`) or bottom end of run `best`'s chain:
     (run, rows in chain order), or (-1, empty) where none continues it (module docstring). Of several
-    runs, the one reaching furthest (ties: the earliest)."""
+    runs, the one reaching furthest (ties: the earliest). With `whole` (a point (3,) and the step to
+    it from the vertebra before, (3,) mm), only where it holds: where the scan shows that vertebra whole."""
     kept = runs[best]
     found, rows = -1, np.zeros(0, int)
     if len(kept) < 2:
@@ -153,7 +156,8 @@ def beyond_kept(runs: Sequence[Run], best: int, alone_mm: float, regular_ratio: 
             follows = (label in successors(next_label) if cranial else next_label in successors(label)) and (
                 next_label not in OPTIONAL)
             d = float(np.linalg.norm(run.points_lps[row] - prev))
-            if not (follows and 1 / regular_ratio <= d / gap <= regular_ratio and run.confidence[row] >= least_confidence):
+            if not (follows and 1 / regular_ratio <= d / gap <= regular_ratio and run.confidence[row] >= least_confidence
+                    and (whole is None or whole(run.points_lps[row], run.points_lps[row] - prev))):
                 break
             extra.append(row)
             prev, label, gap = run.points_lps[row], next_label, d
@@ -163,11 +167,12 @@ def beyond_kept(runs: Sequence[Run], best: int, alone_mm: float, regular_ratio: 
 
 
 def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float,
-              regular_ratio: float | None = None) -> Consensus:
+              regular_ratio: float | None = None, whole: Callable[[np.ndarray, np.ndarray], bool] | None = None
+              ) -> Consensus:
     """The run with the most vertebrae agreeing with the other runs (ties: the earliest, the protocol's
     own start), its points the geometric median of the agreeing runs' and its confidences averaged
     over all runs; with `regular_ratio`, continued at either end by another run's vertebrae beyond
-    it (`beyond_kept`).
+    it (`beyond_kept`, where `whole` holds).
 
     A vertebra some run does not agree with needs review (where the views start decides its label),
     as does one most runs flag; a flagged vertebra's confidence is at most `most_if_review`.
@@ -198,7 +203,7 @@ def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float,
     points = geometric_median(points, found.astype(float))
     if regular_ratio is not None and n > 1:
         # found by one run of several: flagged, its confidence that run's over all runs
-        ends = [beyond_kept(runs, best, alone_mm, regular_ratio, most_if_review, cranial=c) for c in (True, False)]
+        ends = [beyond_kept(runs, best, alone_mm, regular_ratio, most_if_review, c, whole) for c in (True, False)]
         (top, above), (bottom, below) = [(runs[j] if j >= 0 else run, rows) for j, rows in ends]
         labels = np.r_[top.labels[above], labels, bottom.labels[below]]
         source = np.concatenate([np.stack([np.full(len(above), ends[0][0]), above], axis=1), source,
