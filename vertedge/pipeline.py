@@ -315,7 +315,7 @@ class Labeler:
         timer = _Timer(self.drr_backend.synchronize)
         found = [self._find(volume, replace(self.protocol, start_angle_deg=float(a)), timer) for a in self.starts_deg()]
         if self.options.ribs.pool_runs:
-            # a side one run's probe could not see is read from the runs that saw it at that vertebra
+            # a side one run's probe could not see takes a rib another run found at that vertebra
             with timer("ribs"):
                 sides = pooled_sides([f.probed for f in found], [f.sides for f in found],
                                      self.options.fusion.min_separation_mm)
