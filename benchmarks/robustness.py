@@ -228,8 +228,8 @@ def pooled(records: list[dict[str, Any]]) -> tuple[float, float]:
     over every vertebra whose label was predicted (a scan of many vertebrae weighs more than a
     crop of two; the per-case means weigh each run alike)."""
     n_scored = sum(r["n_scored"] for r in records)
-    n_matched = sum(r.get("n_matched", 0) for r in records)
-    l_sum = sum(r["l_error_mm"] * r.get("n_matched", 0) for r in records if r.get("n_matched", 0))
+    n_matched = sum(r["n_matched"] for r in records)
+    l_sum = sum(r["l_error_mm"] * r["n_matched"] for r in records if r["n_matched"])
     return (100.0 * sum(r["n_identified"] for r in records) / n_scored if n_scored else math.nan,
             l_sum / n_matched if n_matched else math.nan)
 

@@ -68,6 +68,14 @@ def room_mm(volume: Volume, start_lps: np.ndarray, unit_lps: np.ndarray) -> floa
     return float(exits.min())
 
 
+def gaps_to_edge(volume: Volume, point_lps: np.ndarray, step_lps: np.ndarray) -> float:
+    """The room from the vertebra at `point_lps` (3,) to the scan's edge, in gaps: along `step_lps`
+    (3,) mm, the step from its neighbour to it (the way out, and the gap's length). Under
+    `ReviewOptions.edge_gaps` the vertebra is cut by the edge."""
+    gap = float(np.linalg.norm(step_lps))
+    return room_mm(volume, point_lps, step_lps / gap) / gap
+
+
 def median_hu(volume: Volume, centre_lps: np.ndarray, radius_mm: float) -> float:
     """Median HU over a ball of `radius_mm` around `centre_lps` (3,) (nearest voxels; air outside the scan)."""
     offsets = np.stack(np.meshgrid(*[np.linspace(-1.0, 1.0, 5)] * 3, indexing="ij"), -1).reshape(-1, 3)
@@ -189,16 +197,16 @@ def supported(
     for end, inward in ((0, 1), (n - 1, -1)):
         out = p[end] - p[end + inward]
         gap = float(np.linalg.norm(out))
+        room = gaps_to_edge(volume, p[end], out)
         out /= gap
-        room = room_mm(volume, p[end], out)
-        if room < o.edge_gaps * gap:
+        if room < o.edge_gaps:
             cut[end] = True
             continue
         cranial = end == 0
         if not seen[end] or (not cranial and last_on_sacrum):
             continue
         beyond = median_hu(volume, p[end] + gap * out, o.probe_radius_gaps * gap)
-        ends_here = room >= o.room_gaps * gap and beyond > (o.tissue_hu if cranial else o.bone_hu)
+        ends_here = room >= o.room_gaps and beyond > (o.tissue_hu if cranial else o.bone_hu)
         if not ((ends_here or (sacrum_below and not cranial)) and regular[min(end, end + inward)]
                 and _end_label_fits(labels, cranial)):
             continue

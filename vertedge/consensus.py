@@ -110,26 +110,33 @@ def pooled_sides(points: Sequence[np.ndarray], sides: Sequence[np.ndarray], alon
     """
     out = []
     for i, (p, s) in enumerate(zip(points, sides)):
-        reach = _reach_mm(p, alone_mm)
         lent = np.zeros((len(p), 2), bool)
         for j, (q, t) in enumerate(zip(points, sides)):
-            if j == i or not len(q) or not len(p):
+            if j == i:
                 continue
-            d = np.linalg.norm(p[:, None] - q[None], axis=2)
-            nearest = d.argmin(axis=1)
-            lent |= (d[np.arange(len(p)), nearest] <= reach)[:, None] & (np.asarray(t)[nearest] == 1)
+            at = _nearest_within(p, q, alone_mm)
+            if (at >= 0).any():
+                lent |= (at >= 0)[:, None] & (np.asarray(t)[at] == 1)
         out.append(np.where((np.asarray(s) == -1) & lent, 1, s))
     return out
 
 
-def matches(a: Run, b: Run, alone_mm: float) -> np.ndarray:
-    """(len(a),) index of the vertebra of `b` that agrees with each of `a`'s, or -1."""
+def _nearest_within(a: np.ndarray, b: np.ndarray, alone_mm: float) -> np.ndarray:
+    """(len(a),) index of the point of `b` (m, 3) nearest each point of `a` (n, 3), or -1 where it lies
+    further than half the distance to `a`'s own nearest other point (`alone_mm` for a lone point)."""
     if not len(a) or not len(b):
         return np.full(len(a), -1)
-    d = np.linalg.norm(a.points_lps[:, None] - b.points_lps[None], axis=2)
+    d = np.linalg.norm(a[:, None] - b[None], axis=2)
     nearest = d.argmin(axis=1)
-    agree = (b.labels[nearest] == a.labels) & (d[np.arange(len(a)), nearest] <= _reach_mm(a.points_lps, alone_mm))
-    return np.where(agree, nearest, -1)
+    return np.where(d[np.arange(len(a)), nearest] <= _reach_mm(a, alone_mm), nearest, -1)
+
+
+def matches(a: Run, b: Run, alone_mm: float) -> np.ndarray:
+    """(len(a),) index of the vertebra of `b` that agrees with each of `a`'s, or -1."""
+    near = _nearest_within(a.points_lps, b.points_lps, alone_mm)
+    if not (near >= 0).any():
+        return near
+    return np.where((near >= 0) & (b.labels[near] == a.labels), near, -1)
 
 
 def beyond_kept(runs: Sequence[Run], best: int, alone_mm: float, regular_ratio: float, least_confidence: float,
@@ -144,11 +151,11 @@ def beyond_kept(runs: Sequence[Run], best: int, alone_mm: float, regular_ratio: 
         return found, rows
     end, before = (0, 1) if cranial else (-1, -2)
     last_gap = float(np.linalg.norm(kept.points_lps[end] - kept.points_lps[before]))
+    step = -1 if cranial else 1
     for j, run in enumerate(runs):
         at = int(matches(kept, run, alone_mm)[end]) if j != best else -1
         if at < 0:
             continue
-        step = -1 if cranial else 1
         extra: list[int] = []
         prev, label, gap = kept.points_lps[end], int(kept.labels[end]), last_gap
         for row in range(at + step, -1 if cranial else len(run), step):

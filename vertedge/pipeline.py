@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .anchors import review, room_mm
+from .anchors import gaps_to_edge, review
 from .body import NO_BODY, body_centres, onto_column
 from .chain_ends import beyond_ends, bodies_between
 from .consensus import Run, consensus, pooled_sides
@@ -323,15 +323,10 @@ class Labeler:
         runs = [self._run(volume, f, timer) for f in found]
         with timer("consensus"):
             edge_gaps = self.options.review.edge_gaps
-
-            def whole(point: np.ndarray, step: np.ndarray) -> bool:
-                """The scan shows the vertebra at `point` whole: not cut by its edge, as `anchors` reads an end."""
-                gap = float(np.linalg.norm(step))
-                return room_mm(volume, point, step / gap) >= edge_gaps * gap
-
             agreed = consensus([r.run for r in runs], self.options.fusion.min_separation_mm,
                                self.options.review.unsupported_confidence,
-                               self.options.body.regular_ratio if self.options.ends_from_runs else None, whole)
+                               self.options.body.regular_ratio if self.options.ends_from_runs else None,
+                               whole=lambda point, step: gaps_to_edge(volume, point, step) >= edge_gaps)
         chosen = runs[agreed.index]
         with timer("ends"):
             # a vertebra the nets missed beyond either end (chain_ends.py): read from the CT, in no view
