@@ -247,3 +247,62 @@ def test_run_task_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "parity", lambda net, path, **kw: 1.0)
     assert main(["export", str(tmp_path), str(bad), "--no-fp16"]) == 1
     assert not any(bad.glob("*.onnx"))
+
+
+# The packages a lent GPU's image lacks (vertedge_train/README.md, "On a lent GPU"), but for
+# platformdirs, which travels as a 0.1 MB wheel.
+NOT_ON_THE_GPU_IMAGE = ("SimpleITK", "nibabel", "pydicom", "highdicom", "pylibjpeg", "isal", "rapidgzip")
+
+
+def test_training_runs_where_the_file_format_libraries_are_not_installed(tmp_path):
+    """A small phantom's sized variants rendered, a step of each net and the export with its parity
+    check, in a fresh interpreter that cannot find SimpleITK, nibabel or the DICOM packages: it
+    imports none of them."""
+    import subprocess
+    import sys
+
+    cfg = _cfg()
+    for task in ("loc", "id"):
+        cfg = cfg.with_task(task, steps=1, checkpoint_every=1)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    code = f"""
+import importlib.abc, sys
+
+class Hidden(importlib.abc.MetaPathFinder):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {NOT_ON_THE_GPU_IMAGE!r}:
+            return None
+        find = getattr(self.inner, "find_spec", None)
+        return find(name, path, target) if find else None
+
+sys.meta_path[:] = [Hidden(f) for f in sys.meta_path]
+import numpy as np
+from vertedge.phantom import make_phantom
+from vertedge_train.cli import main
+from vertedge_train.config import TrainConfig
+from vertedge_train.data import Scan, scan_variants
+from vertedge_train.loop import run_task
+
+cfg = TrainConfig.load({str(tmp_path / "config.json")!r})
+ph = make_phantom(1000, "lumbar", shape=(64, 56, 80), spacing=(3.0, 3.0, 3.0))
+scan = Scan("phantom", ph.volume, dict(ph.centroids), dict(ph.cut))
+
+class Pool:
+    items = scan_variants(scan, cfg.protocol, 3, np.random.default_rng(0), size_range=(0.75, 1.3))
+    def __len__(self):
+        return len(self.items)
+    def refresh(self):
+        return 0
+
+for task in ("loc", "id"):
+    run_task(task, cfg, {str(tmp_path)!r}, log=lambda m: None, pool=Pool())
+assert main(["export", {str(tmp_path)!r}, {str(tmp_path / "models")!r}, "--no-fp16"]) == 0
+print(sorted({{m.split(".")[0] for m in sys.modules}} & set({NOT_ON_THE_GPU_IMAGE!r})))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["identification.onnx", "localization.onnx"]

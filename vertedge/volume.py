@@ -16,15 +16,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
+import lazy_loader
 import numpy as np
-import SimpleITK as sitk
 
-from . import readers
 from .atomic import atomic_path
 from .errors import VertedgeError
+
+if TYPE_CHECKING:
+    import nibabel as nib
+    import SimpleITK as sitk
+else:
+    # The file-format libraries load at their first use, where a file is read or written: the
+    # training path (phantoms, DRRs, nets) then runs where they are not installed, as on a lent
+    # GPU's image (vertedge_train/README.md, "On a lent GPU").
+    nib = lazy_loader.load("nibabel")
+    sitk = lazy_loader.load("SimpleITK")
 
 # The finest clinical CT reconstructions (ultra-high-resolution and photon-counting scanners) have
 # about 0.2 mm voxels; a finer spacing is a unit error (metres or centimetres written as mm), and
@@ -242,6 +250,8 @@ def _read(p: Path, name: str, series_id: str | None = None) -> Volume:
     same Volume: SimpleITK's header is the geometry either way. `meta["dicom_files"]` lists the
     files of a DICOM series in slice order (none for an image file).
     """
+    from . import readers  # pydicom and the fast inflaters, with the first file read
+
     source = str(p.resolve())
     if p.is_dir():
         files = dicom_series_files(p, series_id)
@@ -461,6 +471,8 @@ def _check_gzip_complete(path: Path, data_bytes: int, name: str) -> None:
 
     ITK decodes a truncated stream silently, but the gzip trailer then disagrees with the size.
     """
+    from . import readers
+
     header_bytes = (readers.gzip_isize(path) - data_bytes) % 2**32
     if not 0 <= header_bytes <= 1 << 20:  # a header (352 B for NIfTI) plus extensions, not more
         raise VertedgeError(f"{name}: the gzip stream is truncated or corrupt")

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
+import lazy_loader
 import numpy as np
-import SimpleITK as sitk
 
 from vertedge.volume import Volume, from_sitk, to_sitk
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+else:
+    sitk = lazy_loader.load("SimpleITK")  # at the first resampling: sized training runs without it (vertedge.volume)
 
 AIR_HU = -1024.0
 CUT_MARGIN_MM = 10.0  # a body centroid this close to an S-I face of the scan: the body is cut
