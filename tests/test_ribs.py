@@ -8,9 +8,9 @@ import numpy as np
 
 from vertedge.fusion import Fused
 from vertedge.labelling import label
-from vertedge.labels import LABELS, SPINE_ORDER
+from vertedge.labels import LABELS, SPINE_ORDER, region
 from vertedge.options import DEFAULT_OPTIONS
-from vertedge.ribs import UNSEEN, junction_classes, likelihood, rib_sides
+from vertedge.ribs import UNSEEN, junction_classes, likelihood, rib_bearing_classes, rib_sides
 from vertedge.sequence import identify
 from vertedge.volume import Volume
 from vertedge_train.variations import rotated, rotation
@@ -167,15 +167,20 @@ def test_without_the_sacrum_the_junction_turns_a_chain_read_a_level_low_below_th
         votes[0, i, i + 1: i + 4] = [0.25, 0.7, 0.05]  # T12 read as L1 (0.7), T12 0.25, ...
     sides = np.array([[1, 1], [0, 0], [0, 0], [0, 0]])
     per_view = (votes, np.ones((1, 4), dtype=bool))
-    off = dataclasses.replace(DEFAULT_OPTIONS, ribs=dataclasses.replace(DEFAULT_OPTIONS.ribs, junction=False))
+    # the rib-bearing rule alone names the top row thoracic (rib_bearing_classes): off here
+    ribs = dataclasses.replace(DEFAULT_OPTIONS.ribs, bearing=False)
+    junction = dataclasses.replace(DEFAULT_OPTIONS, ribs=ribs)
+    off = dataclasses.replace(DEFAULT_OPTIONS, ribs=dataclasses.replace(ribs, junction=False))
     names = [[LABELS[n] for n in row.split()] for row in ("T12 L1 L2 L3", "L1 L2 L3 L4")]
-    read, conf = label(_chain(4), per_view, 10, classes, rib_sides=sides)
+    read, conf = label(_chain(4), per_view, 10, classes, junction, rib_sides=sides)
     assert read.tolist() == names[0]
     # the top row's ribs outweigh the net's L1 on their own; below it the junction forces the labels,
     # not the confidences: the net gave each right label a quarter of its vote
     assert conf[0] > 0.5 and conf[1:].max() < 0.5
     assert label(_chain(4), per_view, 10, classes, off, rib_sides=sides)[0].tolist() == names[1]
-    assert label(_chain(4), per_view, 10, classes, rib_sides=sides, sacrum_seen=True)[0].tolist() == names[1]
+    assert label(_chain(4), per_view, 10, classes, junction, rib_sides=sides, sacrum_seen=True)[0].tolist() == names[1]
+    # with it, the top row is T12 (or T13) whatever else is in view
+    assert label(_chain(4), per_view, 10, classes, rib_sides=sides, sacrum_seen=True)[0].tolist() == names[0]
 
 
 def test_the_probe_reads_world_positions_in_any_grid():
@@ -184,3 +189,25 @@ def test_the_probe_reads_world_positions_in_any_grid():
     np.testing.assert_array_equal(rib_sides(regrid, points), rib_sides(volume, points))
     shifted = dataclasses.replace(volume, origin=volume.origin + [3.0, -2.0, 1.0])
     np.testing.assert_array_equal(rib_sides(shifted, points + [3.0, -2.0, 1.0]), rib_sides(volume, points))
+
+
+def test_a_vertebra_with_ribs_on_both_sides_is_named_no_cervical_or_upper_lumbar_class():
+    """The angiography crop round T12: the net reads its thoracic vertebrae as the cervical spine.
+    Ribs on both sides leave them the thoracic classes (and L5/L6, beside which the iliac crests
+    reach the probe's ring); one side found leaves every class."""
+    classes = SPINE_ORDER
+    col = {label: j for j, label in enumerate(classes)}
+    allowed = rib_bearing_classes(np.array([[1, 1], [1, 0], [1, UNSEEN], [0, 0]]), classes)
+    kept = [classes[j] for j in np.flatnonzero(allowed[0])]
+    assert kept == [c for c in classes if region(c) == "thoracic"] + [LABELS["L5"], LABELS["L6"]]
+    assert allowed[1:].all()
+    votes = np.zeros((1, 4, len(classes)))
+    for i, (read, truth) in enumerate(zip(("C3", "C4", "C5", "C6"), ("T9", "T10", "T11", "T12"))):
+        votes[0, i, col[LABELS[read]]], votes[0, i, col[LABELS[truth]]] = 0.97, 0.03  # past the likelihood
+    per_view = (votes, np.ones((1, 4), dtype=bool))
+    sides = np.ones((4, 2), dtype=np.int64)
+    named, _ = label(_chain(4), per_view, 10, classes, rib_sides=sides)
+    assert named.tolist() == [LABELS[n] for n in ("T9", "T10", "T11", "T12")]
+    off = dataclasses.replace(DEFAULT_OPTIONS, ribs=dataclasses.replace(DEFAULT_OPTIONS.ribs, bearing=False))
+    assert label(_chain(4), per_view, 10, classes, off, rib_sides=sides)[0].tolist() == [
+        LABELS[n] for n in ("C3", "C4", "C5", "C6")]

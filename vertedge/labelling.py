@@ -15,7 +15,7 @@ from .fusion import Fused, relative_to_neighbours
 from .geometry import Views, pixel_mm_at_depth, project
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .peaks import Peaks, find_peaks
-from .ribs import chain_frames, junction_classes, likelihood
+from .ribs import chain_frames, junction_classes, likelihood, rib_bearing_classes
 from .sacrum import last_lumbar_classes, last_lumbar_likelihood
 from .sequence import identify, vote
 
@@ -167,6 +167,8 @@ def label(
     counts differ only on a spine with a variant (six lumbar vertebrae, or a T12 without ribs),
     which neither decides: the net's reading stands there, as before. The junction chooses labels,
     not confidences, and no count from an end crosses it (`anchors`): what it names stays flagged.
+    A point with ribs found on both sides is named no cervical class and no lumbar one above L5
+    (`ribs.rib_bearing_classes`, `RibOptions.bearing`), with whichever count applies.
     The decode joins two rows as one vertebra only where `may_be_one_vertebra` and
     `may_be_one_across` allow it, and skips a label between them only where `may_skip_one` does.
     """
@@ -174,13 +176,16 @@ def label(
     evidence = np.ones((len(fused), len(classes)))
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
-    allowed = None  # at most one count from outside the views: the sacrum's, else the last rib's
+    allowed = None  # one count from outside the views (the sacrum's, else the last rib's) and the ribs' own rule
     if rib_sides is not None:
         evidence *= likelihood(rib_sides, classes, options.ribs)
         if above_sacrum and options.sacrum.count:
             allowed = last_lumbar_classes(rib_sides, classes)
         elif options.ribs.junction and not (sacrum_seen or above_sacrum):
             allowed = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs)
+        if options.ribs.bearing:
+            bearing = rib_bearing_classes(rib_sides, classes)
+            allowed = bearing if allowed is None else allowed & bearing
     return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
                     evidence=evidence, floor=options.label_floor,
                     same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options),

@@ -67,6 +67,7 @@ class RibOptions:
     at_bodies: bool = True  # probe at the bodies (`body.body_centres`, when `BodyOptions.enabled`), not the nets' points
     ribs_if_none: float = 0.25  # likelihood of a rib on one side of a cervical or lumbar vertebra, against none
     none_if_ribs: float = 0.35  # likelihood of no rib on one side of a thoracic vertebra (short or faint ribs)
+    bearing: bool = True  # ribs found on both sides: no cervical class, no lumbar one above L5 (`ribs.rib_bearing_classes`)
     junction: bool = True  # no sacrum in view: the last vertebra with ribs above ribless ones is T12 or T13 ...
     junction_ribless: int = 3  # ... where this many below it are seen without ribs (`ribs.junction_classes`)
     pool_runs: bool = True  # a side one view start's probe could not see, read from the others' (`consensus.pooled_sides`)
