@@ -5,7 +5,9 @@ around the cervicothoracic and thoracolumbar junctions from the first and the la
 identification net reads levels from their look, and at the ends of a real chest CT it reads
 them a level off (C7 as T1); the ribs are evidence it does not use. This module probes each
 fused point for a rib on either side, and turns what it finds into a likelihood per class that
-the decode multiplies into the voted probabilities (`sequence.identify`).
+the decode multiplies into the voted probabilities (`sequence.identify`), into the classes a
+vertebra with ribs on both sides may have (`rib_bearing_classes`), and into the thoracolumbar
+junction (`junction_classes`).
 
 The probe, per point and side: the maximum-HU projection of the vertebra's axial slab (from
 `slab_gaps[0]` to `slab_gaps[1]` local gaps along the spine's local axis, or the whole chain's
