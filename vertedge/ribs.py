@@ -180,10 +180,15 @@ def likelihood(sides: np.ndarray, classes: tuple[int, ...], options: RibOptions 
     """
     sides = np.asarray(sides)
     thoracic = np.array([region(c) == "thoracic" for c in classes])
-    judged = ~np.isin(np.asarray(classes), list(_IRRELEVANT))
     ribs = (sides == 1).sum(axis=1)[:, None]
     none = (sides == 0).sum(axis=1)[:, None]
-    return np.where(thoracic, options.none_if_ribs**none, np.where(judged, options.ribs_if_none**ribs, 1.0))
+    return np.where(thoracic, options.none_if_ribs**none, np.where(ribless(classes), options.ribs_if_none**ribs, 1.0))
+
+
+def ribless(classes: tuple[int, ...]) -> np.ndarray:
+    """(c,) bool: the classes a rib found beside a vertebra speaks against: cervical and lumbar,
+    but for L5 and L6 (the iliac crests may cross the probe's ring beside them)."""
+    return np.array([region(c) != "thoracic" and c not in _IRRELEVANT for c in classes])
 
 
 def ribbed(sides: np.ndarray) -> np.ndarray:
@@ -240,7 +245,5 @@ def rib_bearing_classes(sides: np.ndarray, classes: tuple[int, ...]) -> np.ndarr
     rows, so a chain the net reads levels off outweighs a few rows' ribs: the angiography crop
     round T12 was named C3-C7 over vertebrae with ribs on both sides.
     """
-    names = np.asarray(classes)
-    ruled_out = np.array([region(c) == "cervical" or (region(c) == "lumbar" and c not in _IRRELEVANT) for c in names])
     both = (np.asarray(sides) == 1).all(axis=1)
-    return ~(both[:, None] & ruled_out[None, :])
+    return ~(both[:, None] & ribless(classes)[None, :])
