@@ -3,11 +3,9 @@
 Lengths are in mm, angles in degrees, positions in world LPS mm. A vertebra's local frame has x to
 the patient's left, y posterior and z along the spine tangent (superior).
 
-Sizes come from a table at anchor levels of the canonical index C1..L5 = 0..23, interpolated in
-between and scaled by the seed's stature. Body sizes and discs are of the order of published adult
-means (e.g. Panjabi et al.'s cervical, thoracic and lumbar morphometry, Spine 1991-1992), rounded
-and not fitted to them; the posterior elements (canal, pedicles, processes) were shaped by eye so
-that DRRs of the phantom look like DRRs of real CT.
+Sizes come from the table at anchor levels of the canonical index C1..L5 = 0..23 in
+`vertedge.vertebra_sizes` (what they are and where they come from), interpolated in between and
+scaled by the seed's stature.
 """
 
 from __future__ import annotations
@@ -17,27 +15,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..vertebra_sizes import ANCHORS, ANGLES, TABLE
 from .params import PhantomParams
 from .raster import Scene
 from .shapes import BodyShape, bump, frame, rot_x
 from .tissue import ARCH_EXTRA, LATERAL_MASS_EXTRA, SLENDER_EXTRA, BoneHU
-
-# Canonical levels of the anchor columns: C2, C3, C7, T1, T6, T12, L1, L3, L5.
-_ANCHORS = np.array([1, 2, 6, 7, 12, 18, 19, 21, 23], float)
-_TABLE = {
-    "a": [8.0, 8.0, 11.0, 13.0, 15.0, 20.0, 21.0, 23.0, 25.0],
-    "b": [7.5, 7.0, 8.0, 8.5, 13.0, 15.0, 15.0, 16.0, 17.0],
-    "h": [9.0, 6.5, 7.0, 8.0, 10.0, 12.0, 12.5, 13.5, 13.5],
-    "disc": [3.5, 4.0, 4.5, 4.5, 5.5, 7.5, 9.0, 10.0, 11.0],
-    "rx": [12.0, 12.5, 12.0, 10.0, 8.5, 10.0, 11.0, 11.5, 12.5],
-    "ry": [8.0, 7.5, 7.0, 8.0, 8.0, 8.5, 9.0, 9.0, 9.0],
-    "pr": [3.5, 3.0, 3.5, 4.0, 4.0, 5.0, 5.5, 6.5, 7.5],
-    "sp_len": [24.0, 14.0, 30.0, 35.0, 40.0, 32.0, 30.0, 30.0, 24.0],
-    "sp_ang": [20.0, 25.0, 20.0, 35.0, 60.0, 30.0, 10.0, 10.0, 15.0],
-    "tp_len": [12.0, 12.0, 18.0, 25.0, 22.0, 12.0, 22.0, 28.0, 22.0],
-    "tp_ang": [-20.0, -25.0, -10.0, 30.0, 35.0, 30.0, 10.0, 5.0, 10.0],
-}
-_ANGLES = ("sp_ang", "tp_ang")  # not scaled by stature
 
 C1_ABOVE_C2 = 21.0  # mm along the spine from the C2 body centre up to C1's dens region (scaled by stature)
 BODY_EXPONENT, BODY_WAIST = 2.3, 0.07  # a rounded, slightly waisted body (concave sides)
@@ -70,7 +52,7 @@ class VertebraDims:
     @classmethod
     def at(cls, canon: float, stature: float) -> VertebraDims:
         """Interpolated at a fractional canonical level (C1..L5 = 0..23), lengths scaled by `stature`."""
-        return cls(**{k: float(np.interp(canon, _ANCHORS, v)) * (1.0 if k in _ANGLES else stature) for k, v in _TABLE.items()})
+        return cls(**{k: float(np.interp(canon, ANCHORS, v)) * (1.0 if k in ANGLES else stature) for k, v in TABLE.items()})
 
 
 @dataclass(frozen=True, eq=False)
