@@ -157,3 +157,21 @@ def test_a_tilted_lumbar_spine_is_rendered_again_about_its_own_axis():
     assert s.id_rate["all"] == 100.0 and s.l_error_mm["all"] < 3.0, s.per_vertebra
     fixed = Labeler(device="cpu", options=replace(DEFAULT_OPTIONS, upright_min_deg=None))(tilted)
     np.testing.assert_allclose(fixed.view_axis_lps, tilted.si_axis()[1], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_patient_much_larger_than_the_phantoms_is_labelled_again_from_views_that_show_it_smaller():
+    """The lumbar phantom 1.3 times its size (stature 0.93 -> 1.2): the size read from its labelled
+    spine lies beyond `SizeOptions.tolerance`, so the scan is labelled again with the detector's
+    pixels scaled by it (the most the range allows), recorded in the result; its labels stay right.
+    At its own size the views are the protocol's."""
+    from vertedge_train import variations
+
+    ph = make_phantom(2, "lumbar")
+    labeler = Labeler(device="cpu")
+    larger, truth = variations.scaled_patient(ph.volume, ph.centroids, 1.3)
+    result = labeler(larger)
+    assert result.to_dict()["view_scale"] == labeler.options.size.scale_range[1]
+    s = score(result.centroids(), truth)
+    assert s.id_rate["all"] == 100.0 and s.l_error_mm["all"] < 3.0, s.per_vertebra
+    assert labeler(ph.volume).view_scale == 1.0

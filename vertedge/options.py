@@ -136,6 +136,29 @@ class BodyOptions:
 
 
 @dataclass(frozen=True)
+class SizeOptions:
+    """The views' scale set by the patient's size (`patient_size`): a spine much larger (or, where
+    `scale_range` allows, smaller) than the nets read best is labelled again from views that show it
+    at that size."""
+
+    enabled: bool = True
+    # The spine's size against the phantom's at stature 1 (`patient_size.apparent_size`) that the
+    # nets read best: the real chest CT reads 0.92 and is labelled right, 1.10 (the chest 1.2 times
+    # its size) and every level is read one off; the lumbar CT reads 0.99-1.02, right.
+    best: float = 0.93
+    tolerance: float = 1.12  # a size within this factor of `best`: the views as the protocol has them
+    min_pairs: int = 3  # neighbouring levels the size is read from, at least (a median needs a few)
+    # The factor on the detector's pixels stays within these. None below 1: the size read from the
+    # nets' points on a crop runs low (the chest's lower half 0.69 where its truth reads 0.86: the
+    # end points of a chain in few views sit inside it), as low as a small patient's (0.75-0.84).
+    scale_range: tuple[float, float] = (1.0, 1.25)
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance >= 1.0 and 0.0 < self.scale_range[0] <= 1.0 <= self.scale_range[1] and self.best > 0):
+            raise ValueError(f"size options need tolerance >= 1, a scale range about 1 and best > 0, got {self}")
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     """Every setting of `pipeline.Labeler` after the DRR; `to_dict` is what a result records."""
 
@@ -150,6 +173,7 @@ class PipelineOptions:
     ribs: RibOptions = field(default_factory=RibOptions)
     sacrum: SacrumOptions = field(default_factory=SacrumOptions)
     body: BodyOptions = field(default_factory=BodyOptions)
+    size: SizeOptions = field(default_factory=SizeOptions)
     # The nets learned from phantoms whose spine runs along the scan's S-I axis (the principal axis
     # of their centroids within 1 degree of it in most, 2.5 on average); a real lumbar or thoracic
     # segment leans 8-9 degrees in the sagittal plane, and a tilted patient more. When the first

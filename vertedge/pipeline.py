@@ -1,12 +1,14 @@
 """One scan through every stage: DRR -> localization -> peaks -> fusion -> ribs, from each of several view
 starts; the ribs the starts saw pooled; then per start identification -> sacrum -> vote -> review;
-then the starts' consensus.
+then the starts' consensus; all of it again at another scale of the views where the labelled spine's
+size lies far from the size the nets read best.
 
 The pipeline only composes the stage modules and times each stage.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,10 +32,13 @@ from .labelling import label, net_reads, one_per_label, peaks_of, spine_gaps, vi
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
+from .patient_size import apparent_size, view_scale
 from .ribs import rib_sides
 from .sacrum import on_sacrum, sacral_start, sacrum_below
 from .volume import Volume
 from .xp import to_host
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,10 @@ class Result:
     # world LPS unit vector the kept run's views were rendered about: the scan's S-I axis, or the
     # spine's own where its first pass found it leaning (`PipelineOptions.upright_min_deg`)
     view_axis_lps: tuple[float, float, float] | None = None
+    # the factor on the protocol's detector pixels the kept views were rendered at: above 1 the
+    # patient was read as larger than the nets learned best (and shown smaller), below 1 as smaller
+    # (`patient_size.view_scale`)
+    view_scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without the images)."""
@@ -90,6 +99,7 @@ class Result:
             "device": self.device,
             "options": self.options,
             "view_axis_lps": None if self.view_axis_lps is None else [round(v, 6) for v in self.view_axis_lps],
+            "view_scale": round(self.view_scale, 4),
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
 
@@ -304,16 +314,33 @@ class Labeler:
         return _Labelled(Run(labels[keep], points, confidence, needs_review),
                          fused.residual_mm[keep], fused.n_views[keep], views, images)
 
-    def starts_deg(self) -> np.ndarray:
-        """The views' start angles of the runs whose consensus labels a scan, degrees: the protocol's,
-        then spread evenly over one view step (`PipelineOptions.view_starts`)."""
-        step = 360.0 / self.protocol.n_views
-        return self.protocol.start_angle_deg + np.arange(self.options.view_starts) * step / self.options.view_starts
+    def starts_deg(self, protocol: Protocol | None = None) -> np.ndarray:
+        """The views' start angles of the runs whose consensus labels a scan, degrees: the protocol's
+        (`protocol`, else the models'), then spread evenly over one view step (`PipelineOptions.view_starts`)."""
+        protocol = self.protocol if protocol is None else protocol
+        step = 360.0 / protocol.n_views
+        return protocol.start_angle_deg + np.arange(self.options.view_starts) * step / self.options.view_starts
 
     def __call__(self, volume: Volume, keep_images: bool = False) -> Result:
-        """Find and label the vertebrae of one scan: one run per view start, then their consensus."""
+        """Find and label the vertebrae of one scan: one run per view start, then their consensus; the
+        scan labelled again from views at another scale where the labelled spine's size lies far
+        from the size the nets read best (`patient_size`)."""
         timer = _Timer(self.drr_backend.synchronize)
-        found = [self._find(volume, replace(self.protocol, start_angle_deg=float(a)), timer) for a in self.starts_deg()]
+        result = self._labelled(volume, self.protocol, timer, keep_images)
+        with timer("size"):
+            points = np.array([v.world_lps_mm for v in result.vertebrae], float).reshape(-1, 3)
+            size, pairs = apparent_size(np.array([v.label for v in result.vertebrae], int), points)
+            scale = view_scale(size, pairs, self.options.size)
+        if scale != 1.0:
+            log.info("the spine reads %.2f times the size the models learned best: labelled again from views "
+                     "at %.2f times the detector's pixels", size / self.options.size.best, scale)
+            result = self._labelled(volume, replace(self.protocol, pixel_mm=self.protocol.pixel_mm * scale), timer,
+                                    keep_images)
+        return replace(result, view_scale=scale, timings_ms=timer.ms)
+
+    def _labelled(self, volume: Volume, protocol: Protocol, timer: _Timer, keep_images: bool) -> Result:
+        """The scan labelled from the views of `protocol`: one run per view start, then their consensus."""
+        found = [self._find(volume, replace(protocol, start_angle_deg=float(a)), timer) for a in self.starts_deg(protocol)]
         if self.options.ribs.pool_runs:
             # a side one run's probe could not see takes a rib another run found at that vertebra
             with timer("ribs"):
