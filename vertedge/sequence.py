@@ -235,7 +235,7 @@ def _best_path(
     not both; None: all allowed); `skip_ok: (n - 1,) bool` False forbids "skip one" into row i + 1
     (no vertebra can lie between rows i and i + 1; None: all allowed). A class under `floor` on a
     row, or False in `allowed: (n, c) bool` (None: all allowed), is no state of it, unless no
-    sequence is left without one. The recursion keeps two scores per class: reached by a step to
+    sequence is left without one; where none is left even then, the steps' bans give way too. The recursion keeps two scores per class: reached by a step to
     another class, and reached by "same".
     """
     n, c = P.shape
@@ -266,8 +266,14 @@ def _best_path(
         same_state[i] = from_same > from_moved
         same = np.maximum(from_moved, from_same) + same_w * P[i]
         opt = np.stack([moved, same]) + ruled_out[i]
-    if (floor > 0 or allowed is not None) and not np.isfinite(opt).any():
-        return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok, skip_ok)
+    if not np.isfinite(opt).any():
+        if floor > 0 or allowed is not None:
+            return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok, skip_ok)
+        if not (same_ok.all() and twice.all() and skips.all()):
+            # more rows than the steps the gaps allow can name (a whole spine whose views found
+            # several vertebrae twice at regular-looking gaps): the gaps give way, as the floor
+            # does; else every row would be named the first class
+            return _best_path(P, classes, alpha, beta, np.ones_like(same_ok))
     state, last = np.unravel_index(int(opt.argmax()), opt.shape)
     path = np.empty(n, dtype=int)
     path[-1] = last
