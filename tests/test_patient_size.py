@@ -63,9 +63,13 @@ def test_the_views_scale_follows_a_size_far_from_the_best_and_stays_in_range():
     assert view_scale(best * 2.0, 10, options) == options.scale_range[1]
     assert view_scale(best * 1.2, options.min_pairs - 1, options) == 1.0  # too few pairs to read a size
     assert view_scale(np.nan, 0, options) == 1.0
-    assert view_scale(best * 0.7, 10, options) == 1.0  # shown larger only where the range allows it
-    both_ways = dataclasses.replace(options, scale_range=(0.8, 1.25))
-    assert view_scale(best * 0.85, 10, both_ways) == pytest.approx(0.85)
+    smaller = options.min_pairs_smaller
+    assert view_scale(best * 0.85, smaller, options) == pytest.approx(0.85)
+    assert view_scale(best * 0.5, smaller, options) == options.scale_range[0]
+    assert view_scale(best * 0.85, smaller - 1, options) == 1.0  # a smaller size needs a longer chain
+    assert view_scale(best * 1.2, smaller - 1, options) == pytest.approx(1.2)
+    only_larger = dataclasses.replace(options, scale_range=(1.0, 1.25))
+    assert view_scale(best * 0.85, smaller, only_larger) == 1.0
     assert view_scale(best * 1.2, 10, dataclasses.replace(options, enabled=False)) == 1.0
     with pytest.raises(ValueError):
         SizeOptions(scale_range=(1.1, 1.25))

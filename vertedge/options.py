@@ -148,10 +148,12 @@ class SizeOptions:
     best: float = 0.93
     tolerance: float = 1.12  # a size within this factor of `best`: the views as the protocol has them
     min_pairs: int = 3  # neighbouring levels the size is read from, at least (a median needs a few)
-    # The factor on the detector's pixels stays within these. None below 1: the size read from the
-    # nets' points on a crop runs low (the chest's lower half 0.69 where its truth reads 0.86: the
-    # end points of a chain in few views sit inside it), as low as a small patient's (0.75-0.84).
-    scale_range: tuple[float, float] = (1.0, 1.25)
+    # ... and to read a spine as smaller than the best: a crop's short chain seen in few views reads
+    # small (its points sit inside the bodies: the chest CT's lower half 0.69 from 5 pairs, where
+    # its truth reads 0.86), as small as a small patient's (the chest 0.8 times its size 0.75-0.79
+    # from 10-11 pairs); the chest's S-I crops hold 5-8
+    min_pairs_smaller: int = 9
+    scale_range: tuple[float, float] = (0.8, 1.25)  # the factor on the detector's pixels stays within these
 
     def __post_init__(self) -> None:
         if not (self.tolerance >= 1.0 and 0.0 < self.scale_range[0] <= 1.0 <= self.scale_range[1] and self.best > 0):

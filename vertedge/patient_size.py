@@ -49,11 +49,11 @@ def apparent_size(labels: np.ndarray, points_lps: np.ndarray) -> tuple[float, in
 def view_scale(size: float, n_pairs: int, options: SizeOptions) -> float:
     """The factor on the protocol's detector pixels at which the views show a spine of `size`
     (`apparent_size`) at the size the nets read best, `options.best`; 1 where the size is read from
-    fewer than `options.min_pairs` neighbour pairs or lies within `options.tolerance` (a ratio) of
-    the best, and never beyond `options.scale_range`."""
+    fewer than `options.min_pairs` neighbour pairs (`min_pairs_smaller` for a size below the best)
+    or lies within `options.tolerance` (a ratio) of the best, and never beyond `options.scale_range`."""
     if not options.enabled or n_pairs < options.min_pairs or not np.isfinite(size):
         return 1.0
     ratio = size / options.best
-    if 1.0 / options.tolerance <= ratio <= options.tolerance:
+    if 1.0 / options.tolerance <= ratio <= options.tolerance or (ratio < 1.0 and n_pairs < options.min_pairs_smaller):
         return 1.0
     return float(np.clip(ratio, *options.scale_range))

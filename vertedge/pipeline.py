@@ -143,6 +143,12 @@ def input_description(volume: Volume) -> dict[str, Any]:
     }
 
 
+def _size_of(result: Result) -> tuple[float, int]:
+    """`patient_size.apparent_size` of a result's labelled vertebrae: (size, neighbour pairs)."""
+    points = np.array([v.world_lps_mm for v in result.vertebrae], float).reshape(-1, 3)
+    return apparent_size(np.array([v.label for v in result.vertebrae], int), points)
+
+
 def spine_axis(points_lps: np.ndarray) -> np.ndarray:
     """(3,) unit vector, world LPS, pointing superior: the principal axis of vertebra centroids (n, 3) mm."""
     centred = points_lps - points_lps.mean(axis=0)
@@ -327,15 +333,22 @@ class Labeler:
         from the size the nets read best (`patient_size`)."""
         timer = _Timer(self.drr_backend.synchronize)
         result = self._labelled(volume, self.protocol, timer, keep_images)
-        with timer("size"):
-            points = np.array([v.world_lps_mm for v in result.vertebrae], float).reshape(-1, 3)
-            size, pairs = apparent_size(np.array([v.label for v in result.vertebrae], int), points)
-            scale = view_scale(size, pairs, self.options.size)
+        size, pairs = _size_of(result)
+        scale = view_scale(size, pairs, self.options.size)
         if scale != 1.0:
-            log.info("the spine reads %.2f times the size the models learned best: labelled again from views "
-                     "at %.2f times the detector's pixels", size / self.options.size.best, scale)
-            result = self._labelled(volume, replace(self.protocol, pixel_mm=self.protocol.pixel_mm * scale), timer,
-                                    keep_images)
+            again = self._labelled(volume, replace(self.protocol, pixel_mm=self.protocol.pixel_mm * scale), timer,
+                                   keep_images)
+            # kept where the spine labelled at the new scale reads the same size: a crop whose labels
+            # were many levels off read a size its vertebrae do not have (a lumbar crop named C3-C6
+            # reads 1.36), and at the new scale its chain is lost or read anew
+            size_again, pairs_again = _size_of(again)
+            confirmed = pairs_again >= self.options.size.min_pairs and \
+                max(size, size_again) <= self.options.size.tolerance * min(size, size_again)
+            log.info("the spine reads %.2f times the size the models learned best: labelled again from views at "
+                     "%.2f times the detector's pixels, %s (%.2f)", size / self.options.size.best, scale,
+                     "the same size read there" if confirmed else "not kept: a different size read there",
+                     size_again / self.options.size.best)
+            result, scale = (again, scale) if confirmed else (result, 1.0)
         return replace(result, view_scale=scale, timings_ms=timer.ms)
 
     def _labelled(self, volume: Volume, protocol: Protocol, timer: _Timer, keep_images: bool) -> Result:
