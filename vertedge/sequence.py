@@ -235,8 +235,8 @@ def _best_path(
     not both; None: all allowed); `skip_ok: (n - 1,) bool` False forbids "skip one" into row i + 1
     (no vertebra can lie between rows i and i + 1; None: all allowed). A class under `floor` on a
     row, or False in `allowed: (n, c) bool` (None: all allowed), is no state of it, unless no
-    sequence is left without one; where none is left even then, the steps' bans give way too. The recursion keeps two scores per class: reached by a step to
-    another class, and reached by "same".
+    sequence is left without one; where none is left even then, the steps' bans give way too. The
+    recursion keeps two scores per class: reached by a step to another class, and reached by "same".
     """
     n, c = P.shape
     weights, penalty, no_skip = _transitions(classes, float(alpha), float(beta))
