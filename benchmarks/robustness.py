@@ -194,6 +194,7 @@ def judge(case: Case, result: Any) -> dict[str, Any]:
         # the vertebrae whose label was predicted: what the L-Error averages over
         "n_matched": sum(r["distance_mm"] is not None for r in sc.per_vertebra) if sc else 0,
         "predictions": rows,
+        "view_scale": float(getattr(result, "view_scale", 1.0)),  # the views' scale kept (`patient_size`)
         "n_wrong": len(wrong),
         "max_wrong_confidence": max((r["confidence"] for r in wrong), default=math.nan),
         "wrong_unflagged": sum(not r["needs_review"] for r in wrong),
