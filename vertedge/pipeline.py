@@ -320,10 +320,9 @@ class Labeler:
         return _Labelled(Run(labels[keep], points, confidence, needs_review),
                          fused.residual_mm[keep], fused.n_views[keep], views, images)
 
-    def starts_deg(self, protocol: Protocol | None = None) -> np.ndarray:
-        """The views' start angles of the runs whose consensus labels a scan, degrees: the protocol's
-        (`protocol`, else the models'), then spread evenly over one view step (`PipelineOptions.view_starts`)."""
-        protocol = self.protocol if protocol is None else protocol
+    def starts_deg(self, protocol: Protocol) -> np.ndarray:
+        """The views' start angles of the runs whose consensus labels a scan, degrees: `protocol`'s,
+        then spread evenly over one view step (`PipelineOptions.view_starts`)."""
         step = 360.0 / protocol.n_views
         return protocol.start_angle_deg + np.arange(self.options.view_starts) * step / self.options.view_starts
 
