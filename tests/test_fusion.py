@@ -13,6 +13,7 @@ from vertedge.fusion import (
     intersect_rays,
     on_spine,
     order_along_spine,
+    split_detections,
 )
 from vertedge.geometry import Protocol, Views, make_views, pixel_rays, project
 from vertedge.labelling import spine_gaps
@@ -290,6 +291,34 @@ def test_distinct_vertebrae_drops_the_weaker_of_a_split_pair_only() -> None:
     nv[5] = 3
     assert distinct_vertebrae(sparse, nv, np.ones(11), 0.5).all()
     assert distinct_vertebrae(chain[:3], np.ones(3), np.ones(3), 0.5).all()
+
+
+def test_a_weakly_seen_point_halfway_between_two_vertebrae_leaves_the_chain() -> None:
+    options = DEFAULT_OPTIONS.fusion
+    split = (options.split_regular, options.split_part, options.split_views)
+    truth = _spine(12)
+    n_views = np.full(12, 9)
+    assert split_detections(truth, n_views, *split).all()
+    # a stray point 0.45 of the way from vertebra 6 to 7, in 3 views: it goes, and only it, even
+    # with a second one beside it (two short gaps in a row do not hide each other)
+    chain = np.insert(truth, 7, truth[6] + 0.45 * (truth[7] - truth[6]), axis=0)
+    nv = np.insert(n_views, 7, 3)
+    assert np.flatnonzero(~split_detections(chain, nv, *split)).tolist() == [7]
+    two = np.insert(chain, 5, truth[4] + 0.55 * (truth[5] - truth[4]), axis=0)
+    assert np.flatnonzero(~split_detections(two, np.insert(nv, 5, 3), *split)).tolist() == [5, 8]
+    # seen in more than half the views of a neighbour, it may be a vertebra: it stays
+    nv[7] = 5
+    assert split_detections(chain, nv, *split).all()
+    # a vertebra seen in 3 views between regular neighbours (the chest CT's) stays: its gaps are regular
+    weak = n_views.copy()
+    weak[6] = 3
+    assert split_detections(truth, weak, *split).all()
+    # ... and so does one beside a missed vertebra: the neighbours' distance is not one gap
+    sparse = np.delete(truth, 7, axis=0)
+    weak = np.full(11, 9)
+    weak[6] = 3
+    assert split_detections(sparse, weak, *split).all()
+    assert split_detections(chain[:3], np.r_[9, 3, 9], *split).all()
 
 
 def test_two_points_at_one_level_of_the_spine_are_one_vertebra_when_gaps_are_read_along_it() -> None:

@@ -20,7 +20,8 @@ A vertebra missed in some views keeps the others; a spurious blob in one view ca
 `min_views` on its own; one detection never serves two vertebrae. The chosen points are then
 ordered along the spine, stray points off it are dropped (`on_spine`), and of two chain neighbours
 closer than half the local gap, a vertebra found twice, the better-seen one stays
-(`distinct_vertebrae`).
+(`distinct_vertebrae`), and a weakly seen point that splits one regular gap in two leaves
+(`split_detections`).
 
 Steps 1-3 are Numba kernels (`cache=True`: compiled on first use, then loaded from the cache,
 `numba_cache`): as NumPy array code most of their time went to the overhead of the calls, a dozen
@@ -372,6 +373,8 @@ def fuse(peaks: Peaks, views: Views, options: FusionOptions = DEFAULT_OPTIONS.fu
     order = order_along_spine(pts)
     order = order[on_spine(pts[order], o.max_off_spine_mm)]
     order = order[distinct_vertebrae(pts[order], nv[order], res[order], o.max_duplicate_gap)]
+    if o.split_regular is not None:
+        order = order[split_detections(pts[order], nv[order], o.split_regular, o.split_part, o.split_views)]
     return Fused(pts[order], res[order], nv[order], sup[order])
 
 
@@ -521,4 +524,43 @@ def distinct_vertebrae(
         a, b = idx[k], idx[k + 1]
         weaker = a if (n_views[a], -residual_mm[a]) < (n_views[b], -residual_mm[b]) else b
         keep[weaker] = False
+    return keep
+
+
+def split_detections(points_lps: np.ndarray, n_views: np.ndarray, regular: float, part: float,
+                     views: float) -> np.ndarray:
+    """(n,) bool: False for a point that splits one regular gap of the chain in two.
+
+    Points (n, 3) mm in chain order, `n_views` (n,) the views each was found in. A point whose
+    two chain neighbours lie one regular gap apart (their distance within a factor `regular` of
+    the local gap), each of its own two gaps under `part` of it, and that was found in at most
+    `views` times the views of either neighbour, is a detection between two vertebrae (a disc, a
+    rib head, one vertebra's heatmap split): the robustness benchmark's points seen in 3 of 10
+    views halfway between neighbours seen in 6-10 (benchmarks/RESULTS.md). Two split gaps beside
+    each other read short against each other, so the local gap is the median of up to
+    `_GAP_WINDOW` gaps on each side not touching the point; the most regular such point goes
+    first and the gaps are measured again. Chains under 4 points stay whole.
+    """
+    p = np.asarray(points_lps, dtype=np.float64)
+    nv = np.asarray(n_views, dtype=np.float64)
+    keep = np.ones(len(p), bool)
+    while keep.sum() >= 4:
+        idx = np.flatnonzero(keep)
+        gaps = chain_gaps(p[idx])
+        m = len(gaps)
+        # the local gap of interior point i (1..m-1): gaps i-1-W..i+W, leaving out i-1 and i
+        offsets = np.r_[-_GAP_WINDOW - 1 : -1, 1 : _GAP_WINDOW + 1]
+        at = np.arange(1, m)[:, None] + offsets
+        around = np.where((at >= 0) & (at < m), gaps[np.clip(at, 0, m - 1)], np.nan)
+        enough = (~np.isnan(around)).sum(axis=1) >= 2
+        # a point without two such gaps is not judged (filled, so that its median does not warn)
+        local = np.where(enough, np.nanmedian(np.where(enough[:, None], around, 1.0), axis=1), np.nan)
+        merged = np.linalg.norm(p[idx[2:]] - p[idx[:-2]], axis=1) / local
+        longer = np.maximum(gaps[:-1], gaps[1:]) / local
+        weak = nv[idx[1:-1]] <= views * np.minimum(nv[idx[:-2]], nv[idx[2:]])
+        split = enough & (merged >= 1.0 / regular) & (merged <= regular) & (longer < part) & weak
+        if not split.any():
+            break
+        k = int(np.argmin(np.where(split, np.abs(np.log(merged)), np.inf)))
+        keep[idx[k + 1]] = False
     return keep

@@ -32,6 +32,13 @@ class FusionOptions:
     min_pair_angle_deg: float = 30.0  # lets K=10 views 36 deg apart pair with their neighbours
     max_off_spine_mm: float = 25.0  # a vertebra lies within a few mm of the line through its neighbours
     max_duplicate_gap: float = 0.5  # x the local gap: closer chain neighbours are one vertebra seen twice
+    # A point between two chain neighbours whose distance is one regular gap is a stray detection
+    # in the disc or a split one (`fusion.split_detections`): the neighbours' distance within this
+    # factor of the local gap, each part under `split_part` of it, and the point seen in at most
+    # `split_views` times the views of either neighbour; None keeps every such point
+    split_regular: float | None = 1.35
+    split_part: float = 0.75
+    split_views: float = 0.5
 
     def __post_init__(self) -> None:
         if self.min_views < 2:
