@@ -213,6 +213,10 @@ def test_fuse_needs_min_views() -> None:
     assert len(fuse(_peaks(view, rc), views, FusionOptions(min_views=2))) == 8
     with pytest.raises(ValueError):
         FusionOptions(min_views=1)
+    for bad in ({"split_regular": 0.9}, {"split_part": 1.5}, {"split_views": 0.0}):
+        with pytest.raises(ValueError, match="split_regular"):
+            FusionOptions(**bad)
+    assert FusionOptions(split_regular=None, split_views=0.0).split_regular is None  # the rule off
 
 
 def test_fuse_nothing() -> None:

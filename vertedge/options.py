@@ -43,6 +43,10 @@ class FusionOptions:
     def __post_init__(self) -> None:
         if self.min_views < 2:
             raise ValueError(f"min_views must be at least 2 (two rays fix a point), got {self.min_views}")
+        if self.split_regular is not None and not (
+                self.split_regular >= 1.0 and 0.0 < self.split_part <= 1.0 and 0.0 < self.split_views <= 1.0):
+            raise ValueError("split_regular must be at least 1 and split_part, split_views in (0, 1], got "
+                             f"{self.split_regular}, {self.split_part}, {self.split_views}")
 
 
 @dataclass(frozen=True)
