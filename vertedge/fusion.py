@@ -494,10 +494,18 @@ def relative_to_neighbours(gaps: np.ndarray) -> np.ndarray:
     gaps = np.asarray(gaps, dtype=np.float64)
     if len(gaps) < 3:
         return np.full(len(gaps), np.nan)
-    offsets = np.r_[-_GAP_WINDOW:0, 1 : _GAP_WINDOW + 1]
-    idx = np.arange(len(gaps))[:, None] + offsets
-    around = np.where((idx >= 0) & (idx < len(gaps)), gaps[np.clip(idx, 0, len(gaps) - 1)], np.nan)
-    return gaps / np.nanmedian(around, axis=1)
+    return gaps / _local_gap(gaps, np.arange(len(gaps)), np.r_[-_GAP_WINDOW:0, 1 : _GAP_WINDOW + 1])
+
+
+def _local_gap(gaps: np.ndarray, rows: np.ndarray, offsets: np.ndarray, least: int = 1) -> np.ndarray:
+    """(len(rows),) mm: the median of the chain gaps (m,) mm at `rows` + each of `offsets` that lie
+    in the chain; NaN where fewer than `least` do."""
+    at = np.asarray(rows)[:, None] + offsets
+    inside = (at >= 0) & (at < len(gaps))
+    around = np.where(inside, gaps[np.clip(at, 0, len(gaps) - 1)], np.nan)
+    enough = inside.sum(axis=1) >= least
+    # rows without enough gaps are filled before the median, so that an empty row does not warn
+    return np.where(enough, np.nanmedian(np.where(enough[:, None], around, 0.0), axis=1), np.nan)
 
 
 def distinct_vertebrae(
@@ -547,18 +555,13 @@ def split_detections(points_lps: np.ndarray, n_views: np.ndarray, regular: float
     while keep.sum() >= 4:
         idx = np.flatnonzero(keep)
         gaps = chain_gaps(p[idx])
-        m = len(gaps)
-        # the local gap of interior point i (1..m-1): gaps i-1-W..i+W, leaving out i-1 and i
-        offsets = np.r_[-_GAP_WINDOW - 1 : -1, 1 : _GAP_WINDOW + 1]
-        at = np.arange(1, m)[:, None] + offsets
-        around = np.where((at >= 0) & (at < m), gaps[np.clip(at, 0, m - 1)], np.nan)
-        enough = (~np.isnan(around)).sum(axis=1) >= 2
-        # a point without two such gaps is not judged (filled, so that its median does not warn)
-        local = np.where(enough, np.nanmedian(np.where(enough[:, None], around, 1.0), axis=1), np.nan)
+        # the local gap of interior point i (1..m-1): gaps i-1-W..i+W, leaving out i-1 and i, the
+        # two it touches; a point without two such gaps is not judged (NaN compares False below)
+        local = _local_gap(gaps, np.arange(1, len(gaps)), np.r_[-_GAP_WINDOW - 1 : -1, 1 : _GAP_WINDOW + 1], least=2)
         merged = np.linalg.norm(p[idx[2:]] - p[idx[:-2]], axis=1) / local
         longer = np.maximum(gaps[:-1], gaps[1:]) / local
         weak = nv[idx[1:-1]] <= views * np.minimum(nv[idx[:-2]], nv[idx[2:]])
-        split = enough & (merged >= 1.0 / regular) & (merged <= regular) & (longer < part) & weak
+        split = (merged >= 1.0 / regular) & (merged <= regular) & (longer < part) & weak
         if not split.any():
             break
         k = int(np.argmin(np.where(split, np.abs(np.log(merged)), np.inf)))
