@@ -8,7 +8,7 @@ import numpy as np
 
 from vertedge.fusion import Fused
 from vertedge.labelling import label
-from vertedge.labels import LABELS, SPINE_ORDER, region
+from vertedge.labels import LABELS, NAMES, SPINE_ORDER, region
 from vertedge.options import DEFAULT_OPTIONS
 from vertedge.ribs import UNSEEN, junction_classes, likelihood, rib_bearing_classes, rib_sides
 from vertedge.sequence import identify
@@ -160,7 +160,7 @@ def test_without_the_sacrum_the_junction_turns_a_chain_read_a_level_low_below_th
     """The real lumbar CT's upper half: the net reads T12-L3 as L1-L4 with most of every row's
     vote, ribs found both sides of the top vertebra and none below. The rib likelihood alone weighs
     one row against three; the junction names T12 and the count follows it, with the net's
-    disagreement left in the confidences. With the sacrum in view the net's reading stands."""
+    disagreement left in the confidences."""
     classes = tuple(LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5"))
     votes = np.zeros((1, 4, len(classes)))
     for i in range(4):
@@ -178,9 +178,57 @@ def test_without_the_sacrum_the_junction_turns_a_chain_read_a_level_low_below_th
     # not the confidences: the net gave each right label a quarter of its vote
     assert conf[0] > 0.5 and conf[1:].max() < 0.5
     assert label(_chain(4), per_view, 10, classes, off, rib_sides=sides)[0].tolist() == names[1]
+    # with the sacrum right below, three ribless rows are not a lumbar spine: a count is wrong, the net's reading stands
     assert label(_chain(4), per_view, 10, classes, junction, rib_sides=sides, sacrum_seen=True)[0].tolist() == names[1]
     # with it, the top row is T12 (or T13) whatever else is in view
     assert label(_chain(4), per_view, 10, classes, rib_sides=sides, sacrum_seen=True)[0].tolist() == names[0]
+
+
+def test_the_ribless_vertebrae_between_the_last_rib_and_the_sacrum_are_counted():
+    """Fresh phantom 754, an L6 spine from T12 to the sacrum: the net reads it a level high as a
+    whole (T11 on T12, ..., L5 on L6, the usual lumbar look). The last rib and the sacrum are two
+    counts; six ribless vertebrae between them are L1-L6, whatever the net reads, and five L1-L5."""
+    classes = tuple(LABELS[n] for n in ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "L6"))
+
+    def read(n_lumbar: int, first: int, options=DEFAULT_OPTIONS) -> str:
+        """The labels of T12 and `n_lumbar` ribless rows above the sacrum that the net reads from
+        classes[first] down."""
+        n = n_lumbar + 1
+        votes = np.full((1, n, len(classes)), 0.2 / len(classes))
+        votes[0, np.arange(n), first + np.arange(n)] += 0.8
+        sides = np.vstack([[1, 1], np.zeros((n_lumbar, 2), int)])
+        labels = label(_chain(n), (votes, np.ones((1, n), dtype=bool)), 10, classes, options, rib_sides=sides,
+                       above_sacrum=True, sacrum_seen=True)[0]
+        return " ".join(NAMES[x] for x in labels)
+
+    assert read(6, first=1) == "T12 L1 L2 L3 L4 L5 L6"
+    assert read(5, first=2) == "T12 L1 L2 L3 L4 L5"
+    never = dataclasses.replace(DEFAULT_OPTIONS, ribs=dataclasses.replace(DEFAULT_OPTIONS.ribs, lumbar_counts=()))
+    assert read(6, first=1, options=never) == "T11 T12 L1 L2 L3 L4 L5"
+
+
+def test_a_t13_is_named_only_with_the_cervical_spine_in_the_chain():
+    """Fresh phantom 3322, a thoracic crop T1-T12 with ribs at every row: the net reads it a level
+    low as a whole (T2-T13). Only a count from above tells a thirteenth rib-bearing vertebra from
+    T12: without a cervical vertebra in the chain the decode names no T13, with one it may."""
+    classes = tuple(LABELS[n] for n in ("C6", "C7", "T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10",
+                                        "T11", "T12", "T13", "L1"))
+
+    def read(n_neck: int, options=DEFAULT_OPTIONS) -> str:
+        """The labels of `n_neck` ribless rows read C6, C7 and twelve rib-bearing rows below them read T2-T13."""
+        n = n_neck + 12
+        votes = np.full((1, n, len(classes)), 0.2 / len(classes))
+        votes[0, np.arange(n), 2 - n_neck + 1 + np.arange(n)] += 0.8
+        sides = np.vstack([np.zeros((n_neck, 2), int), np.ones((12, 2), int)])
+        labels = label(_chain(n), (votes, np.ones((1, n), dtype=bool)), 10, classes, options, rib_sides=sides)[0]
+        return " ".join(NAMES[x] for x in labels)
+
+    thoracic = " ".join(f"T{i}" for i in range(1, 13))
+    assert read(0) == thoracic
+    off = dataclasses.replace(DEFAULT_OPTIONS, t13_from_above=False)
+    assert read(0, off) == " ".join(f"T{i}" for i in range(2, 14))
+    # C6 and C7 above them, ribless, read as C7 and T1: the decode may count to T13 (here the net's reading)
+    assert read(2).split()[-1] == "T13"
 
 
 def test_the_probe_reads_world_positions_in_any_grid():

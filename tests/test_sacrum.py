@@ -12,6 +12,7 @@ from vertedge.fusion import Fused
 from vertedge.labelling import label
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
+from vertedge.ribs import UNSEEN
 from vertedge.sacrum import last_lumbar_classes, last_lumbar_likelihood, on_sacrum, sacral_start, sacrum_below
 from vertedge.sequence import identify
 from vertedge.volume import Volume
@@ -172,7 +173,7 @@ def test_a_crop_read_a_level_high_above_the_sacrum_is_counted_from_it():
     off = replace(DEFAULT_OPTIONS, sacrum=replace(DEFAULT_OPTIONS.sacrum, count=False))
     assert label(*args, options=off, rib_sides=RIBLESS[:4], above_sacrum=True, sacrum_seen=True)[0].tolist() == one_high
     ribbed = RIBLESS[:4].copy()
-    ribbed[0] = (1, 1)
+    ribbed[0] = (1, UNSEEN)  # a rib on one side, the other out of view: no count from the ribs either
     assert label(*args, rib_sides=ribbed, above_sacrum=True, sacrum_seen=True)[0].tolist() == one_high
     assert label(*args, rib_sides=RIBLESS[:4])[0].tolist() == one_high  # no sacrum: no count
 

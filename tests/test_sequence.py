@@ -343,6 +343,12 @@ def test_a_class_not_allowed_on_a_row_is_no_state_of_it_and_keeps_its_confidence
     labels, conf = identify(votes, classes, same_ok=apart, allowed=allowed)
     assert labels.tolist() == [LABELS[n] for n in ("T12", "L1", "L2")]
     np.testing.assert_allclose(conf, [0.3, 0.3, 0.3])
+    # the count needs a class the views leave under the floor on the last row: the floor gives way, not the count
+    low = votes.copy()
+    low[0, 2] = [0.0, 0.0, 0.005, 0.995]
+    labels, conf = identify(low, classes, same_ok=apart, skip_ok=np.zeros(2, bool), floor=0.01, allowed=allowed)
+    assert labels.tolist() == [LABELS[n] for n in ("T12", "L1", "L2")]
+    np.testing.assert_allclose(conf, [0.3, 0.3, 0.005])
     # a row left no class: no sequence honours it, and the decode reads the views alone
     allowed[1] = False
     assert identify(votes, classes, same_ok=apart, allowed=allowed)[0].tolist() == [LABELS[n] for n in ("L1", "L2", "L3")]

@@ -27,7 +27,8 @@ several detections (two vertebrae may lie there), stops
 past the first vertebra whose own confidence is under `unsupported_confidence`, and never crosses
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
 one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
-reason a count up from the sacrum, which assumes five lumbar vertebrae unless the net reads an L6,
+reason a count up from the sacrum, which assumes five lumbar vertebrae unless the decode names an
+L6 (the net's reading, or the last rib's count: `labelling.label`),
 stands only where it reaches the top of the labelled chain, or L1 with the ribs not seen to
 refute it (no rib beside L1, and the vertebra above L1 either seen with a rib or not seen in
 full): a refuted junction puts the number of lumbar vertebrae in doubt. A vertebra

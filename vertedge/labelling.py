@@ -13,11 +13,14 @@ import numpy as np
 from .boxes import box_means, square_half_px
 from .fusion import Fused, relative_to_neighbours
 from .geometry import Views, pixel_mm_at_depth, project
+from .labels import LABELS, region
 from .options import DEFAULT_OPTIONS, PipelineOptions
 from .peaks import Peaks, find_peaks
 from .ribs import chain_frames, junction_classes, likelihood, rib_bearing_classes
 from .sacrum import last_lumbar_classes, last_lumbar_likelihood
 from .sequence import identify, vote
+
+_T13 = LABELS["T13"]
 
 
 def peaks_of(heatmaps: np.ndarray, views: Views, threshold: float, options: PipelineOptions = DEFAULT_OPTIONS) -> Peaks:
@@ -158,17 +161,24 @@ def label(
     so does `above_sacrum`: the last point lies directly above the sacrum (`sacrum.sacral_start`);
     where no point bears ribs, the sacrum is the only count and names that point L5
     (`sacrum.last_lumbar_classes`, `SacrumOptions.count`).
-    Where no sacrum is seen (`sacrum_seen`: above or below the chain), the last rib is the caudal
-    end's only count, and the decode names the thoracolumbar junction by it
+    The last rib is a count too, and the decode names the thoracolumbar junction by it
     (`ribs.junction_classes`, `RibOptions.junction`: where the net reads the vertebra below it
     within a level of L1, `net_reads`): on real crops the net reads the vertebrae
     below it a level off as a whole (the lumbar CT's upper half: L1-L5 on T12-L4), and the DP,
-    summing rows, lets their votes outweigh any one row's ribs. With the sacrum in view the two
-    counts differ only on a spine with a variant (six lumbar vertebrae, or a T12 without ribs),
-    which neither decides: the net's reading stands there, as before. The junction chooses labels,
-    not confidences, and no count from an end crosses it (`anchors`): what it names stays flagged.
+    summing rows, lets their votes outweigh any one row's ribs. With the sacrum in view too
+    (`sacrum_seen`: above or below the chain) the two counts meet: the ribless vertebrae between
+    the last rib and the sacrum are the lumbar ones, as a reader counts them where C1 is not in
+    view, where the net reads an L6 spine as a normal one a level high (fresh phantom 754); only
+    where they number five or six (`RibOptions.lumbar_counts`): three or four ribless rows there
+    are a vertebra the nets missed, or a rib the probe read beside L1. A spine with a variant is
+    what neither count can tell from a T12 without ribs: the junction chooses labels, not
+    confidences, so labels it sets against the net keep the net's low confidences and are
+    flagged, and no count from an end crosses it (`anchors`).
     A point with ribs found on both sides is named no cervical class and no lumbar one above L5
     (`ribs.rib_bearing_classes`, `RibOptions.bearing`), with whichever count applies.
+    A T13 is named only where the decode names a cervical vertebra too, as only a count from
+    above can tell it from T12 (`PipelineOptions.t13_from_above`; else the chain is decoded again
+    without it).
     The decode joins two rows as one vertebra only where `may_be_one_vertebra` and
     `may_be_one_across` allow it, and skips a label between them only where `may_skip_one` does.
     """
@@ -176,20 +186,33 @@ def label(
     evidence = np.ones((len(fused), len(classes)))
     if above_sacrum:
         evidence *= last_lumbar_likelihood(len(fused), classes, options.sacrum)
-    allowed = None  # one count from outside the views (the sacrum's, else the last rib's) and the ribs' own rule
+    allowed = None  # the counts from outside the views (the sacrum's, the last rib's) and the ribs' own rule
     if rib_sides is not None:
         evidence *= likelihood(rib_sides, classes, options.ribs)
         if above_sacrum and options.sacrum.count:
             allowed = last_lumbar_classes(rib_sides, classes)
-        elif options.ribs.junction and not (sacrum_seen or above_sacrum):
-            allowed = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs)
+        if options.ribs.junction:
+            junction = junction_classes(rib_sides, net_reads(per_view, classes), classes, options.ribs,
+                                        sacrum_below=sacrum_seen or above_sacrum,
+                                        seen=well_seen(fused, n_views, options))
+            allowed = junction if allowed is None else allowed & junction
         if options.ribs.bearing:
             bearing = rib_bearing_classes(rib_sides, classes)
             allowed = bearing if allowed is None else allowed & bearing
-    return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
-                    evidence=evidence, floor=options.label_floor,
-                    same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options),
-                    allowed=allowed)
+    def decode(allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
+                        evidence=evidence, floor=options.label_floor,
+                        same_twice_ok=may_be_one_across(fused, n_views, options),
+                        skip_ok=may_skip_one(fused, options), allowed=allowed)
+
+    labels, confidence = decode(allowed)
+    if options.t13_from_above and _T13 in labels and not any(region(c) == "cervical" for c in labels):
+        # a thirteenth rib-bearing vertebra is counted from above: without the cervical spine in the
+        # chain nothing tells it from T12, and the net reads a thoracic crop a level low as a whole
+        # (fresh phantom 3322: T1-T12 named T2-T13)
+        no_t13 = np.asarray(classes) != _T13
+        labels, confidence = decode(np.broadcast_to(no_t13, evidence.shape) if allowed is None else allowed & no_t13)
+    return labels, confidence
 
 
 def one_per_label(labels: np.ndarray, fused: Fused) -> np.ndarray:

@@ -79,8 +79,11 @@ class RibOptions:
     ribs_if_none: float = 0.25  # likelihood of a rib on one side of a cervical or lumbar vertebra, against none
     none_if_ribs: float = 0.35  # likelihood of no rib on one side of a thoracic vertebra (short or faint ribs)
     bearing: bool = True  # ribs found on both sides: no cervical class, no lumbar one above L5 (`ribs.rib_bearing_classes`)
-    junction: bool = True  # no sacrum in view: the last vertebra with ribs above ribless ones is T12 or T13 ...
+    junction: bool = True  # the last vertebra with ribs above ribless ones is T12 or T13 ...
     junction_ribless: int = 3  # ... where this many below it are seen without ribs (`ribs.junction_classes`)
+    # ... and with the sacrum right below the chain, where the rows from that L1 to the sacrum number one of these
+    # (L1-L5 or L1-L6: the two counts meet; another number is a miss of the probe or of the nets; () never)
+    lumbar_counts: tuple[int, ...] = (5, 6)
     pool_runs: bool = True  # a side one view start's probe could not see, read from the others' (`consensus.pooled_sides`)
 
 
@@ -182,6 +185,7 @@ class PipelineOptions:
     seen_views: float = 0.5  # fraction of views: fewer, and a fused point may be a stray blob
     full_gap: float = 0.85  # x the local gap: points this far apart, both seen in `seen_views`, are two vertebrae
     label_floor: float = 0.01  # the decode names no vertebra with a class its evidence leaves under this (a ribless T13)
+    t13_from_above: bool = True  # a T13 is named only with the cervical spine in the chain (`labelling.label`)
     review: ReviewOptions = field(default_factory=ReviewOptions)
     ribs: RibOptions = field(default_factory=RibOptions)
     sacrum: SacrumOptions = field(default_factory=SacrumOptions)

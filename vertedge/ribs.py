@@ -199,10 +199,14 @@ def ribbed(sides: np.ndarray) -> np.ndarray:
 
 
 def junction_classes(sides: np.ndarray, reads: np.ndarray, classes: tuple[int, ...],
-                     options: RibOptions = DEFAULT_OPTIONS.ribs) -> np.ndarray:
+                     options: RibOptions = DEFAULT_OPTIONS.ribs, sacrum_below: bool = False,
+                     seen: np.ndarray | None = None) -> np.ndarray:
     """(n, c) bool: the classes the thoracolumbar junction leaves each point (`rib_sides`, (n, 2),
     chain order cranial -> caudal), given the identification net's reading of each (`reads`, (n,),
-    the most voted class, VerSe labels).
+    the most voted class, VerSe labels); with `sacrum_below` (the chain's last point lies right above
+    the sacrum) only where the points from L1 to the last that most views found (`seen`, (n,) bool,
+    `labelling.well_seen`; None: all) number one of `options.lumbar_counts`: a point few views
+    found may be S1 found again below the last lumbar vertebra, or a second detection.
 
     The junction is the chain's last point with a rib found and no side seen without one, where
     the `junction_ribless` points below it are seen without a rib on both sides and the net reads
@@ -223,7 +227,9 @@ def junction_classes(sides: np.ndarray, reads: np.ndarray, classes: tuple[int, .
     last = with_ribs[-1]
     below = sides[last + 1 : last + 1 + options.junction_ribless]
     near_l1 = [LABELS[n] for n in ("T12", "T13", "L1", "L2")]
-    if len(below) == options.junction_ribless and (below == 0).all() and reads[last + 1] in near_l1:
+    seen = np.ones(len(sides), bool) if seen is None else np.asarray(seen, bool)
+    counted = not sacrum_below or int(seen[last + 1:].sum()) in options.lumbar_counts
+    if len(below) == options.junction_ribless and (below == 0).all() and reads[last + 1] in near_l1 and counted:
         names = np.asarray(classes)
         out[last] = np.isin(names, [LABELS["T12"], LABELS["T13"]])
         out[last + 1] = names == LABELS["L1"]

@@ -123,9 +123,9 @@ def last_lumbar_classes(rib_sides: np.ndarray, classes: tuple[int, ...]) -> np.n
     its labels keep the net's low confidence). On a crop of the lower lumbar spine the net reads
     the vertebrae a level high as a whole (the real lumbar CT's middle 60 %: L2-L5 read as L1-L4),
     and the decode, summing rows, lets their votes outweigh the sacrum's likelihood on one row
-    (`last_lumbar_likelihood`). Where the chain shows ribs, the junction and the sacrum are two
-    counts that differ only on a spine with a variant, which the net's reading decides: every
-    class stays.
+    (`last_lumbar_likelihood`). Where the chain shows ribs, the last rib is the other count
+    (`ribs.junction_classes`), and the two together decide five lumbar vertebrae or six: every
+    class stays here.
     """
     out = np.ones((len(rib_sides), len(classes)), dtype=bool)
     if len(out) and not ribbed(rib_sides).any():

@@ -235,7 +235,8 @@ def _best_path(
     not both; None: all allowed); `skip_ok: (n - 1,) bool` False forbids "skip one" into row i + 1
     (no vertebra can lie between rows i and i + 1; None: all allowed). A class under `floor` on a
     row, or False in `allowed: (n, c) bool` (None: all allowed), is no state of it, unless no
-    sequence is left without one; where none is left even then, the steps' bans give way too. The
+    sequence is left without one: the floor gives way first, then `allowed`; where none is left
+    even then, the steps' bans give way too. The
     recursion keeps two scores per class: reached by a step to another class, and reached by "same".
     """
     n, c = P.shape
@@ -267,7 +268,9 @@ def _best_path(
         same = np.maximum(from_moved, from_same) + same_w * P[i]
         opt = np.stack([moved, same]) + ruled_out[i]
     if not np.isfinite(opt).any():
-        if floor > 0 or allowed is not None:
+        if floor > 0:  # the floor gives way first: a count from outside the views outweighs a low vote
+            return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok, skip_ok, allowed)
+        if allowed is not None:
             return _best_path(P, classes, alpha, beta, same_ok, 0.0, twice_ok, skip_ok)
         if not (same_ok.all() and twice.all() and skips.all()):
             # more rows than the steps the gaps allow can name (a whole spine whose views found
