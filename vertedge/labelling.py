@@ -8,6 +8,8 @@ from `options.PipelineOptions`.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .boxes import box_means, square_half_px
@@ -199,19 +201,16 @@ def label(
         if options.ribs.bearing:
             bearing = rib_bearing_classes(rib_sides, classes)
             allowed = bearing if allowed is None else allowed & bearing
-    def decode(allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        return identify(p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
-                        evidence=evidence, floor=options.label_floor,
-                        same_twice_ok=may_be_one_across(fused, n_views, options),
-                        skip_ok=may_skip_one(fused, options), allowed=allowed)
-
-    labels, confidence = decode(allowed)
+    decode = partial(identify, p, classes, valid=valid, same_ok=may_be_one_vertebra(fused, n_views, options),
+                     evidence=evidence, floor=options.label_floor,
+                     same_twice_ok=may_be_one_across(fused, n_views, options), skip_ok=may_skip_one(fused, options))
+    labels, confidence = decode(allowed=allowed)
     if options.t13_from_above and _T13 in labels and not any(region(c) == "cervical" for c in labels):
         # a thirteenth rib-bearing vertebra is counted from above: without the cervical spine in the
         # chain nothing tells it from T12, and the net reads a thoracic crop a level low as a whole
         # (fresh phantom 3322: T1-T12 named T2-T13)
         no_t13 = np.asarray(classes) != _T13
-        labels, confidence = decode(np.broadcast_to(no_t13, evidence.shape) if allowed is None else allowed & no_t13)
+        labels, confidence = decode(allowed=no_t13 & (np.ones(evidence.shape, bool) if allowed is None else allowed))
     return labels, confidence
 
 
