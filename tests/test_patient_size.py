@@ -9,7 +9,7 @@ import pytest
 
 from vertedge.labels import LABELS
 from vertedge.options import SizeOptions
-from vertedge.patient_size import apparent_size, level_gap_mm, view_scale
+from vertedge.patient_size import apparent_size, level_gap_mm, rescaled_kept, view_scale
 from vertedge.phantom.params import PhantomParams
 from vertedge.phantom.spine import build_spine
 
@@ -73,3 +73,16 @@ def test_the_views_scale_follows_a_size_far_from_the_best_and_stays_in_range():
     assert view_scale(best * 1.2, 10, dataclasses.replace(options, enabled=False)) == 1.0
     with pytest.raises(ValueError):
         SizeOptions(scale_range=(1.1, 1.25))
+
+
+def test_labels_read_at_the_new_scale_are_kept_only_for_the_same_spine():
+    """The new labels replace the first where they read the same size from enough pairs and hold
+    at least as many vertebrae; a chain one vertebra short is read anew, unless `as_complete` is off."""
+    options = SizeOptions()
+    large = options.best * 1.2
+    assert rescaled_kept((large, 10, 12), (large * 1.02, 10, 12), options)
+    assert rescaled_kept((large, 10, 12), (large, 10, 13), options)
+    assert not rescaled_kept((large, 10, 12), (large * options.tolerance * 1.05, 10, 12), options)  # another size
+    assert not rescaled_kept((large, 10, 12), (large, options.min_pairs - 1, 12), options)  # too few pairs
+    assert not rescaled_kept((large, 10, 12), (large, 10, 11), options)  # one vertebra lost
+    assert rescaled_kept((large, 10, 12), (large, 10, 11), dataclasses.replace(options, as_complete=False))

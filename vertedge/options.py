@@ -168,6 +168,11 @@ class SizeOptions:
     # from 10-11 pairs); the chest's S-I crops hold 5-8
     min_pairs_smaller: int = 9
     scale_range: tuple[float, float] = (0.8, 1.25)  # the factor on the detector's pixels stays within these
+    # The labels read at the new scale are kept only where its views find at least as many
+    # vertebrae: the rule renames the vertebrae the first views found, and a chain one short is a
+    # chain read anew (phantom 746, a spine with a T13: at 1.18 times the pixels the C7 at its top
+    # edge is lost, and its thirteen rib-bearing vertebrae above the last rib's L1 named C7-T12)
+    as_complete: bool = True
 
     def __post_init__(self) -> None:
         if not (self.tolerance >= 1.0 and 0.0 < self.scale_range[0] <= 1.0 <= self.scale_range[1] and self.best > 0):

@@ -8,7 +8,8 @@ shown at the size the nets learned) the same scan is read right (benchmarks/RESU
 patient's size"). The size is read from the scan's labelled vertebrae: the distance between the
 body centres of two neighbouring levels (mm) against the phantom's at stature 1. A label one level
 off changes that reference by a few per cent, so the size read does not hang on the labels being
-right, where a size read from the nets' certainty did (stop 53).
+right, where a size read from the nets' certainty did (stop 53). The labels read at the new scale
+replace the first ones only where they describe the same spine (`rescaled_kept`).
 """
 
 from __future__ import annotations
@@ -57,3 +58,16 @@ def view_scale(size: float, n_pairs: int, options: SizeOptions) -> float:
     if 1.0 / options.tolerance <= ratio <= options.tolerance or (ratio < 1.0 and n_pairs < options.min_pairs_smaller):
         return 1.0
     return float(np.clip(ratio, *options.scale_range))
+
+
+def rescaled_kept(first: tuple[float, int, int], again: tuple[float, int, int], options: SizeOptions) -> bool:
+    """Whether the labels read from the views at the new scale replace the first ones: `first` and
+    `again` are each (size (`apparent_size`), neighbour pairs it is read from, vertebrae labelled).
+    Kept where the new labels read a size from at least `options.min_pairs` pairs within
+    `options.tolerance` of the first: a crop whose labels were many levels off read a size its
+    vertebrae do not have (a lumbar crop named C3-C6 reads 1.36), and at the new scale its chain is
+    lost or read anew. With `options.as_complete`, also only where the new views find at least as
+    many vertebrae as the first."""
+    (size, _, n_first), (size_again, pairs_again, n_again) = first, again
+    same_size = pairs_again >= options.min_pairs and max(size, size_again) <= options.tolerance * min(size, size_again)
+    return same_size and (n_again >= n_first or not options.as_complete)

@@ -32,7 +32,7 @@ from .labelling import label, net_reads, one_per_label, peaks_of, spine_gaps, vi
 from .labels import name as label_name
 from .onnx_models import Models
 from .options import DEFAULT_OPTIONS, PipelineOptions
-from .patient_size import apparent_size, view_scale
+from .patient_size import apparent_size, rescaled_kept, view_scale
 from .ribs import rib_sides
 from .sacrum import on_sacrum, sacral_start, sacrum_below
 from .volume import Volume
@@ -337,16 +337,13 @@ class Labeler:
         if scale != 1.0:
             again = self._labelled(volume, replace(self.protocol, pixel_mm=self.protocol.pixel_mm * scale), timer,
                                    keep_images)
-            # kept where the spine labelled at the new scale reads the same size: a crop whose labels
-            # were many levels off read a size its vertebrae do not have (a lumbar crop named C3-C6
-            # reads 1.36), and at the new scale its chain is lost or read anew
             size_again, pairs_again = _size_of(again)
-            confirmed = pairs_again >= self.options.size.min_pairs and \
-                max(size, size_again) <= self.options.size.tolerance * min(size, size_again)
+            confirmed = rescaled_kept((size, pairs, len(result.vertebrae)), (size_again, pairs_again, len(again.vertebrae)),
+                                      self.options.size)
             log.info("the spine reads %.2f times the size the models learned best: labelled again from views at "
-                     "%.2f times the detector's pixels, %s (%.2f)", size / self.options.size.best, scale,
-                     "the same size read there" if confirmed else "not kept: a different size read there",
-                     size_again / self.options.size.best)
+                     "%.2f times the detector's pixels, %s (%.2f, %d of %d vertebrae)", size / self.options.size.best,
+                     scale, "kept" if confirmed else "not kept: another size or fewer vertebrae read there",
+                     size_again / self.options.size.best, len(again.vertebrae), len(result.vertebrae))
             result, scale = (again, scale) if confirmed else (result, 1.0)
         return replace(result, view_scale=scale, timings_ms=timer.ms)
 
