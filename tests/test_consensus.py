@@ -65,6 +65,23 @@ def test_a_lone_vertebra_agrees_within_the_lone_reach_only() -> None:
     assert matches(a, chain([20], shift_mm=9.0), alone_mm=8.0)[0] == -1
 
 
+def test_of_runs_that_agree_alike_the_most_confident_is_kept() -> None:
+    # the real lumbar CT's lower half: each start finds one point, no two agree, and the protocol's
+    # own start holds the least confident one
+    runs = [chain([24], shift_mm=-60.0, confidence=0.40), Run(np.zeros(0, int), np.zeros((0, 3)), np.zeros(0),
+            np.zeros(0, bool)), chain([24], confidence=0.42)]
+    assert consensus(runs, alone_mm=8.0, most_if_review=0.5).index == 2
+    assert consensus(runs, alone_mm=8.0, most_if_review=0.5, tie_by_confidence=False).index == 0
+    # a weak vertebra only one run found counts neither way: the chest CT's C7 at 0.05
+    reaching = Run(np.array([7, 8, 9, 10]), np.stack([np.zeros(4), np.zeros(4), GAP_MM * (1 - np.arange(4))], axis=1),
+                   np.array([0.05, 0.9, 0.9, 0.9]), np.zeros(4, bool))
+    agreed = consensus([reaching, chain([8, 9, 10], 1.0), chain([8, 9, 10], -1.0)], alone_mm=8.0, most_if_review=0.5)
+    assert agreed.index == 0 and agreed.labels[0] == 7
+    # more agreement outweighs confidence
+    runs = [chain([10, 11, 12], confidence=0.3), chain([10, 11, 12], 1.0, confidence=0.3), chain([11, 12, 13], confidence=0.9)]
+    assert consensus(runs, alone_mm=8.0, most_if_review=0.5).index == 0
+
+
 def test_a_missed_vertebra_lowers_the_mean_confidence() -> None:
     runs = [chain([10, 11, 12], confidence=0.9), chain([10, 11], confidence=0.9), chain([10, 11, 12], confidence=0.6)]
     agreed = consensus(runs, alone_mm=8.0, most_if_review=0.5)

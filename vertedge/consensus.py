@@ -5,7 +5,9 @@ its views started 0, 6, ..., 30 degrees round (one view step is 36), gets 92, 92
 of its vertebrae right (benchmarks/RESULTS.md). A scan not seen before stands at no particular angle
 to the views, so one start is a draw from that spread. The pipeline therefore labels the scan from
 starts spread over one view step and keeps the run that agrees most with the others, vertebra by
-vertebra; what the runs disagree on is flagged.
+vertebra (of runs that agree alike, the one most confident in the vertebrae the others agree
+with: the real lumbar CT's lower half, one point per start and none agreeing, 0 -> 100 %); what
+the runs disagree on is flagged.
 
 A vertebra of one run *agrees* with another run when that run's vertebra nearest to it carries the
 same label and lies within half the distance to its own run's nearest other vertebra (a neighbour's
@@ -173,11 +175,26 @@ def beyond_kept(runs: Sequence[Run], best: int, alone_mm: float, regular_ratio: 
     return found, rows
 
 
+def _shared_confidence(run: Run, found: Sequence[np.ndarray], own: int) -> float:
+    """The mean confidence of `run`'s vertebrae that another run agrees with (`found`: `matches` of
+    it against every run, itself at `own`), or of all of them where none does; -1 without vertebrae.
+    A vertebra no other run found counts neither for its run nor against it: the weak end vertebra
+    one run alone reaches (C7 on the chest CT) would lower its run's mean."""
+    if not len(run):
+        return -1.0
+    shared = np.zeros(len(run), bool)
+    for j, m in enumerate(found):
+        if j != own:
+            shared |= m >= 0
+    return float(run.confidence[shared].mean() if shared.any() else run.confidence.mean())
+
+
 def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float,
-              regular_ratio: float | None = None, whole: Callable[[np.ndarray, np.ndarray], bool] | None = None
-              ) -> Consensus:
-    """The run with the most vertebrae agreeing with the other runs (ties: the earliest, the protocol's
-    own start), its points the geometric median of the agreeing runs' and its confidences averaged
+              regular_ratio: float | None = None, whole: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+              tie_by_confidence: bool = True) -> Consensus:
+    """The run with the most vertebrae agreeing with the other runs (ties: with `tie_by_confidence`,
+    the one most confident in the vertebrae another run agrees with, `_shared_confidence`; then the
+    earliest, the protocol's own start), its points the geometric median of the agreeing runs' and its confidences averaged
     over all runs; with `regular_ratio`, continued at either end by another run's vertebrae beyond
     it (`beyond_kept`, where `whole` holds).
 
@@ -187,7 +204,10 @@ def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float,
     n = len(runs)
     match = [[matches(a, b, alone_mm) for b in runs] for a in runs]
     agreeing = [sum(int((m >= 0).sum()) for j, m in enumerate(row) if j != i) for i, row in enumerate(match)]
-    best = int(np.argmax(agreeing))
+    # a tie is no vote for the protocol's own start, which stands at no particular angle to the
+    # patient either: of the runs that agree most, the one most confident in what they share
+    sure = [_shared_confidence(r, row, i) if tie_by_confidence else -1.0 for i, (r, row) in enumerate(zip(runs, match))]
+    best = int(np.lexsort((-np.asarray(sure), -np.asarray(agreeing)))[0])  # stable: then the earliest
     run = runs[best]
     found = np.stack([m >= 0 for m in match[best]])  # (runs, n); the chosen run agrees with itself
     at = [np.maximum(m, 0) for m in match[best]]

@@ -215,6 +215,9 @@ class PipelineOptions:
     # continue it (`consensus.beyond_kept`), flagged: the starts differ in how far along the spine
     # their views find peaks.
     ends_from_runs: bool = True
+    # Of the runs that agree most with the others, the consensus keeps the one most confident in the
+    # vertebrae the others agree with (`consensus.consensus`); off: the earliest, the protocol's own start.
+    tie_by_confidence: bool = True
     # Views per ONNX Runtime call on the CPU. One at a time is lighter and no slower: on a 512 x 512 x
     # 600 scan's 10 views of 512 x 288 pixels both nets peak at 2.6 GiB in one call and 0.85 GiB one
     # view at a time (1.6 s against 1.3 s, 2-core AMD EPYC). On CUDA all views go in one call.

@@ -362,7 +362,8 @@ class Labeler:
             agreed = consensus([r.run for r in runs], self.options.fusion.min_separation_mm,
                                self.options.review.unsupported_confidence,
                                self.options.body.regular_ratio if self.options.ends_from_runs else None,
-                               whole=lambda point, step: gaps_to_edge(volume, point, step) >= edge_gaps)
+                               whole=lambda point, step: gaps_to_edge(volume, point, step) >= edge_gaps,
+                               tie_by_confidence=self.options.tie_by_confidence)
         chosen = runs[agreed.index]
         with timer("ends"):
             # a vertebra the nets missed beyond either end (chain_ends.py): read from the CT, in no view
