@@ -194,9 +194,9 @@ def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float,
               tie_by_confidence: bool = True) -> Consensus:
     """The run with the most vertebrae agreeing with the other runs (ties: with `tie_by_confidence`,
     the one most confident in the vertebrae another run agrees with, `_shared_confidence`; then the
-    earliest, the protocol's own start), its points the geometric median of the agreeing runs' and its confidences averaged
-    over all runs; with `regular_ratio`, continued at either end by another run's vertebrae beyond
-    it (`beyond_kept`, where `whole` holds).
+    earliest, the protocol's own start), its points the geometric median of the agreeing runs' and
+    its confidences averaged over all runs; with `regular_ratio`, continued at either end by another
+    run's vertebrae beyond it (`beyond_kept`, where `whole` holds).
 
     A vertebra some run does not agree with needs review (where the views start decides its label),
     as does one most runs flag; a flagged vertebra's confidence is at most `most_if_review`.
