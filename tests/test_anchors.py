@@ -16,6 +16,9 @@ from vertedge.volume import Volume
 from .conftest import SHARED_DATA, air_volume, rotation
 
 UNSUPPORTED_CONFIDENCE = DEFAULT_OPTIONS.review.unsupported_confidence
+# the junction taken on trust (the rule up to stop 60): for the tests of a terminus and of the count's
+# steps, which a lumbar chain with nothing above its L1 would otherwise never let stand
+ON_TRUST = dataclasses.replace(DEFAULT_OPTIONS.review, junction_seen=False)
 GAP = 35.0  # mm between lumbar body centroids
 LUMBAR = np.array([LABELS[n] for n in ("L1", "L2", "L3", "L4", "L5")])
 
@@ -37,8 +40,8 @@ def lumbar_scan(below_l5_mm: float, beyond_hu: int, n: int = 5) -> tuple[Volume,
 
 def test_a_lumbar_spine_ending_on_the_sacrum_is_counted_from_it():
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
-    assert supported(volume, points, LUMBAR, np.full(5, 0.8)).all()
-    conf, flag = review(volume, points, LUMBAR, np.full(5, 0.8))
+    assert supported(volume, points, LUMBAR, np.full(5, 0.8), ON_TRUST).all()
+    conf, flag = review(volume, points, LUMBAR, np.full(5, 0.8), ON_TRUST)
     np.testing.assert_allclose(conf, 0.8)
     assert not flag.any()
 
@@ -60,31 +63,31 @@ def test_the_sacrum_found_below_the_last_vertebra_makes_it_a_terminus():
     front of the sacrum) or the scan ends under S1, the sacrum probe's finding counts."""
     for below_l5_mm, beyond_hu in ((80.0, 40), (45.0, 250)):
         volume, points = lumbar_scan(below_l5_mm, beyond_hu)
-        assert not supported(volume, points, LUMBAR, np.full(5, 0.9)).any()
-        assert supported(volume, points, LUMBAR, np.full(5, 0.9), sacrum_below=True).all()
-    assert not supported(volume, points, LUMBAR - 1, np.full(5, 0.9), sacrum_below=True).any()  # T12-L4 on it
+        assert not supported(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST).any()
+        assert supported(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST, sacrum_below=True).all()
+    assert not supported(volume, points, LUMBAR - 1, np.full(5, 0.9), ON_TRUST, sacrum_below=True).any()  # T12-L4
 
 
 def test_no_count_starts_from_a_last_point_on_the_sacrum():
     """S1 kept in the chain and read as L5 (an S-I crop): bone lies beyond it, so it would pass for
     the last lumbar vertebra, and every label counted from it would be a level off."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
-    assert supported(volume, points, LUMBAR, np.full(5, 0.9)).all()
-    assert not supported(volume, points, LUMBAR, np.full(5, 0.9), last_on_sacrum=True).any()
-    conf, flag = review(volume, points, LUMBAR, np.full(5, 0.9), last_on_sacrum=True)
+    assert supported(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST).all()
+    assert not supported(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST, last_on_sacrum=True).any()
+    conf, flag = review(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST, last_on_sacrum=True)
     assert flag.all() and (conf <= UNSUPPORTED_CONFIDENCE).all()
 
 
 def test_a_count_that_disagrees_with_the_terminus_is_not_trusted():
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
     one_up = LUMBAR - 1  # T12-L4: the net read every level one too high
-    assert not supported(volume, points, one_up, np.full(5, 0.9)).any()
+    assert not supported(volume, points, one_up, np.full(5, 0.9), ON_TRUST).any()
     # ending on L4 is anatomy when a T13 is decoded above (24 presacral vertebrae), with its ribs seen
     with_t13 = np.array([LABELS[n] for n in ("T13", "L1", "L2", "L3", "L4")])
     ribs = np.array([[1, 1], *[[0, 0]] * 4])
     assert supported(volume, points, with_t13, np.full(5, 0.9), ribs=ribs).tolist() == [False, True, True, True, True]
     with_l6 = np.array([LABELS[n] for n in ("L2", "L3", "L4", "L5", "L6")])
-    assert supported(volume, points, with_l6, np.full(5, 0.9)).all()
+    assert supported(volume, points, with_l6, np.full(5, 0.9), ON_TRUST).all()
 
 
 def neck_scan() -> tuple[Volume, np.ndarray]:
@@ -140,29 +143,31 @@ def test_no_count_starts_from_an_end_few_views_found():
     sacrum probe missed it, the net read it "L5" and the real L5 "L4", and the count from it
     trusted L1-L5 a level off at 0.78-0.94); from the other end the count still stands."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
-    assert supported(volume, points, LUMBAR, np.full(5, 0.9)).all()
+    assert supported(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST).all()
     weak_end = np.ones(5, bool)
     weak_end[-1] = False
-    assert not supported(volume, points, LUMBAR, np.full(5, 0.9), seen=weak_end).any()
+    assert not supported(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST, seen=weak_end).any()
     weak_inside = np.ones(5, bool)
     weak_inside[2] = False  # only the terminus must be seen by most views
-    assert supported(volume, points, LUMBAR, np.full(5, 0.9), seen=weak_inside).all()
+    assert supported(volume, points, LUMBAR, np.full(5, 0.9), ON_TRUST, seen=weak_inside).all()
     volume, points = neck_scan()
     weak_c1 = np.ones(7, bool)
     weak_c1[0] = False
     assert not supported(volume, points, CERVICAL, np.full(7, 0.9), seen=weak_c1).any()
 
 
-def test_a_count_from_the_sacrum_that_stops_below_l1_stands_only_at_the_top_of_the_scan():
+def test_a_count_from_the_sacrum_that_stops_below_l1_never_stands_below_more_spine():
     """Stopped below L1 (a missed or doubted vertebra) with more spine above, the count cannot be
-    checked against the thoracolumbar junction: six lumbar vertebrae would shift it all."""
+    checked against the thoracolumbar junction: six lumbar vertebrae would shift it all. Taking
+    the junction on trust, it stood at the top of the scan."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250)
     missed = np.delete(points, 1, axis=0)  # L2 not found: a gap of two levels between L1 and L3
-    assert not supported(volume, missed, np.delete(LUMBAR, 1), np.full(4, 0.9)).any()
+    assert not supported(volume, missed, np.delete(LUMBAR, 1), np.full(4, 0.9), ON_TRUST).any()
     doubtful = np.array([0.9, 0.9, 0.3, 0.9, 0.9])
-    assert not supported(volume, points, LUMBAR, doubtful).any()
+    assert not supported(volume, points, LUMBAR, doubtful, ON_TRUST).any()
     top = np.array([LABELS[n] for n in ("L3", "L4", "L5")])  # the scan shows nothing above L3
-    assert supported(volume, points[2:], top, np.full(3, 0.9)).all()
+    assert supported(volume, points[2:], top, np.full(3, 0.9), ON_TRUST).all()
+    assert not supported(volume, points[2:], top, np.full(3, 0.9)).any()
 
 
 def test_a_count_from_the_sacrum_stops_at_the_thoracolumbar_junction():
@@ -190,32 +195,34 @@ def test_ribs_that_refute_the_junction_stop_a_sure_count(ribs):
 
 @pytest.mark.parametrize("ribs", [None, RIB_ABOVE_L1_UNSEEN], ids=["not probed", "T12 leaves the scan"])
 @pytest.mark.parametrize("doubt", [None, 1, 2])
-def test_an_unseen_junction_stands_on_the_nets_confidence(ribs, doubt):
-    """Where the probe cannot see the vertebra above L1 in full, the count from the sacrum stands
-    as a reader's count of a lumbar CT does, on the net's confidence in T12 and L1: in doubt when
-    the net doubts either."""
+def test_an_unseen_junction_taken_on_trust_stands_on_the_nets_confidence(ribs, doubt):
+    """Where the probe cannot see the vertebra above L1 in full, a count from the sacrum with the
+    junction taken on trust stands as a reader's count of a lumbar CT does, on the net's confidence
+    in T12 and L1: in doubt when the net doubts either. By default it does not stand at all."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
     labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
     confidence = np.full(7, 0.9)
     if doubt is not None:
         confidence[doubt] = 0.4
-    reached = supported(volume, points, labels, confidence, ribs=ribs)
+    reached = supported(volume, points, labels, confidence, ON_TRUST, ribs=ribs)
     assert reached.tolist() == ([False, False, *[True] * 5] if doubt is None else [False] * 7)
+    assert not supported(volume, points, labels, confidence, ribs=ribs).any()  # unless it is taken on trust
 
 
-def test_a_cut_vertebra_above_l1_leaves_the_count_to_l1():
-    """Where the probe sees neither side of the vertebra above L1 (the scan's edge cuts it), the
-    net's doubt about that cut vertebra does not stop the count; its doubt about L1 does."""
+def test_a_cut_vertebra_above_l1_taken_on_trust_leaves_the_count_to_l1():
+    """Where the probe sees neither side of the vertebra above L1 (the scan's edge cuts it) and the
+    junction is taken on trust, the net's doubt about that cut vertebra does not stop the count;
+    its doubt about L1 does."""
     volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=7)
     labels = np.array([LABELS[n] for n in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")])
     ribs = np.array([[UNSEEN, UNSEEN], [UNSEEN, UNSEEN], *[[0, 0]] * 5])
     doubt_t12 = np.array([0.9, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9])
-    assert supported(volume, points, labels, doubt_t12, ribs=ribs).tolist() == [False, False, *[True] * 5]
+    assert supported(volume, points, labels, doubt_t12, ON_TRUST, ribs=ribs).tolist() == [False, False, *[True] * 5]
     doubt_l1 = np.array([0.9, 0.9, 0.4, 0.9, 0.9, 0.9, 0.9])
-    assert not supported(volume, points, labels, doubt_l1, ribs=ribs).any()
+    assert not supported(volume, points, labels, doubt_l1, ON_TRUST, ribs=ribs).any()
     one_side_seen = ribs.copy()
     one_side_seen[1, 1] = 0  # no rib on a side seen: T12's doubt counts again
-    assert not supported(volume, points, labels, doubt_t12, ribs=one_side_seen).any()
+    assert not supported(volume, points, labels, doubt_t12, ON_TRUST, ribs=one_side_seen).any()
 
 
 def test_ribs_above_l1_and_none_beside_it_check_the_junction():
@@ -236,6 +243,24 @@ def test_ribs_above_l1_and_none_beside_it_check_the_junction():
     assert not supported(volume, points, labels, confidence, ribs=rib_beside_l1).any()
 
 
+def test_a_count_from_the_sacrum_stands_only_where_the_ribs_show_the_junction():
+    """Fresh phantom 3507, an L6 spine scanned from L1 to the sacrum: L1 at the scan's top edge,
+    the probe sees neither of its sides, the net reads it "T12" at 0.41 and L2-L6 as L1-L5 at
+    0.7-0.99, and a count from the sacrum that assumes five lumbar vertebrae trusted them all a
+    level off. Nothing in view tells five from six, so the count stands only where the probe
+    sees a rib beside the vertebra above L1 and none beside L1."""
+    volume, points = lumbar_scan(below_l5_mm=80.0, beyond_hu=250, n=6)
+    labels = np.array([LABELS[n] for n in ("T12", "L1", "L2", "L3", "L4", "L5")])
+    confidence = np.array([0.41, 0.73, 0.74, 0.86, 0.94, 0.99])
+    unseen_above = np.array([[UNSEEN, UNSEEN], *[[0, 0]] * 5])
+    conf, flag = review(volume, points, labels, confidence, ribs=unseen_above)
+    assert flag.all() and (conf <= UNSUPPORTED_CONFIDENCE).all()
+    assert supported(volume, points, labels, confidence, ON_TRUST, ribs=unseen_above).tolist() == [False, *[True] * 5]
+    rib_above = np.array([[1, 1], *[[0, 0]] * 5])
+    assert supported(volume, points, labels, confidence, ribs=rib_above).tolist() == [False, *[True] * 5]
+    assert not supported(volume, points[1:], labels[1:], confidence[1:], ribs=unseen_above[1:]).any()  # nothing above
+
+
 def test_counted_down_from_c1_under_the_skull():
     volume, points = neck_scan()
     assert supported(volume, points, CERVICAL, np.full(7, 0.8)).all()
@@ -251,7 +276,7 @@ def test_a_vertebra_at_the_edge_of_the_scan_is_never_trusted():
     top = volume.index_to_world(np.array([0, 0, volume.shape_ijk[2] - 1]))[2] + 0.5
     edge = points.copy()
     edge[0, 2] = top - 5.0
-    reached = supported(volume, edge, LUMBAR, np.full(5, 0.9))
+    reached = supported(volume, edge, LUMBAR, np.full(5, 0.9), ON_TRUST)
     assert not reached[0] and reached[1:].all()
 
 

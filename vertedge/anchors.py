@@ -28,10 +28,10 @@ past the first vertebra whose own confidence is under `unsupported_confidence`, 
 the thoracolumbar junction nor enters a T13: whether the level after T12 is T13 or L1, and the
 one before L1 T12 or T13, depends on a variant no count can see (ribs decide it). For the same
 reason a count up from the sacrum, which assumes five lumbar vertebrae unless the decode names an
-L6 (the net's reading, or the last rib's count: `labelling.label`),
-stands only where it reaches the top of the labelled chain, or L1 with the ribs not seen to
-refute it (no rib beside L1, and the vertebra above L1 either seen with a rib or not seen in
-full): a refuted junction puts the number of lumbar vertebrae in doubt. A vertebra
+L6 (the net's reading, or the last rib's count: `labelling.label`), stands only where it reaches
+L1 and the rib probe sees the junction there: a rib beside the vertebra above L1 and none beside
+L1 (`ReviewOptions.junction_seen`). Where the vertebra above L1 is out of the probe's sight, or
+nothing lies above the count, five lumbar vertebrae cannot be told from six. A vertebra
 at the edge of the field of view (within `edge_gaps` of a gap) is cut: its centroid and label
 are never trusted.
 
@@ -131,12 +131,18 @@ def _count_from(
 
 
 def _junction_sure(
-    count: list[int], labels: np.ndarray, confidence: np.ndarray, least: float, ribs: np.ndarray | None
+    count: list[int], labels: np.ndarray, confidence: np.ndarray, least: float, ribs: np.ndarray | None,
+    seen: bool = True,
 ) -> bool:
-    """May a count up from the sacrum stand? Only if it reaches the top of the labelled chain, or
-    reaches L1 with the junction not refuted: the last rib-bearing vertebra is what tells five
+    """May a count up from the sacrum stand? The last rib-bearing vertebra is what tells five
     lumbar vertebrae from six, which the count itself cannot see, and a count stopped below L1
     with more spine above cannot be checked against it.
+
+    With `seen` (`ReviewOptions.junction_seen`), only where the rib probe sees the junction: a rib
+    beside the vertebra above L1 and none beside L1. A count that reaches the top of the labelled
+    chain, or L1 below a vertebra the probe cannot see, assumes five lumbar vertebrae, and an L6
+    spine's L2-L6 read L1-L5 that way (fresh phantom 3507, L1 at the scan's edge: 0.73-0.99). Without
+    `seen` (the rule up to stop 60), as below.
 
     The rib probe (`ribs.rib_sides`, (n, 2)) checks the junction where it sees a rib beside the
     vertebra above L1 and none beside L1, and refutes it where it sees a rib beside L1 or the
@@ -148,18 +154,22 @@ def _junction_sure(
     """
     top = count[-1]
     if top == 0:
-        return True
+        return not seen
     if int(labels[top]) != _L1:
         return False
-    if ribs is not None:
-        above, beside = ribs[top - 1], ribs[top]
-        if (beside == 1).any() or (above == 0).all():
-            return False
-        if (above == 1).any():
-            return bool((beside == 0).any())
-        if (above == UNSEEN).all():
-            return bool(confidence[top] >= least)
-    return bool(min(confidence[top], confidence[top - 1]) >= least)
+    doubted = min(confidence[top], confidence[top - 1]) < least
+    if ribs is None:
+        return not (seen or doubted)
+    above, beside = ribs[top - 1], ribs[top]
+    if (beside == 1).any() or (above == 0).all():
+        return False
+    if (above == 1).any():
+        return bool((beside == 0).any())
+    if seen:
+        return False
+    if (above == UNSEEN).all():
+        return bool(confidence[top] >= least)
+    return not doubted
 
 
 def supported(
@@ -212,7 +222,8 @@ def supported(
                 and _end_label_fits(labels, cranial)):
             continue
         count = _count_from(end, inward, labels, confidence, regular, o.unsupported_confidence, merged)
-        if not cranial and not _junction_sure(count, labels, confidence, o.unsupported_confidence, ribs):
+        if not cranial and not _junction_sure(count, labels, confidence, o.unsupported_confidence, ribs,
+                                              o.junction_seen):
             continue
         reached[count] = True
     return reached & ~cut

@@ -60,6 +60,9 @@ class ReviewOptions:
     bone_hu: float = 60.0  # above: the sacrum's cancellous bone, not the pelvic soft tissue or fat
     regular_gap: tuple[float, float] = (0.6, 1.6)  # a gap within these multiples of its neighbours: none missed or doubled
     unsupported_confidence: float = 0.5  # the most a label no count reaches may claim
+    # a count up from the sacrum stands only where the rib probe sees the junction above its L1 (a rib
+    # beside the vertebra above, none beside L1): out of sight, six lumbar vertebrae read as five
+    junction_seen: bool = True
 
 
 @dataclass(frozen=True)
