@@ -175,18 +175,15 @@ def beyond_kept(runs: Sequence[Run], best: int, alone_mm: float, regular_ratio: 
     return found, rows
 
 
-def _shared_confidence(run: Run, found: Sequence[np.ndarray], own: int) -> float:
-    """The mean confidence of `run`'s vertebrae that another run agrees with (`found`: `matches` of
-    it against every run, itself at `own`), or of all of them where none does; -1 without vertebrae.
-    A vertebra no other run found counts neither for its run nor against it: the weak end vertebra
-    one run alone reaches (C7 on the chest CT) would lower its run's mean."""
-    if not len(run):
+def _shared_confidence(confidence: np.ndarray, others: np.ndarray) -> float:
+    """The mean of a run's `confidence` (n,) over its vertebrae another run agrees with (`others`:
+    (other runs, n) bool), or over all of them where none does; -1 without vertebrae. A vertebra no
+    other run found counts neither for its run nor against it: the weak end vertebra one run alone
+    reaches (C7 on the chest CT) would lower its run's mean."""
+    if not len(confidence):
         return -1.0
-    shared = np.zeros(len(run), bool)
-    for j, m in enumerate(found):
-        if j != own:
-            shared |= m >= 0
-    return float(run.confidence[shared].mean() if shared.any() else run.confidence.mean())
+    shared = others.any(axis=0)
+    return float(confidence[shared].mean() if shared.any() else confidence.mean())
 
 
 def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float,
@@ -203,13 +200,15 @@ def consensus(runs: Sequence[Run], alone_mm: float, most_if_review: float,
     """
     n = len(runs)
     match = [[matches(a, b, alone_mm) for b in runs] for a in runs]
-    agreeing = [sum(int((m >= 0).sum()) for j, m in enumerate(row) if j != i) for i, row in enumerate(match)]
+    agree = [np.stack([m >= 0 for m in row]) for row in match]  # per run (runs, its n): itself included
+    others = [np.delete(a, i, axis=0) for i, a in enumerate(agree)]
+    agreeing = [int(o.sum()) for o in others]
     # a tie is no vote for the protocol's own start, which stands at no particular angle to the
     # patient either: of the runs that agree most, the one most confident in what they share
-    sure = [_shared_confidence(r, row, i) if tie_by_confidence else -1.0 for i, (r, row) in enumerate(zip(runs, match))]
+    sure = [_shared_confidence(r.confidence, o) if tie_by_confidence else -1.0 for r, o in zip(runs, others)]
     best = int(np.lexsort((-np.asarray(sure), -np.asarray(agreeing)))[0])  # stable: then the earliest
     run = runs[best]
-    found = np.stack([m >= 0 for m in match[best]])  # (runs, n); the chosen run agrees with itself
+    found = agree[best]  # (runs, n); the chosen run agrees with itself
     at = [np.maximum(m, 0) for m in match[best]]
 
     def gathered(values: Callable[[Run], np.ndarray]) -> np.ndarray:
