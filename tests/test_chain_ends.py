@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vertedge import metrics
-from vertedge.chain_ends import beyond_ends, bodies_between, neighbour_label
+from vertedge.chain_ends import _between_contrast, beyond_ends, bodies_between, neighbour_label
 from vertedge.labels import LABELS
 from vertedge.options import DEFAULT_OPTIONS
 from vertedge.phantom import make_phantom
@@ -145,6 +145,27 @@ def test_a_body_missed_beside_a_vertebra_seen_twice_is_found(thoracic) -> None:
     at, bodies = bodies_between(volume, shown)
     np.testing.assert_array_equal(at, [6])  # between T7 and T9
     assert np.linalg.norm(bodies[0] - points[missed]) < 3.0
+
+
+def test_an_osteoporotic_spines_missed_body_is_read_against_its_own_bodies(thoracic) -> None:
+    """Fresh phantom 3512's cancellous bone reads 50-56 HU, under the 70 HU a body's middle must
+    reach in a spine of bright bodies: its T7, missed between T6 (cut by the scan's top) and T8, is
+    found only where the floor follows the bodies beside it. A bright spine keeps the floor."""
+    ph = make_phantom(3512)
+    points, labels = chain(ph.centroids, frozenset())  # T6 too, as the nets found it
+    missed = int(np.flatnonzero(labels == LABELS["T7"])[0])
+    shown = np.delete(points, missed, axis=0)
+    at, bodies = bodies_between(ph.volume, shown)
+    np.testing.assert_array_equal(at, [missed - 1])
+    assert np.linalg.norm(bodies[0] - points[missed]) < 3.0
+    absolute = replace(DEFAULT_OPTIONS.body, between_beside_contrast=None)
+    assert len(bodies_between(ph.volume, shown, absolute)[0]) == 0
+    volume, bright, _, _ = thoracic
+    o = DEFAULT_OPTIONS.body
+    frame = (np.array([0.0, 0.0, -1.0]), np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+    gap = float(np.linalg.norm(bright[5] - bright[4]))
+    assert _between_contrast(volume, bright[4:6], frame, gap, o) == o.min_bone_contrast_hu
+    assert _between_contrast(ph.volume, shown[missed - 1 : missed + 1], frame, gap, o) < o.min_bone_contrast_hu / 2
 
 
 def test_no_body_is_found_between_regular_points_in_air_or_with_the_option_off(thoracic) -> None:

@@ -42,15 +42,20 @@ level off (phantom 3220's T5: T6-T13 named T5-T12). Between two decoded vertebra
 with such a gap, the two gaps beside it regular, or one regular and the other short (a vertebra
 seen twice or a stray point next to the gap: the chest CT on 5 mm slices, a 48 mm gap below a
 14 mm pair; a long gap beside it would leave the points around it in doubt), the body is read
-near their midpoint as above
-(half their distance the local gap; where the reading along the spine is unclear the midpoint
-stands), and must lie `1 +- beyond_gap_tolerance` half-gaps from both and have a bone middle inside
-the scan. Before that, two decoded vertebrae whose points the CT puts on one body (under
-`BodyOptions.same_body_gap` of the local gap apart along the spine) are one vertebra seen twice,
-and the weaker leaves the chain (`fusion.distinct_vertebrae`): the gap left may be a missed
-vertebra's (the chest CT's C7 found twice above a T1 the nets missed). The pipeline then decodes
-the chain again, the identification net's vote read at a body read from the CT like at any other
-point (`pipeline.Labeler`); found in no view, it is flagged too.
+near their midpoint as above (half their distance the local gap; where the reading along the
+spine is unclear the midpoint stands), and must lie `1 +- beyond_gap_tolerance` half-gaps from
+both and have a bone middle inside the scan: brighter than soft tissue by `min_bone_contrast_hu`,
+or by half the contrast of the dimmer of the two bodies beside it where that is less
+(`between_beside_contrast`). An osteoporotic spine's cancellous bone is barely brighter than
+muscle, in phantoms (fresh phantom 3512, its bodies' middles 50-56 HU: T7 missed between T6 and
+T8, its own middle 56 HU, and T6 named T7) as in patients (the `tptbox_l3` crop's L3, 64 HU at
+its centroid); a spine whose bodies are bright keeps the first floor. Before that, two decoded
+vertebrae whose points the CT puts on one body (under `BodyOptions.same_body_gap` of the local
+gap apart along the spine) are one vertebra seen twice, and the weaker leaves the chain
+(`fusion.distinct_vertebrae`): the gap left may be a missed vertebra's (the chest CT's C7 found
+twice above a T1 the nets missed). The pipeline then decodes the chain again, the identification
+net's vote read at a body read from the CT like at any other point (`pipeline.Labeler`); found in
+no view, it is flagged too.
 
 Points are world LPS mm in chain order (cranial -> caudal).
 """
@@ -78,14 +83,28 @@ def neighbour_label(label: int, cranial: bool) -> int | None:
     return found[0] if found and found[0] not in NO_BODY else None
 
 
+def middle_hu(volume: Volume, centre: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray], gap_mm: float,
+              options: BodyOptions = DEFAULT_OPTIONS.body) -> float:
+    """Median HU of the middle (`middle_gaps` either side along the frame's axis) of the body centred at
+    `centre` (3,) LPS, `gap_mm` the local gap; NaN where the scan cuts the body (`beyond_inside_gaps`
+    either side of it)."""
+    o = options
+    along_gaps = np.linspace(-1, 1, 17) * o.beyond_inside_gaps
+    whole = axial_profile(volume, centre, frame, along_gaps * gap_mm, o.radius_gaps * gap_mm)
+    if not np.isfinite(whole).all():
+        return float("nan")
+    return float(np.median(whole[np.abs(along_gaps) <= o.middle_gaps]))
+
+
 def body_near(volume: Volume, guess: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray], gap_mm: float,
-              options: BodyOptions = DEFAULT_OPTIONS.body, keep_guess: bool = False) -> np.ndarray | None:
+              options: BodyOptions = DEFAULT_OPTIONS.body, keep_guess: bool = False,
+              contrast_hu: float | None = None) -> np.ndarray | None:
     """World LPS mm (3,): the body whose centre lies near `guess` (3,) LPS, read as `body.body_centres`
     reads one (along the frame's axis, then across it; `frame` = (axis, lateral, posterior) unit
-    vectors, `gap_mm` the local gap); None where the scan cuts the body (`beyond_inside_gaps` either
-    side of it along the spine), its middle is not bone (`min_bone_contrast_hu` over soft tissue: a
-    disc, the air beyond the neck) or no clear centre of symmetry lies within `search_gaps` (then,
-    with `keep_guess`, the guess's place along the spine is kept)."""
+    vectors, `gap_mm` the local gap); None where the scan cuts the body (`middle_hu`), its middle is
+    not bone (`contrast_hu`, by default `min_bone_contrast_hu`, over soft tissue: a disc, the air
+    beyond the neck) or no clear centre of symmetry lies within `search_gaps` (then, with
+    `keep_guess`, the guess's place along the spine is kept)."""
     o = options
     axis, lateral, posterior = frame
     offset = offset_at(volume, guess, frame, gap_mm, o)
@@ -96,12 +115,8 @@ def body_near(volume: Volume, guess: np.ndarray, frame: tuple[np.ndarray, np.nda
     centre = guess + offset * gap_mm * axis
     lat, post = section_centre(volume, centre, frame, gap_mm, o)
     centre = centre + lat * lateral + post * posterior
-    along_gaps = np.linspace(-1, 1, 17) * o.beyond_inside_gaps
-    whole = axial_profile(volume, centre, frame, along_gaps * gap_mm, o.radius_gaps * gap_mm)
-    if not np.isfinite(whole).all():
-        return None
-    middle = np.median(whole[np.abs(along_gaps) <= o.middle_gaps])
-    return centre if middle - o.soft_tissue_hu >= o.min_bone_contrast_hu else None
+    least = o.min_bone_contrast_hu if contrast_hu is None else contrast_hu
+    return centre if middle_hu(volume, centre, frame, gap_mm, o) - o.soft_tissue_hu >= least else None  # NaN: None
 
 
 def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
@@ -128,6 +143,21 @@ def body_beyond(volume: Volume, points_lps: np.ndarray, cranial: bool,
     return centre
 
 
+def _between_contrast(volume: Volume, beside_lps: np.ndarray, frame: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      gap_mm: float, options: BodyOptions) -> float:
+    """HU over soft tissue by which the middle of a body between the two bodies `beside_lps` (2, 3) LPS
+    must be bone (`BodyOptions.between_beside_contrast`): at most `min_bone_contrast_hu`, less in a
+    spine whose own bodies are barely brighter than muscle, never below soft tissue itself."""
+    o = options
+    if o.between_beside_contrast is None:
+        return o.min_bone_contrast_hu
+    middles = np.array([middle_hu(volume, q, frame, gap_mm, o) for q in beside_lps])
+    if not np.isfinite(middles).any():  # both cut by the scan's edge: nothing to compare with
+        return o.min_bone_contrast_hu
+    own = o.between_beside_contrast * (float(np.nanmin(middles)) - o.soft_tissue_hu)
+    return float(np.clip(own, 0.0, o.min_bone_contrast_hu))
+
+
 def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions = DEFAULT_OPTIONS.body,
                    read: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A body the nets missed between two points of the chain `points_lps` (n, 3) world LPS mm, at
@@ -136,8 +166,9 @@ def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions 
     `regular_ratio` of the gaps around them), or one regular and the other short (under
     `1 / regular_ratio`; at the chain's end the one gap beside it regular), the body read near
     its middle (`body_near`, half the gap as the local gap) that lies
-    `1 +- beyond_gap_tolerance` half-gaps from both points, both of them `read` (n,) bool (all by
-    default; C1 has no body and C2's dens breaks the symmetry: no gap beside them is judged).
+    `1 +- beyond_gap_tolerance` half-gaps from both points, its middle bone (`_between_contrast`),
+    both points `read` (n,) bool (all by default; C1 has no body and C2's dens breaks the symmetry:
+    no gap beside them is judged).
     Returns the gaps' indices (m,) (the body lies between points i and i + 1) and the bodies (m, 3)
     world LPS mm."""
     o = options
@@ -166,8 +197,10 @@ def bodies_between(volume: Volume, points_lps: np.ndarray, options: BodyOptions 
         side /= np.linalg.norm(side)
         back = posterior[i] - (posterior[i] @ along) * along - (posterior[i] @ side) * side
         back /= np.linalg.norm(back)
+        frame = (along, side, back)
         # the midpoint of two bodies is the missed one's centre to a few mm where its own reading is unclear
-        centre = body_near(volume, p[i] + step / 2, (along, side, back), half, o, keep_guess=True)
+        centre = body_near(volume, p[i] + step / 2, frame, half, o, keep_guess=True,
+                           contrast_hu=_between_contrast(volume, p[i : i + 2], frame, half, o))
         if centre is None:
             continue
         if all(abs(np.linalg.norm(centre - q) / half - 1) <= o.beyond_gap_tolerance for q in (p[i], p[i + 1])):

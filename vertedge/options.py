@@ -149,6 +149,9 @@ class BodyOptions:
     top_off_gaps: float = 0.4  # the top vertebra's point farther than this from the body the chain below continues to moves onto it
     between: bool = True  # a body in the middle of a gap twice its neighbours' is a vertebra the nets missed (chain_ends.py)
     double_gap: tuple[float, float] = (1.6, 2.6)  # ... a gap within these multiples of the gaps around it
+    # ... whose middle is bone: above soft tissue by `min_bone_contrast_hu`, or by this part of the dimmer
+    # middle of the two bodies beside it where that is less (an osteoporotic spine; None: the first alone)
+    between_beside_contrast: float | None = 0.5
     same_body_gap: float = 0.25  # x the local gap along the spine: two decoded points on bodies this close are one vertebra
 
 
