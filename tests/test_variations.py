@@ -84,6 +84,15 @@ def test_a_scaled_patient_carries_its_truth_and_keeps_its_voxels() -> None:
         np.testing.assert_allclose(_bone_centroid(small, c), c, atol=1.0)  # the centre stays
 
 
+def test_faint_bone_scales_contrast_over_soft_tissue_and_keeps_the_rest() -> None:
+    vol = _body()
+    faint = variations.with_faint_bone(vol, 0.4)
+    soft = vol.hu <= 40
+    np.testing.assert_array_equal(faint.hu[soft], vol.hu[soft])  # air, fat, muscle as they were
+    np.testing.assert_allclose(faint.hu[vol.hu == 800], 40 + 0.4 * 760)
+    np.testing.assert_allclose(_bone_centroid(faint, BALLS[1]), _bone_centroid(vol, BALLS[1]), atol=1e-6)
+
+
 def test_grainy_noise_has_its_sigma_and_grains_in_plane_only() -> None:
     """A low-dose scan's noise: `sigma_hu` overall, neighbours in-plane alike, slices independent."""
     vol = _body()

@@ -1,4 +1,4 @@
-"""Everyday variations of a CT scan: pose, size, field of view, slice thickness and noise.
+"""Everyday variations of a CT scan: pose, size, field of view, slice thickness, noise and bone density.
 
 The robustness benchmark (`benchmarks/robustness.py`) measures with these; they live beside the
 training code so that a training augmentation can draw from exactly what the models are measured
@@ -25,6 +25,7 @@ else:
     sitk = lazy_loader.load("SimpleITK")  # at the first resampling: sized training runs without it (vertedge.volume)
 
 AIR_HU = -1024.0
+SOFT_TISSUE_HU = 40.0  # muscle
 CUT_MARGIN_MM = 10.0  # a body centroid this close to an S-I face of the scan: the body is cut
 
 
@@ -186,6 +187,17 @@ def with_noise(volume: Volume, sigma_hu: float, rng: np.random.Generator, grain_
     noisy *= np.float32(sigma_hu)
     noisy += volume.hu  # in place: one float32 volume, not three
     return replace(volume, hu=noisy)
+
+
+def with_faint_bone(volume: Volume, factor: float, soft_hu: float = SOFT_TISSUE_HU) -> Volume:
+    """Every voxel brighter than soft tissue (`soft_hu`) brought to `factor` of its contrast over it
+    (float32 HU): an osteoporotic patient's bone, its cancellous core and cortex fainter (a healthy
+    adult's lumbar bodies at ~200 HU read ~100 at 0.4), contrast-filled vessels and enhanced organs
+    fainter with it; air, fat and muscle as they were."""
+    hu = volume.hu.astype(np.float32)
+    above = hu > soft_hu
+    hu[above] = soft_hu + np.float32(factor) * (hu[above] - soft_hu)
+    return replace(volume, hu=hu)
 
 
 def inside(volume: Volume, points_lps: np.ndarray, cut_margin_mm: float = CUT_MARGIN_MM) -> tuple[np.ndarray, np.ndarray]:
