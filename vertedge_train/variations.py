@@ -195,8 +195,11 @@ def with_faint_bone(volume: Volume, factor: float, soft_hu: float = SOFT_TISSUE_
     adult's lumbar bodies at ~200 HU read ~100 at 0.4), contrast-filled vessels and enhanced organs
     fainter with it; air, fat and muscle as they were."""
     hu = volume.hu.astype(np.float32)
-    above = hu > soft_hu
-    hu[above] = soft_hu + np.float32(factor) * (hu[above] - soft_hu)
+    # in place: one float32 volume and one for the excess, no masked copies of a whole scan
+    excess = hu - np.float32(soft_hu)
+    np.maximum(excess, 0.0, out=excess)
+    excess *= np.float32(1.0 - factor)
+    hu -= excess
     return replace(volume, hu=hu)
 
 
